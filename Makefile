@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` (the main job) and `make test`.
+# Each creates or reuses .venv and installs the pinned requirements.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.test: requirements.txt requirements-test.txt $(VENV)/.runtime
+	$(BIN)/pip install -q -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.test
+
+demo: $(VENV)/.runtime
+	$(BIN)/python launch.py cost --sweep sweeps/table3_ablation.py:scale=paper
+
+test: $(VENV)/.test
+	$(BIN)/python -m pytest -n 2 tests
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,67 @@
+"""Inception-v3 and every Inception-v2 row of Table 3, on ImageNet or embedded data.
+
+Arg (comma-separated key=value, all optional):
+  model=PRESET   inception_v3 (default) | inception_v2 | inception_v2_factorized_7x7
+                 | inception_v3_rf151 | inception_v3_rf79   (see inception_jax/models.py)
+  scale=paper    full width at the preset's resolution (299×299; Table 2 presets
+                 151 or 79), ImageNet through TFDS, the paper's recipe
+  scale=demo     width ×0.25 at 96×96 on the embedded synthetic dataset
+  scale=tiny     width ×0.05 at 75×75, for tests
+
+Commands:
+  python launch.py cost --config configs/inception_v3.py --json
+      → 23,851,784 parameters, 5,713,216,096 multiply-adds at 299×299 with the
+        aux head off (--config.model.aux_head=False); about 5 s on 2 CPU cores.
+  python launch.py cost --config configs/inception_v3.py:model=inception_v2
+
+Any key can be overridden: --config.model.width_multiplier=0.5,
+--config.data.image_size=151, --config.model.grid_reduction=pool_conv, ...
+"""
+
+import ml_collections
+
+from inception_jax import config_lib, models
+
+SCALES = {
+    #        width, min_depth, image size (None: the preset's)
+    'paper': (1.0, 16, None),
+    'demo': (0.25, 8, 96),
+    'tiny': (0.05, 4, 75),
+}
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, model='inception_v3', scale='paper')
+  if arg.scale not in SCALES:
+    raise config_lib.ConfigError(f'scale must be one of {sorted(SCALES)}, got {arg.scale!r}')
+  width, min_depth, image_size = SCALES[arg.scale]
+  spec = models.preset(arg.model, width_multiplier=width, min_depth=min_depth)
+
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = spec.to_dict()
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'tfds:imagenet2012' if arg.scale == 'paper' else 'synthetic'
+  config.data.image_size = image_size or spec.default_image_size
+
+  # The paper's recipe (Section 8; facts §1.8, §3).
+  config.batch_size = 1600            # 50 replicas × 32
+  config.num_epochs = 100.0
+  config.optim = ml_collections.ConfigDict(dict(
+      name='rmsprop',                 # or 'momentum' (Table 3's first row)
+      learning_rate=0.045,
+      decay_epochs=2.0,
+      decay_rate=0.94,
+      rms_decay=0.9,
+      epsilon=1.0,
+      momentum=0.9,
+      grad_clip_norm=2.0,
+      weight_decay=4e-5,
+      ema_decay=0.9999,
+  ))
+  config.loss = ml_collections.ConfigDict(dict(
+      label_smoothing=0.1,
+      aux_weight=0.4,
+  ))
+  return config

@@ -1,0 +1,125 @@
+"""Loading ml_collections configs: `FILE.py[:ARG]` plus `--config.KEY=VALUE`.
+
+A config file defines `get_config(arg)`; ARG is a big_vision-style string of
+comma-separated `key=value` pairs (`scale=demo,model=inception_v2`). The
+config it returns is locked, so an unknown key is an error, and assignments
+are type-checked by ml_collections.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Any, Iterable, Mapping
+
+import ml_collections
+
+from inception_jax.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """`'scale=demo,model=inception_v2'` → ConfigDict over `defaults`; each value
+  takes the type of its default, and unknown keys are an error."""
+  result = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, sep, raw = item.partition('=')
+    key = key.strip()
+    if not sep or key not in defaults:
+      raise ConfigError(f'config arg {item!r} is not KEY=VALUE with KEY in '
+                        f'{sorted(defaults)}')
+    result[key] = parse_value(raw.strip(), defaults[key], f'config arg {key}')
+  return result
+
+
+def parse_value(raw: str, current: Any, where: str) -> Any:
+  """Parse a command-line string as the type of the value it replaces."""
+  try:
+    if isinstance(current, bool):
+      lowered = raw.lower()
+      if lowered not in ('true', 'false', '1', '0', 'yes', 'no'):
+        raise ValueError
+      return lowered in ('true', '1', 'yes')
+    if isinstance(current, int):
+      return int(raw)
+    if isinstance(current, float):
+      return float(raw)
+    if isinstance(current, str):
+      return raw
+    if isinstance(current, (tuple, list)) or current is None:
+      try:
+        value = ast.literal_eval(raw)
+      except (ValueError, SyntaxError):
+        if current is not None:
+          raise
+        return raw
+      return type(current)(value) if current is not None else value
+  except (ValueError, TypeError):
+    raise ConfigError(f'{where}={raw!r}: expected {type(current).__name__}') from None
+  raise ConfigError(f'{where}: cannot set a {type(current).__name__} from the '
+                    f'command line; set its fields one by one')
+
+
+def _resolve(path: str, base: str | None = None) -> str:
+  for candidate in (path, os.path.join(base or '', path), os.path.join(ROOT, path)):
+    if os.path.isfile(candidate):
+      return candidate
+  raise ConfigError(f'config file {path!r} not found')
+
+
+def load_module(path: str, base: str | None = None):
+  path = _resolve(path, base)
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load(path_arg: str, overrides: Mapping[str, Any] | Iterable[str] = (),
+         base: str | None = None) -> ml_collections.ConfigDict:
+  """Load `FILE.py[:ARG]` and apply overrides (`{'a.b': v}` or `['a.b=v']`)."""
+  path, _, arg = path_arg.partition(':')
+  module = load_module(path, base)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'{path} defines no get_config(arg)')
+  config = module.get_config(arg or None)
+  config.lock()
+  if isinstance(overrides, Mapping):
+    for key, value in overrides.items():
+      set_value(config, key, value)
+  else:
+    for item in overrides:
+      key, sep, raw = item.partition('=')
+      if not sep:
+        raise ConfigError(f'override {item!r} is not KEY=VALUE')
+      set_value(config, key, raw, from_string=True)
+  return config
+
+
+def set_value(config: ml_collections.ConfigDict, key: str, value: Any,
+              from_string: bool = False) -> None:
+  """Set dotted `key`; unknown keys and wrong types are `ConfigError`s."""
+  node, parts = config, key.split('.')
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      where = '.'.join(parts[:i]) or 'the config'
+      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise ConfigError(f'unknown config key {key!r}: {where} has no {part!r}'
+                        + (f' (known: {", ".join(known)})' if known else ''))
+    if i < len(parts) - 1:
+      node = node[part]
+  leaf, current = parts[-1], node[parts[-1]]
+  if from_string:
+    value = parse_value(value, current, f'--config.{key}')
+  try:
+    node[leaf] = value
+  except TypeError:
+    raise ConfigError(f'config key {key!r} expects {type(current).__name__}, '
+                      f'got {value!r}') from None
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return config.to_dict()

@@ -1,0 +1,268 @@
+"""Layers shared by every block: ConvBN, pooling, and the two containers.
+
+Conventions follow the released TF-slim Inception-v3 (facts §2.8): convolutions
+have no bias, BatchNorm has a learned offset but no scale (epsilon 0.001,
+moving-average decay 0.9997), ReLU follows. Average pooling with SAME padding
+divides by the number of real pixels in the window, as TensorFlow does, so
+imported weights give identical outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ACTIVATIONS = ('relu', 'linear')
+PADDINGS = ('SAME', 'VALID')
+
+he_normal = nnx.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
+
+
+def _pair(k) -> tuple[int, int]:
+  return (k, k) if isinstance(k, int) else tuple(k)
+
+
+def _out_size(size: int, window: int, stride: int, padding: str) -> int:
+  """Spatial output size of a window op (TensorFlow's SAME/VALID rules)."""
+  if padding == 'SAME':
+    return -(-size // stride)
+  return (size - window) // stride + 1
+
+
+class ConvBN(nnx.Module):
+  """Convolution (no bias) → BatchNorm (offset only) → ReLU or identity.
+
+  `activation='linear'` drops the ReLU (Section 3.1's linear-factorization
+  study). `norm=False` gives a plain convolution with bias, used for the
+  non-batch-normalized auxiliary "FC" layer of Inception-v2 (Fig. 8).
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel, *,
+               stride: int = 1, padding: str = 'SAME',
+               activation: str = 'relu', norm: bool = True,
+               kernel_init: Callable = he_normal, dtype: Any = jnp.float32,
+               bn_momentum: float = 0.9997, bn_epsilon: float = 1e-3,
+               rngs: nnx.Rngs):
+    if activation not in ACTIVATIONS:
+      raise ValueError(f'activation must be one of {ACTIVATIONS}, got {activation!r}')
+    if padding not in PADDINGS:
+      raise ValueError(f'padding must be one of {PADDINGS}, got {padding!r}')
+    self.kernel_size = _pair(kernel)
+    self.stride = stride
+    self.padding = padding
+    self.activation = activation
+    self.in_features = in_features
+    self.out_features = out_features
+    self.conv = nnx.Conv(in_features, out_features, self.kernel_size,
+                         strides=stride, padding=padding, use_bias=not norm,
+                         kernel_init=kernel_init, dtype=dtype,
+                         param_dtype=jnp.float32, rngs=rngs)
+    self.bn = nnx.BatchNorm(out_features, use_scale=False, use_bias=True,
+                            momentum=bn_momentum, epsilon=bn_epsilon,
+                            dtype=dtype, param_dtype=jnp.float32,
+                            rngs=rngs) if norm else None
+
+  def __call__(self, x):
+    x = self.conv(x)
+    if self.bn is not None:
+      x = self.bn(x)
+    return jax.nn.relu(x) if self.activation == 'relu' else x
+
+  def out_size(self, size: int) -> int:
+    return min(_out_size(size, k, self.stride, self.padding)
+               for k in self.kernel_size)
+
+
+def avg_pool(x, window: int, stride: int = 1, padding: str = 'SAME'):
+  """Average pooling; SAME padding excludes the padded zeros (TF semantics)."""
+  return nnx.avg_pool(x, (window, window), strides=(stride, stride),
+                      padding=padding, count_include_pad=False)
+
+
+def max_pool(x, window: int, stride: int = 1, padding: str = 'VALID'):
+  return nnx.max_pool(x, (window, window), strides=(stride, stride),
+                      padding=padding)
+
+
+class Pool(nnx.Module):
+  """A parameter-free max or average pooling layer that knows its output size."""
+
+  def __init__(self, kind: str, window: int, stride: int, padding: str,
+               in_features: int):
+    if kind not in ('max', 'avg'):
+      raise ValueError(f"pool kind must be 'max' or 'avg', got {kind!r}")
+    self.kind, self.window, self.stride, self.padding = kind, window, stride, padding
+    self.in_features = self.out_features = in_features
+
+  def __call__(self, x):
+    fn = max_pool if self.kind == 'max' else avg_pool
+    return fn(x, self.window, self.stride, self.padding)
+
+  def out_size(self, size: int) -> int:
+    return _out_size(size, self.window, self.stride, self.padding)
+
+
+class Sequential(nnx.Module):
+  """Named layers applied in order (a stem, or one branch of a block)."""
+
+  def __init__(self, **layers: nnx.Module):
+    if not layers:
+      raise ValueError('Sequential needs at least one layer')
+    self.layer_names = tuple(layers)
+    for name, layer in layers.items():
+      setattr(self, name, layer)
+    first, last = layers[self.layer_names[0]], layers[self.layer_names[-1]]
+    self.in_features, self.out_features = first.in_features, last.out_features
+
+  def sublayers(self) -> list[nnx.Module]:
+    return [getattr(self, n) for n in self.layer_names]
+
+  def __call__(self, x):
+    for layer in self.sublayers():
+      x = layer(x)
+    return x
+
+  def out_size(self, size: int) -> int:
+    for layer in self.sublayers():
+      size = layer.out_size(size)
+    return size
+
+
+class Parallel(nnx.Module):
+  """Named branches applied to the same input; outputs concatenated on channels.
+
+  Every Inception block is one of these: its branches are named like the
+  paper's figures and concatenated in the released code's order.
+  """
+
+  def __init__(self, **branches: nnx.Module):
+    if not branches:
+      raise ValueError('Parallel needs at least one branch')
+    self.branch_names = tuple(branches)
+    for name, branch in branches.items():
+      setattr(self, name, branch)
+    self.in_features = branches[self.branch_names[0]].in_features
+    self.out_features = sum(b.out_features for b in branches.values())
+
+  def sublayers(self) -> list[nnx.Module]:
+    return [getattr(self, n) for n in self.branch_names]
+
+  def __call__(self, x):
+    return jnp.concatenate([b(x) for b in self.sublayers()], axis=-1)
+
+  def out_size(self, size: int) -> int:
+    sizes = {b.out_size(size) for b in self.sublayers()}
+    if len(sizes) != 1:
+      raise ValueError(f'branches of {type(self).__name__} disagree on the '
+                       f'output grid: {sorted(sizes)}')
+    return sizes.pop()
+
+
+# --- Layer specs: what a block's branches are made of -----------------------
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+  """A ConvBN to build: `features` is the full-width count, before the width
+  multiplier. `factorized=True` marks the first layer of a factorized pair,
+  whose activation is the model's `factorized_activation` (Section 3.1)."""
+  features: int
+  kernel: int | tuple[int, int]
+  stride: int = 1
+  padding: str = 'SAME'
+  factorized: bool = False
+  norm: bool = True
+  kernel_init: Callable = he_normal
+  name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSpec:
+  kind: str
+  window: int
+  stride: int = 1
+  padding: str = 'SAME'
+  name: str | None = None
+
+
+def conv(features, kernel, stride=1, padding='SAME', **kw) -> Conv:
+  return Conv(features, kernel, stride, padding, **kw)
+
+
+def maxpool(window=3, stride=2, padding='VALID') -> PoolSpec:
+  return PoolSpec('max', window, stride, padding)
+
+
+def avgpool(window=3, stride=1, padding='SAME') -> PoolSpec:
+  return PoolSpec('avg', window, stride, padding)
+
+
+@dataclasses.dataclass(frozen=True)
+class Builder:
+  """Everything a block needs to build its layers: widths, dtype, BN settings,
+  the Section 3.1 activation choice, the asymmetric factorization size n, and
+  the random stream for initialisers. Passed to block constructors, not stored.
+  """
+  rngs: nnx.Rngs
+  width_multiplier: float = 1.0
+  min_depth: int = 16
+  dtype: Any = jnp.float32
+  bn_momentum: float = 0.9997
+  bn_epsilon: float = 1e-3
+  factorized_activation: str = 'relu'
+  factorization_n: int = 7
+  inception_a: str = 'released'
+
+  def depth(self, features: int) -> int:
+    """TF-slim's depth multiplier: max(int(d * multiplier), min_depth)."""
+    return max(int(features * self.width_multiplier), self.min_depth)
+
+  def layer(self, in_features: int, spec: Conv | PoolSpec) -> nnx.Module:
+    if isinstance(spec, PoolSpec):
+      return Pool(spec.kind, spec.window, spec.stride, spec.padding, in_features)
+    activation = self.factorized_activation if spec.factorized else 'relu'
+    return ConvBN(in_features, self.depth(spec.features), spec.kernel,
+                  stride=spec.stride, padding=spec.padding,
+                  activation=activation, norm=spec.norm,
+                  kernel_init=spec.kernel_init, dtype=self.dtype,
+                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                  rngs=self.rngs)
+
+  def tower(self, in_features: int, *specs: Conv | PoolSpec) -> Sequential:
+    """A chain of layers, named TF-slim style: Conv2d_0a_1x1, AvgPool_0b_3x3, ..."""
+    layers = {}
+    for letter, spec in zip('abcdefghijklmnopqrstuvwxyz', specs):
+      layer = self.layer(in_features, spec)
+      layers[spec.name or _slim_name(spec, letter)] = layer
+      in_features = layer.out_features
+    return Sequential(**layers)
+
+  def sequential(self, in_features: int, **specs: Conv | PoolSpec) -> Sequential:
+    """A chain of explicitly named layers (the stems use TF-slim endpoints)."""
+    return self.tower(in_features, *(dataclasses.replace(s, name=n)
+                                     for n, s in specs.items()))
+
+
+def _slim_name(spec, letter: str) -> str:
+  if isinstance(spec, PoolSpec):
+    kind = 'MaxPool' if spec.kind == 'max' else 'AvgPool'
+    return f'{kind}_0{letter}_{spec.window}x{spec.window}'
+  kh, kw = _pair(spec.kernel)
+  return f'Conv2d_0{letter}_{kh}x{kw}'
+
+
+def iter_layers(module: nnx.Module):
+  """Leaf layers (ConvBN, Pool, Linear) in computation order: branches in
+  concatenation order, chains front to back. Used to map weights one to one."""
+  if hasattr(module, 'sublayers'):
+    for child in module.sublayers():
+      yield from iter_layers(child)
+  else:
+    yield module
+
+
+def count_flat(xs: Sequence) -> int:
+  return sum(int(x.size) for x in xs)

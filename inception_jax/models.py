@@ -1,0 +1,256 @@
+"""The Inception network assembled from a spec, and the paper's presets.
+
+One class, `Inception`, builds every variant: the stem, three 35×35 blocks,
+a grid reduction, four 17×17 blocks, a grid reduction, two 8×8 blocks, the
+auxiliary head on the last 17×17 block, and the classifier (Table 1 as
+released; facts §1.6, §2). Which block fills each slot comes from the block
+registry, so a new factorization is a config change, not an edit here.
+
+Presets (`PRESETS`):
+  inception_v3                 the released architecture (= Table 3's last row,
+                               "+ BN-auxiliary"); aux head off and 1000
+                               classes make it exactly Keras's InceptionV3
+  inception_v2                 Table 3's baseline: 7×7 stem, aux FC without BN
+                               (also the "+ RMSProp" and "+ Label Smoothing" rows,
+                               which change only the recipe)
+  inception_v2_factorized_7x7  "+ Factorized 7×7": v3 stem, aux FC without BN
+  inception_v3_rf151           Table 2: 151×151 receptive field
+  inception_v3_rf79            Table 2: 79×79 receptive field
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from inception_jax import blocks
+from inception_jax.errors import ConfigError
+from inception_jax.layers import Builder, iter_layers
+
+DEFAULT_BLOCKS = {
+    'grid_35': 'inception_a',
+    'reduce_35': 'reduction_a',
+    'grid_17': 'inception_b',
+    'reduce_17': 'reduction_b',
+    'grid_8': 'inception_c',
+}
+
+# (endpoint, slot, slot kwargs at full width) — Table 1 as released (facts §2).
+LAYOUT = (
+    ('Mixed_5b', 'grid_35', dict(pool_features=32)),
+    ('Mixed_5c', 'grid_35', dict(pool_features=64)),
+    ('Mixed_5d', 'grid_35', dict(pool_features=64)),
+    ('Mixed_6a', 'reduce_35', dict(out_features=768)),
+    ('Mixed_6b', 'grid_17', dict(mid_features=128)),
+    ('Mixed_6c', 'grid_17', dict(mid_features=160)),
+    ('Mixed_6d', 'grid_17', dict(mid_features=160)),
+    ('Mixed_6e', 'grid_17', dict(mid_features=192)),
+    ('Mixed_7a', 'reduce_17', dict(out_features=1280)),
+    ('Mixed_7b', 'grid_8', {}),
+    ('Mixed_7c', 'grid_8', {}),
+)
+AUX_ENDPOINT = 'Mixed_6e'
+GRID_REDUCTIONS = ('efficient', 'pool_conv', 'conv_pool')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class InceptionSpec:
+  """Every architectural choice of the network; `config.model` holds these keys."""
+  num_classes: int = 1000
+  stem: str = 'factorized'                 # 'factorized' | '7x7' | 'rf151' | 'rf79'
+  blocks: Mapping[str, str] = dataclasses.field(
+      default_factory=lambda: dict(DEFAULT_BLOCKS))
+  grid_reduction: str = 'efficient'        # Section 5: or 'pool_conv' | 'conv_pool'
+  inception_a: str = 'released'            # or 'figure5' (Fig. 5 literally)
+  factorization_n: int = 7                 # Fig. 6's n
+  factorized_activation: str = 'relu'      # Section 3.1: or 'linear'
+  width_multiplier: float = 1.0            # TF-slim depth_multiplier
+  min_depth: int = 16
+  aux_head: bool = True
+  aux_bn: bool = True                      # Fig. 8 / Table 3 "BN-auxiliary"
+  dropout_rate: float = 0.2
+  dtype: str = 'float32'                   # compute dtype; parameters stay float32
+  bn_momentum: float = 0.9997
+  bn_epsilon: float = 1e-3
+
+  def __post_init__(self):
+    object.__setattr__(self, 'blocks', dict(self.blocks))
+    _check_choice('stem', self.stem, blocks.STEMS)
+    _check_choice('grid_reduction', self.grid_reduction, GRID_REDUCTIONS)
+    _check_choice('inception_a', self.inception_a, ('released', 'figure5'))
+    _check_choice('factorized_activation', self.factorized_activation,
+                  ('relu', 'linear'))
+    _check_choice('dtype', self.dtype, DTYPES)
+    unknown = set(self.blocks) - set(DEFAULT_BLOCKS)
+    if unknown or set(self.blocks) != set(DEFAULT_BLOCKS):
+      raise ConfigError(f'model.blocks must name exactly the slots '
+                       f'{sorted(DEFAULT_BLOCKS)}; got {sorted(self.blocks)}')
+    for slot, name in self.blocks.items():
+      blocks.get_block(name)
+    if self.num_classes < 1:
+      raise ConfigError(f'num_classes must be >= 1, got {self.num_classes}')
+    if not self.width_multiplier > 0:
+      raise ConfigError(f'width_multiplier must be > 0, got {self.width_multiplier}')
+    if self.min_depth < 1 or self.factorization_n < 1:
+      raise ConfigError('min_depth and factorization_n must be >= 1')
+    if not 0 <= self.dropout_rate < 1:
+      raise ConfigError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}')
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any]) -> 'InceptionSpec':
+    """Build from a (ConfigDict) mapping; unknown keys are a clear error."""
+    cfg = dict(cfg)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg) - fields)
+    if unknown:
+      raise ConfigError(f'unknown model option(s) {unknown}; '
+                       f'valid options: {sorted(fields)}')
+    if 'blocks' in cfg:
+      cfg['blocks'] = dict(cfg['blocks'])
+    return cls(**cfg)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def slot_block(self, slot: str) -> str:
+    if slot.startswith('reduce') and self.grid_reduction != 'efficient':
+      return self.grid_reduction
+    return self.blocks[slot]
+
+  def builder(self, rngs: nnx.Rngs) -> Builder:
+    return Builder(rngs=rngs, width_multiplier=self.width_multiplier,
+                   min_depth=self.min_depth, dtype=DTYPES[self.dtype],
+                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                   factorized_activation=self.factorized_activation,
+                   factorization_n=self.factorization_n,
+                   inception_a=self.inception_a)
+
+  @property
+  def default_image_size(self) -> int:
+    return blocks.STEM_IMAGE_SIZE[self.stem]
+
+
+def _check_choice(key, value, choices):
+  if value not in choices:
+    raise ConfigError(f'model.{key} must be one of {sorted(choices)}, got {value!r}')
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    'inception_v3': {},
+    'inception_v2': dict(stem='7x7', aux_bn=False),
+    'inception_v2_factorized_7x7': dict(aux_bn=False),
+    'inception_v3_rf151': dict(stem='rf151'),
+    'inception_v3_rf79': dict(stem='rf79'),
+}
+
+
+def preset(name: str, **overrides) -> InceptionSpec:
+  if name not in PRESETS:
+    raise ConfigError(f'unknown model preset {name!r}; presets: {sorted(PRESETS)}')
+  return InceptionSpec(**{**PRESETS[name], **overrides})
+
+
+class ImageSizeError(ConfigError):
+  """An input too small for the network's stride-2 layers."""
+
+
+class Inception(nnx.Module):
+  """Inception-v2/v3 from an `InceptionSpec`, built for `image_size` inputs.
+
+  `model(x)` returns logits; `model(x, return_aux=True)` returns
+  `(logits, aux_logits)` (aux_logits is None without the head). Dropout needs
+  `rngs` (a key) in train mode; `model.eval()` switches BN to its moving
+  statistics and turns dropout off.
+  """
+
+  def __init__(self, spec: InceptionSpec, *, image_size: int | None = None,
+               rngs: nnx.Rngs):
+    image_size = image_size or spec.default_image_size
+    b = spec.builder(rngs)
+    self.stem = blocks.STEMS[spec.stem](b)
+    width = self.stem.out_features
+    self.block_names = tuple(name for name, _, _ in LAYOUT)
+    for name, slot, kwargs in LAYOUT:
+      block = blocks.get_block(spec.slot_block(slot))(width, b=b, **kwargs)
+      setattr(self, name, block)
+      width = block.out_features
+    self.num_features = width
+    self.min_image_size = next(s for s in range(1, 4096) if self.grid_size(s) >= 1)
+    if image_size < self.min_image_size:
+      raise ImageSizeError(
+          f'image size {image_size}×{image_size} is too small for this model '
+          f"(stem {spec.stem!r}): the minimum is "
+          f'{self.min_image_size}×{self.min_image_size}')
+    aux_grid = self.grid_size(image_size, until=AUX_ENDPOINT)
+    aux_width = getattr(self, AUX_ENDPOINT).out_features
+    self.AuxLogits = (blocks.AuxHead(aux_width, spec.num_classes, b=b,
+                                     grid_size=aux_grid, bn_fc=spec.aux_bn)
+                      if spec.aux_head else None)
+    self.Dropout = nnx.Dropout(spec.dropout_rate)
+    self.Logits = nnx.Linear(width, spec.num_classes, dtype=b.dtype,
+                             kernel_init=nnx.initializers.variance_scaling(
+                                 1.0, 'fan_in', 'truncated_normal'),
+                             rngs=rngs)
+    self.dtype = b.dtype
+
+  def grid_size(self, image_size: int, until: str | None = None) -> int:
+    """Spatial size after the stem and blocks (up to endpoint `until`); 0 when
+    some stride-2 layer has nothing left to reduce."""
+    size = self.stem.out_size(image_size)
+    for name in self.block_names:
+      if size < 1:
+        return 0
+      size = getattr(self, name).out_size(size)
+      if name == until:
+        break
+    return max(size, 0)
+
+  def sublayers(self):
+    heads = [self.Logits] if self.AuxLogits is None else [self.AuxLogits, self.Logits]
+    return [self.stem, *(getattr(self, n) for n in self.block_names), *heads]
+
+  def _check_input(self, x):
+    h, w = x.shape[1:3]
+    if min(h, w) < self.min_image_size:
+      raise ImageSizeError(
+          f'input {h}×{w} is too small for this model: the minimum is '
+          f'{self.min_image_size}×{self.min_image_size}')
+
+  def features(self, x, *, return_aux: bool = False):
+    """The last grid before pooling (8×8×2048 at 299×299), and the aux logits."""
+    self._check_input(x)
+    x = self.stem(x.astype(self.dtype))
+    aux = None
+    for name in self.block_names:
+      x = getattr(self, name)(x)
+      if name == AUX_ENDPOINT and return_aux and self.AuxLogits is not None:
+        aux = self.AuxLogits(x).astype(jnp.float32)
+    return x, aux
+
+  def __call__(self, x, *, return_aux: bool = False, rngs=None):
+    x, aux = self.features(x, return_aux=return_aux)
+    x = x.mean(axis=(1, 2))                      # AvgPool_1a_8x8 (global)
+    x = self.Dropout(x, rngs=rngs)
+    logits = self.Logits(x).astype(jnp.float32)
+    return (logits, aux) if return_aux else logits
+
+
+def min_image_size(spec: InceptionSpec) -> int:
+  """Smallest square input every stride-2 layer of `spec` accepts (75 for v3)."""
+  # Grid sizes depend only on layer geometry: probe a narrow, abstract copy.
+  narrow = dataclasses.replace(spec, width_multiplier=1e-3, min_depth=1,
+                               aux_head=False)
+  return nnx.eval_shape(lambda: Inception(narrow, rngs=nnx.Rngs(0))).min_image_size
+
+
+def create(spec: InceptionSpec | Mapping[str, Any], *, image_size: int | None = None,
+           seed: int = 0) -> Inception:
+  """Build a model from a spec or a `config.model` mapping."""
+  if not isinstance(spec, InceptionSpec):
+    spec = InceptionSpec.from_config(spec)
+  return Inception(spec, image_size=image_size, rngs=nnx.Rngs(params=seed))

@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""The inception_jax command line.
+
+  python launch.py cost --config configs/inception_v3.py[:ARG] [--json] [--config.KEY=VALUE ...]
+  python launch.py cost --sweep sweeps/table3_ablation.py[:ARG] [--json]
+
+Errors a user can cause print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from inception_jax.errors import UserError
+
+
+def _split_overrides(argv):
+  """Separate `--config.KEY=VALUE` overrides from the other arguments."""
+  overrides, rest = [], []
+  for item in argv:
+    if item.startswith('--config.'):
+      if '=' not in item:
+        raise UserError(f'{item}: write overrides as --config.KEY=VALUE')
+      overrides.append(item[len('--config.'):])
+    else:
+      rest.append(item)
+  return overrides, rest
+
+
+def cmd_cost(args, overrides):
+  from inception_jax import config_lib, cost, sweep
+  if bool(args.config) == bool(args.sweep):
+    raise UserError('cost needs exactly one of --config FILE[:ARG] or --sweep FILE[:ARG]')
+  if args.config:
+    config = config_lib.load(args.config, overrides)
+    result = cost.of_config(config)
+    if args.json:
+      print(json.dumps(dict(result.to_dict(), model=config.model.to_dict())))
+    else:
+      print(_cost_text(config, result))
+    return 0
+  if overrides:
+    raise UserError('--config.* overrides apply to --config, not to --sweep')
+  rows = []
+  for run in sweep.load_sweep(args.sweep):
+    config = run.build_config()
+    rows.append((run, config, cost.of_config(config)))
+  if args.json:
+    print(json.dumps([dict(c.to_dict(), name=r.name) for r, _, c in rows]))
+  else:
+    print(_cost_table(rows))
+  return 0
+
+
+def _cost_text(config, c) -> str:
+  m = config.model
+  lines = [
+      f'stem {m.stem}, width ×{m.width_multiplier:g}, {m.num_classes} classes',
+      f'image size     {c.image_size}×{c.image_size}',
+      f'parameters     {c.params:,} ({c.trainable_params:,} trainable; the rest '
+      f'are BatchNorm statistics)',
+      f'multiply-adds  {c.macs:,} ({c.gmacs:.3f} G)',
+  ]
+  if m.aux_head:
+    lines.append(f'aux head       +{c.aux_params:,} parameters, '
+                 f'+{c.aux_macs:,} multiply-adds (training only)')
+  return '\n'.join(lines)
+
+
+def _cost_table(rows) -> str:
+  header = ('run', 'image', 'params', 'G mult-adds', 'paper Bn ops')
+  lines = [header]
+  for run, _, c in rows:
+    paper = run.paper.get('cost_bn_ops')
+    lines.append((run.name, f'{c.image_size}', f'{c.params:,}', f'{c.gmacs:.3f}',
+                  '' if paper is None else f'{paper:g}'))
+  widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+  fmt = lambda line: '  '.join(
+      cell.ljust(w) if i == 0 else cell.rjust(w)
+      for i, (cell, w) in enumerate(zip(line, widths)))
+  return '\n'.join([fmt(lines[0]), fmt(tuple('-' * w for w in widths)),
+                    *map(fmt, lines[1:])])
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  parser = argparse.ArgumentParser(prog='launch.py', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest='command', required=True)
+  p = sub.add_parser('cost', help='parameters and multiply-adds (Table 3 "Cost")')
+  p.add_argument('--config', help='config FILE.py[:ARG]')
+  p.add_argument('--sweep', help='sweep FILE.py[:ARG]: one row per run')
+  p.add_argument('--json', action='store_true', help='print JSON')
+  p.set_defaults(fn=cmd_cost)
+  try:
+    overrides, rest = _split_overrides(argv)
+    args = parser.parse_args(rest)
+    return args.fn(args, overrides)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,257 @@
+"""The model zoo: every preset and option builds, runs forward and backward;
+shapes, widths and errors follow the paper and the released code."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from inception_jax import blocks, layers, models
+from inception_jax.errors import ConfigError
+
+VARIANTS = [
+    ('inception_v3', {}),
+    ('inception_v2', {}),
+    ('inception_v2_factorized_7x7', {}),
+    ('inception_v3_rf151', {}),
+    ('inception_v3_rf79', {}),
+    ('inception_v3', dict(grid_reduction='pool_conv')),
+    ('inception_v3', dict(grid_reduction='conv_pool')),
+    ('inception_v3', dict(inception_a='figure5')),
+    ('inception_v3', dict(factorized_activation='linear')),
+    ('inception_v3', dict(factorization_n=3)),
+    ('inception_v3', dict(aux_head=False, num_classes=7)),
+    ('inception_v3', dict(dtype='bfloat16')),
+    ('inception_v3', dict(width_multiplier=0.1, min_depth=16)),
+]
+
+
+def _loss_and_grads(model, x, labels):
+  """One functional train-mode step: loss, grads, and updated BN statistics."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss_fn(params, rest, x, key):
+    m = nnx.merge(graphdef, params, rest, copy=True)
+    logits, aux = m(x, return_aux=True, rngs=key)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    if aux is not None:
+      loss += 0.4 * optax.softmax_cross_entropy_with_integer_labels(aux, labels).mean()
+    return loss, (logits, aux, nnx.state(m, nnx.BatchStat))
+
+  grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  return grad_fn(params, rest, x, jax.random.key(1))
+
+
+@pytest.mark.parametrize('preset,options', VARIANTS,
+                         ids=[f'{p}-{"-".join(f"{k}={v}" for k, v in o.items()) or "default"}'
+                              for p, o in VARIANTS])
+def test_every_variant_trains(tiny_spec, preset, options):
+  spec = tiny_spec(preset, **options)
+  size = 75
+  model = models.Inception(spec, image_size=size, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (4, size, size, 3))
+  labels = jnp.arange(4) % spec.num_classes
+  bn_before = jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat))
+  (loss, (logits, aux, bn_after)), grads = _loss_and_grads(model, x, labels)
+
+  assert logits.shape == (4, spec.num_classes) and logits.dtype == jnp.float32
+  assert (aux is None) == (not spec.aux_head)
+  if aux is not None:
+    assert aux.shape == (4, spec.num_classes)
+  assert np.isfinite(float(loss))
+  # Every weight of the network takes part: each gets a non-zero gradient.
+  flat = nnx.to_flat_state(grads)
+  dead = [path for path, g in flat if not np.any(np.asarray(g.get_value()))]
+  assert not dead, f'parameters without gradient: {dead[:5]}'
+  # Parameters stay float32 whatever the compute dtype.
+  assert {g.get_value().dtype for _, g in flat} == {jnp.dtype('float32')}
+  # Train mode moves the BatchNorm statistics.
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), bn_before, bn_after)
+  assert all(jax.tree.leaves(moved))
+
+  # Eval mode is deterministic and needs no dropout key.
+  model.eval()
+  forward = nnx.jit(lambda m, x: m(x))
+  np.testing.assert_array_equal(forward(model, x), forward(model, x))
+
+
+def test_full_size_v3_grid_is_8x8x2048():
+  spec = models.preset('inception_v3')
+  model = nnx.eval_shape(lambda: models.Inception(spec, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  x = jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32)
+
+  def run(state, x):
+    m = nnx.merge(graphdef, state)
+    m.eval()
+    grid, aux = m.features(x, return_aux=True)
+    return grid, aux, m(x)
+  grid, aux, logits = jax.eval_shape(run, state, x)
+  assert grid.shape == (2, 8, 8, 2048)
+  assert aux.shape == logits.shape == (2, 1000)
+
+
+def test_endpoints_follow_tf_slim():
+  spec = models.preset('inception_v3', width_multiplier=0.05, min_depth=4)
+  model = models.Inception(spec, image_size=75, rngs=nnx.Rngs(0))
+  assert model.block_names == ('Mixed_5b', 'Mixed_5c', 'Mixed_5d', 'Mixed_6a',
+                               'Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e',
+                               'Mixed_7a', 'Mixed_7b', 'Mixed_7c')
+  assert model.stem.layer_names == ('Conv2d_1a_3x3', 'Conv2d_2a_3x3', 'Conv2d_2b_3x3',
+                                    'MaxPool_3a_3x3', 'Conv2d_3b_1x1',
+                                    'Conv2d_4a_3x3', 'MaxPool_5a_3x3')
+  convs = [l for l in layers.iter_layers(model) if isinstance(l, layers.ConvBN)]
+  assert len(convs) == 94 + 2   # backbone + the aux head's two convolutions (§2.10)
+
+
+def _widths(spec, size=299):
+  model = nnx.eval_shape(lambda: models.Inception(spec, image_size=size, rngs=nnx.Rngs(0)))
+  return model, {n: getattr(model, n).out_features for n in model.block_names}
+
+
+def test_released_filter_counts():
+  model, widths = _widths(models.preset('inception_v3'))
+  assert widths == dict(Mixed_5b=256, Mixed_5c=288, Mixed_5d=288, Mixed_6a=768,
+                        Mixed_6b=768, Mixed_6c=768, Mixed_6d=768, Mixed_6e=768,
+                        Mixed_7a=1280, Mixed_7b=2048, Mixed_7c=2048)
+  # Fig. 6: 1×7 then 7×1 with the c7 width of the released code.
+  b = model.Mixed_6c.branch_nxn
+  assert [l.kernel_size for l in b.sublayers()] == [(1, 1), (1, 7), (7, 1)]
+  assert [l.out_features for l in b.sublayers()] == [160, 160, 192]
+  # Fig. 7: the expanded bank's fork.
+  fork = model.Mixed_7b.branch_3x3dbl.fork
+  assert [l.kernel_size for l in fork.sublayers()] == [(1, 3), (3, 1)]
+
+
+def test_width_multiplier_follows_tf_slim_depth():
+  # depth(d) = max(int(d * multiplier), min_depth)
+  _, widths = _widths(models.preset('inception_v3', width_multiplier=0.5, min_depth=16))
+  assert widths['Mixed_5b'] == 32 + 32 + 48 + 16
+  _, widths = _widths(models.preset('inception_v3', width_multiplier=0.1, min_depth=16))
+  assert widths['Mixed_5b'] == 16 + 16 + 16 + 16   # 6, 6, 9, 3 → min_depth
+
+
+def test_options_change_the_right_layers():
+  base, _ = _widths(models.preset('inception_v3'))
+  fig5, _ = _widths(models.preset('inception_v3', inception_a='figure5'))
+  assert base.Mixed_5b.branch_5x5.sublayers()[1].kernel_size == (5, 5)
+  assert fig5.Mixed_5b.branch_5x5.sublayers()[1].kernel_size == (3, 3)
+
+  linear, _ = _widths(models.preset('inception_v3', factorized_activation='linear'))
+  acts = [l.activation for l in layers.iter_layers(linear) if isinstance(l, layers.ConvBN)]
+  # First layer of each factorized pair: 1 per Fig. 5 block (×3), 3 per
+  # Fig. 6 block (×4) — 1×7 before 7×1 and both 7×1 of the double branch —
+  # and 1 in Mixed_7a.
+  assert acts.count('linear') == 3 + 12 + 1
+
+  n3, _ = _widths(models.preset('inception_v3', factorization_n=3))
+  assert n3.Mixed_6b.branch_nxn.sublayers()[1].kernel_size == (1, 3)
+
+  v2, _ = _widths(models.preset('inception_v2'))
+  assert v2.stem.layer_names[0] == 'Conv2d_1a_7x7'
+  assert v2.stem.Conv2d_1a_7x7.out_size(299) == 147
+  assert v2.stem.Conv2d_1a_7x7.out_features == 64
+  assert v2.AuxLogits.tower.Conv2d_2a_5x5.bn is None        # v2: aux FC without BN
+  assert base.AuxLogits.tower.Conv2d_2a_5x5.bn is not None  # v3: BN-auxiliary
+
+  for style in ('pool_conv', 'conv_pool'):
+    naive, widths = _widths(models.preset('inception_v3', grid_reduction=style))
+    assert widths['Mixed_6a'] == 768 and widths['Mixed_7a'] == 1280
+    assert naive.grid_size(299) == 8
+
+
+@pytest.mark.parametrize('preset,size,grid', [
+    ('inception_v3', 299, 8), ('inception_v2', 299, 8),
+    ('inception_v3_rf151', 151, 8), ('inception_v3_rf79', 79, 8)])
+def test_table2_stems_reach_the_same_grids(preset, size, grid):
+  model, _ = _widths(models.preset(preset), size)
+  assert model.grid_size(size, until='Mixed_5d') == 35
+  assert model.grid_size(size, until='Mixed_6e') == 17
+  assert model.grid_size(size) == grid
+
+
+def test_too_small_input_is_a_clear_error():
+  spec = models.preset('inception_v3', width_multiplier=0.05, min_depth=4)
+  assert models.min_image_size(spec) == 75
+  with pytest.raises(models.ImageSizeError, match='minimum is 75×75'):
+    models.Inception(spec, image_size=74, rngs=nnx.Rngs(0))
+  model = models.Inception(spec, image_size=75, rngs=nnx.Rngs(0))
+  model.eval()
+  assert nnx.eval_shape(lambda m: m(jnp.zeros((1, 75, 75, 3))), model).shape == (1, 1000)
+  with pytest.raises(models.ImageSizeError, match='minimum is 75×75'):
+    model(jnp.zeros((1, 60, 60, 3)))
+  assert models.min_image_size(models.preset('inception_v3_rf79')) < 79
+  assert models.min_image_size(models.preset('inception_v3_rf151')) < 151
+
+
+def test_bad_options_are_clear_errors():
+  with pytest.raises(ConfigError, match="unknown model option.*'colour'"):
+    models.InceptionSpec.from_config(dict(colour='red'))
+  with pytest.raises(ConfigError, match='stem'):
+    models.preset('inception_v3', stem='5x5')
+  with pytest.raises(ConfigError, match="unknown block 'nope'"):
+    models.preset('inception_v3', blocks=dict(models.DEFAULT_BLOCKS, grid_17='nope'))
+  with pytest.raises(ConfigError, match='preset'):
+    models.preset('inception_v9')
+  with pytest.raises(ConfigError, match='dropout_rate'):
+    models.preset('inception_v3', dropout_rate=1.5)
+
+
+def test_avg_pool_excludes_padding_like_tensorflow():
+  x = jnp.ones((1, 5, 5, 1))
+  np.testing.assert_allclose(layers.avg_pool(x, 3), x)   # corners too
+  x = jnp.arange(9.0).reshape(1, 3, 3, 1)
+  # Top-left window holds 0, 1, 3, 4 (and five padded zeros that do not count).
+  assert float(layers.avg_pool(x, 3)[0, 0, 0, 0]) == pytest.approx(2.0)
+
+
+def test_convbn_is_conv_bn_without_scale_then_relu():
+  layer = layers.ConvBN(3, 4, 3, rngs=nnx.Rngs(0))
+  assert layer.conv.bias is None and layer.bn.scale is None
+  assert layer.bn.epsilon == 1e-3 and layer.bn.momentum == 0.9997
+  layer.bn.mean.set_value(jnp.full((4,), 0.5))
+  layer.bn.var.set_value(jnp.full((4,), 4.0))
+  layer.bn.bias.set_value(jnp.array([0.0, -1.0, 1.0, 0.0]))
+  layer.eval()
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  conv = jax.lax.conv_general_dilated(x, layer.conv.kernel.get_value(), (1, 1), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  expected = jax.nn.relu((conv - 0.5) / jnp.sqrt(4.0 + 1e-3) + layer.bn.bias.get_value())
+  np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
+  linear = layers.ConvBN(3, 4, 3, activation='linear', rngs=nnx.Rngs(0))
+  linear.eval()
+  assert float(jnp.min(linear(x))) < 0
+
+
+def test_registered_block_is_selected_from_the_config():
+  @blocks.register('test_plain_17')
+  def plain(in_features, *, b, mid_features):
+    """A 17×17 'block' that is a single 3×3 ConvBN."""
+    return b.tower(in_features, layers.conv(mid_features, 3))
+
+  try:
+    spec = models.InceptionSpec.from_config(dict(
+        width_multiplier=0.05, min_depth=4,
+        blocks=dict(models.DEFAULT_BLOCKS, grid_17='test_plain_17')))
+    model = models.Inception(spec, image_size=75, rngs=nnx.Rngs(0))
+    assert model.Mixed_6c.layer_names == ('Conv2d_0a_3x3',)
+    x = jax.random.normal(jax.random.key(0), (2, 75, 75, 3))
+    (loss, _), grads = _loss_and_grads(model, x, jnp.array([0, 1]))
+    assert np.isfinite(float(loss))
+    kernel = grads['Mixed_6c']['Conv2d_0a_3x3']['conv']['kernel'].get_value()
+    assert kernel.shape[:2] == (3, 3) and np.any(np.asarray(kernel))
+  finally:
+    del blocks.BLOCKS['test_plain_17']
+
+
+def test_bfloat16_computes_in_bfloat16():
+  spec = models.preset('inception_v3', width_multiplier=0.05, min_depth=4,
+                       dtype='bfloat16')
+  model = models.Inception(spec, image_size=75, rngs=nnx.Rngs(0))
+  model.eval()
+  grid, _ = model.features(jnp.zeros((1, 75, 75, 3)))
+  assert grid.dtype == jnp.bfloat16
+  params = nnx.state(model, nnx.Param)
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype('float32')}
