@@ -57,7 +57,7 @@ def cmd_cost(args, overrides):
 def _cost_text(config, c) -> str:
   m = config.model
   lines = [
-      f'stem {m.stem}, width ×{m.width_multiplier:g}, {m.num_classes} classes',
+      f'stem {m.stem}, width ×{m.width_multiplier:g}, {c.num_classes} classes',
       f'image size     {c.image_size}×{c.image_size}',
       f'parameters     {c.params:,} ({c.trainable_params:,} trainable; the rest '
       f'are BatchNorm statistics)',

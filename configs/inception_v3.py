@@ -41,9 +41,32 @@ def get_config(arg=None):
   config.seed = 0
   config.model = spec.to_dict()
 
-  config.data = ml_collections.ConfigDict()
-  config.data.name = 'tfds:imagenet2012' if arg.scale == 'paper' else 'synthetic'
-  config.data.image_size = image_size or spec.default_image_size
+  config.data = ml_collections.ConfigDict(dict(
+      name='tfds:imagenet2012',       # | 'synthetic' | 'folder' | 'tfds:NAME'
+      data_dir='',                    # TFDS data directory ('' = TFDS default)
+      path='',                        # folder: ROOT/{train,validation}/<class>/*
+      train_split='train',
+      eval_split='validation',
+      image_size=image_size or spec.default_image_size,
+      num_classes=10,                 # synthetic only
+      num_train=4096,                 # synthetic only
+      num_eval=500,                   # synthetic only
+      crop_area_min=0.05,             # distorted crop: area in [min, 1.0]
+      color_distort=False,
+      eval_central_fraction=0.875,
+      skip_corrupt=False,             # True: skip undecodable images, counted in the log
+      num_workers=0,                  # Grain worker processes (0: threads only)
+      num_threads=8,                  # reader threads per process
+      prefetch=256,                   # examples read ahead
+  ))
+  if arg.scale != 'paper':
+    config.data.name = 'synthetic'
+    # The class follows the dataset (`data.num_classes` for synthetic data).
+    config.model.num_classes = ml_collections.config_dict.placeholder(int)
+    # Generous crops keep the drawn objects in view.
+    config.data.crop_area_min = 0.35
+  if arg.scale == 'tiny':
+    config.data.update(num_train=256, num_eval=100, num_threads=2)
 
   # The paper's recipe (Section 8; facts §1.8, §3).
   config.batch_size = 1600            # 50 replicas × 32
@@ -59,6 +82,8 @@ def get_config(arg=None):
       grad_clip_norm=2.0,
       weight_decay=4e-5,
       ema_decay=0.9999,
+      warmup_epochs=0.0,              # linear warm-up (not in the paper)
+      base_batch_size=0,              # >0: lr × batch_size / base_batch_size
   ))
   config.loss = ml_collections.ConfigDict(dict(
       label_smoothing=0.1,

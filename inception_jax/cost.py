@@ -37,6 +37,7 @@ class Cost:
   aux_params: int         # the auxiliary head (training only), all variables
   aux_macs: int           # the auxiliary head's extra multiply-adds
   image_size: int
+  num_classes: int
 
   @property
   def gmacs(self) -> float:
@@ -132,7 +133,7 @@ def count(spec: models.InceptionSpec | Mapping[str, Any],
     aux_macs = jaxpr_macs(jax.make_jaxpr(forward)(state, x)) - macs
   return Cost(params=params, trainable_params=trainable, macs=int(macs),
               aux_params=aux_params, aux_macs=int(aux_macs),
-              image_size=image_size)
+              image_size=image_size, num_classes=spec.num_classes)
 
 
 def xla_flops(model: models.Inception, image_size: int) -> float:
@@ -146,6 +147,10 @@ def xla_flops(model: models.Inception, image_size: int) -> float:
 
 
 def of_config(config) -> Cost:
-  """Cost of a training config: its `model` at its `data.image_size`."""
-  return count(models.InceptionSpec.from_config(config.model),
-               config.data.image_size)
+  """Cost of a training config: its `model` at its `data.image_size`; the
+  number of classes follows the dataset unless `model.num_classes` is set."""
+  model_cfg = dict(config.model)
+  if model_cfg['num_classes'] is None:
+    from inception_jax.data import pipeline
+    model_cfg['num_classes'] = pipeline.num_classes(config.data)
+  return count(models.InceptionSpec.from_config(model_cfg), config.data.image_size)

@@ -1,0 +1,184 @@
+"""The Grain input pipeline: shard per process, shuffle per epoch, preprocess,
+batch, prefetch — deterministic and resumable to the exact batch.
+
+Training stream (per process): the process's shard of the split
+(`index::count`), shuffled anew each epoch from the seed, repeated without
+end; example i of epoch e is augmented with a generator seeded by
+(seed, e, i), so any batch is a pure function of the seed and its position.
+The iterator's state (`get_state`/`set_state`) is that position.
+
+Evaluation visits every example of the split exactly once: the process
+shards are padded to the same number of full batches, and a `mask` marks
+the real examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from inception_jax.data import preprocess, sources
+from inception_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def options(data_cfg) -> preprocess.Options:
+  return preprocess.Options(
+      image_size=data_cfg.image_size,
+      crop_area=(data_cfg.crop_area_min, 1.0),
+      color_distort=data_cfg.color_distort,
+      eval_central_fraction=data_cfg.eval_central_fraction)
+
+
+def local_batch_size(global_batch: int, process_count: int | None = None) -> int:
+  process_count = process_count or jax.process_count()
+  if global_batch % process_count:
+    raise ConfigError(f'batch_size {global_batch} is not divisible by the '
+                      f'{process_count} processes')
+  return global_batch // process_count
+
+
+@dataclasses.dataclass
+class _Skipped:
+  """Counts corrupt images skipped in this process (`data.skip_corrupt`)."""
+  count: int = 0
+
+  def note(self, error: Exception) -> None:
+    self.count += 1
+    log.warning('skipped corrupt image (%d so far in this process): %s',
+                self.count, error)
+
+
+SKIPPED = _Skipped()
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainExample:
+  """position in the stream, example index → preprocessed example (or None)."""
+  source: Any
+  opts: preprocess.Options
+  seed: int
+  epoch_length: int
+  skip_corrupt: bool
+
+  def __call__(self, position: int, index: int):
+    epoch = position // self.epoch_length
+    rng = np.random.default_rng([self.seed, epoch, int(index)])
+    try:
+      record = self.source[int(index)]
+      image = preprocess.train_image(record['image'], rng, self.opts, record['where'])
+    except preprocess.CorruptImageError as e:
+      if not self.skip_corrupt:
+        raise
+      SKIPPED.note(e)
+      return None
+    return {'image': image, 'label': np.int32(record['label']),
+            'index': np.int32(index)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalExample:
+  """padded position → preprocessed example with mask 1, or padding with 0."""
+  source: Any
+  opts: preprocess.Options
+  indices: range
+  skip_corrupt: bool
+
+  def __call__(self, position: int):
+    size = self.opts.image_size
+    if position < len(self.indices):
+      try:
+        record = self.source[self.indices[position]]
+        image = preprocess.eval_image(record['image'], self.opts, record['where'])
+        return {'image': image, 'label': np.int32(record['label']),
+                'index': np.int32(self.indices[position]), 'mask': np.float32(1)}
+      except preprocess.CorruptImageError as e:
+        if not self.skip_corrupt:
+          raise
+        SKIPPED.note(e)
+    return {'image': np.zeros((size, size, 3), np.float32),
+            'label': np.int32(0), 'index': np.int32(-1), 'mask': np.float32(0)}
+
+
+def _read_options(data_cfg) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=data_cfg.num_threads,
+                           prefetch_buffer_size=data_cfg.prefetch)
+
+
+def _prefetch(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
+  if data_cfg.num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
+  return ds
+
+
+def train_dataset(source, data_cfg, *, seed: int, local_batch: int,
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> grain.IterDataset:
+  """This process's endless stream of training batches ({'image', 'label',
+  'index'})."""
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  shard = grain.MapDataset.range(len(source))[index::count]
+  if len(shard) < local_batch:
+    raise ConfigError(f'the training split has {len(source)} examples, fewer than '
+                      f'one batch per process ({local_batch})')
+  ds = shard.shuffle(seed=seed).repeat(None)
+  ds = ds.map_with_index(_TrainExample(source, options(data_cfg), seed, len(shard),
+                                       data_cfg.skip_corrupt))
+  ds = ds.to_iter_dataset(_read_options(data_cfg))   # drops skipped (None) examples
+  ds = ds.batch(local_batch, drop_remainder=True)
+  return _prefetch(ds, data_cfg)
+
+
+def eval_dataset(source, data_cfg, *, local_batch: int,
+                 process_index: int | None = None,
+                 process_count: int | None = None) -> tuple[grain.IterDataset, int]:
+  """This process's evaluation batches ({'image', 'label', 'index', 'mask'}) and their
+  number, the same on every process."""
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  indices = range(index, len(source), count)
+  num_batches = math.ceil(math.ceil(len(source) / count) / local_batch)
+  ds = grain.MapDataset.range(num_batches * local_batch)
+  ds = ds.map(_EvalExample(source, options(data_cfg), indices, data_cfg.skip_corrupt))
+  ds = ds.batch(local_batch).to_iter_dataset(_read_options(data_cfg))
+  return _prefetch(ds, data_cfg), num_batches
+
+
+def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """Local batches of every process → one global, data-sharded jax.Array each."""
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in batch.items()}
+
+
+class Loader:
+  """Global batches from a Grain dataset; its position can be saved and restored."""
+
+  def __init__(self, dataset: grain.IterDataset, sharding=None):
+    self._iterator = iter(dataset)
+    self.sharding = sharding
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self._iterator)
+    return batch if self.sharding is None else to_global(batch, self.sharding)
+
+  def get_state(self):
+    return self._iterator.get_state()
+
+  def set_state(self, state) -> None:
+    self._iterator.set_state(state)
+
+
+def num_classes(data_cfg) -> int:
+  """The number of classes of the configured dataset."""
+  return sources.make_source(data_cfg, data_cfg.train_split).num_classes

@@ -1,0 +1,143 @@
+"""Random-access data sources, chosen by `config.data.name`:
+
+  synthetic     the embedded dataset (`synthetic.py`): no files, no download
+  folder        `config.data.path` = ROOT with ROOT/train/<class>/* and
+                ROOT/validation/<class>/* (JPEG or PNG); class ids from the
+                sorted folder names of train/
+  tfds:NAME     a TFDS dataset prepared in ArrayRecord format, read through
+                `tfds.data_source` (`config.data.data_dir`)
+
+Each source has `len()`, `[index]` → {'image': encoded bytes or uint8 array,
+'label': int, 'where': a name for error messages}, and `num_classes`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from inception_jax.data.preprocess import CorruptImageError
+from inception_jax.data.synthetic import SyntheticSource
+from inception_jax.errors import ConfigError, UserError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+
+
+class Synthetic(SyntheticSource):
+
+  def __getitem__(self, index):
+    record = super().__getitem__(index)
+    record['where'] = f'synthetic example {index}'
+    return record
+
+
+class FolderSource:
+  """Images under ROOT/SPLIT/<class>/; labels from the sorted class folders
+  of ROOT/train (so train and validation agree)."""
+
+  def __init__(self, root: str, split: str):
+    if not root:
+      raise ConfigError("data.name='folder' needs data.path=ROOT "
+                        '(ROOT/train/<class>/*.jpg, ROOT/validation/<class>/*.jpg)')
+    self.classes = _class_folders(root, 'train')
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+      raise ConfigError(f'data.path: {split_dir} does not exist '
+                        f'(expected ROOT/{split}/<class>/*.jpg)')
+    unknown = sorted(set(_class_folders(root, split)) - set(self.classes))
+    if unknown:
+      raise ConfigError(f'{split_dir} has classes missing from train/: {unknown}')
+    self.files = [
+        (os.path.join(split_dir, name, f), label)
+        for label, name in enumerate(self.classes)
+        if os.path.isdir(os.path.join(split_dir, name))
+        for f in sorted(os.listdir(os.path.join(split_dir, name)))
+        if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not self.files:
+      raise ConfigError(f'{split_dir} holds no .jpg, .jpeg or .png images')
+    self.num_classes = len(self.classes)
+
+  def __len__(self):
+    return len(self.files)
+
+  def __getitem__(self, index):
+    path, label = self.files[index]
+    try:
+      with open(path, 'rb') as f:
+        data = f.read()
+    except OSError as e:
+      raise CorruptImageError(f'cannot read {path}: {e.strerror or e}') from None
+    return {'image': data, 'label': label, 'where': path}
+
+  def __repr__(self):
+    return f'FolderSource({len(self.files)} images, {self.num_classes} classes)'
+
+
+def _class_folders(root: str, split: str) -> list[str]:
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    raise ConfigError(f'data.path: {split_dir} does not exist '
+                      f'(expected ROOT/{split}/<class>/*.jpg)')
+  classes = sorted(d for d in os.listdir(split_dir)
+                   if os.path.isdir(os.path.join(split_dir, d)))
+  if not classes:
+    raise ConfigError(f'{split_dir} has no class folders')
+  return classes
+
+
+class TfdsSource:
+  """A TFDS image-classification dataset prepared as ArrayRecord files;
+  images stay encoded until preprocessing."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None = None):
+    import tensorflow_datasets as tfds
+    data_dir = data_dir or None
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+      info = builder.info
+      prepared = builder.is_prepared()
+    except Exception as e:
+      raise UserError(f'TFDS dataset {name!r}: {e}') from None
+    if not prepared:
+      raise UserError(
+          f'TFDS dataset {name!r} is not prepared in '
+          f'{data_dir or "~/tensorflow_datasets"}; prepare it with '
+          f'`tfds build {name} --file_format=array_record '
+          f'[--data_dir=DIR] [--manual_dir=DIR]` (see README)')
+    if split not in info.splits:
+      raise ConfigError(f'TFDS dataset {name!r} has no split {split!r}; '
+                        f'splits: {sorted(info.splits)}')
+    self._source = tfds.data_source(
+        name, split=split, data_dir=data_dir,
+        decoders={'image': tfds.decode.SkipDecoding()})
+    self.num_classes = info.features['label'].num_classes
+    self.name, self.split = name, split
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    record = self._source[index]
+    return {'image': record['image'], 'label': int(record['label']),
+            'where': f'{self.name}[{self.split}] example {index}'}
+
+  def __repr__(self):
+    return f'TfdsSource({self.name}[{self.split}], {len(self)} examples)'
+
+
+def make_source(data_cfg, split: str):
+  """The source named by `data_cfg.name` for `split` (`data.train_split` or
+  `data.eval_split`). Synthetic images are drawn at image_size / 0.875, so
+  evaluation's central crop returns the network's input size."""
+  name = data_cfg.name
+  if name == 'synthetic':
+    train = split == data_cfg.train_split
+    return Synthetic(num_examples=data_cfg.num_train if train else data_cfg.num_eval,
+                     num_classes=data_cfg.num_classes,
+                     image_size=round(data_cfg.image_size / 0.875),
+                     split='train' if train else 'validation')
+  if name == 'folder':
+    return FolderSource(data_cfg.path, split)
+  if name.startswith('tfds:'):
+    return TfdsSource(name[len('tfds:'):], split, data_cfg.data_dir)
+  raise ConfigError(f"data.name must be 'synthetic', 'folder' or 'tfds:NAME', "
+                    f'got {name!r}')
