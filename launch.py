@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """The inception_jax command line.
 
+  python launch.py train --config configs/inception_v3.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]
   python launch.py cost --config configs/inception_v3.py[:ARG] [--json] [--config.KEY=VALUE ...]
   python launch.py cost --sweep sweeps/table3_ablation.py[:ARG] [--json]
 
-Errors a user can cause print one line and exit with status 2.
+Errors a user can cause print one line and exit with status 2; a run that
+stops on a non-finite loss exits with status 3.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from inception_jax.errors import UserError
@@ -27,6 +30,20 @@ def _split_overrides(argv):
     else:
       rest.append(item)
   return overrides, rest
+
+
+def cmd_train(args, overrides):
+  from inception_jax import parallel
+  parallel.initialize()      # before anything touches a device
+  from inception_jax import config_lib, train
+  config = config_lib.load(args.config, overrides)
+  result = train.run(config, args.workdir)
+  metrics = result['metrics']
+  if 'eval/top1' in metrics:
+    print(f"eval/top1 {metrics['eval/top1']:.4f}  eval/top5 {metrics['eval/top5']:.4f}  "
+          f"eval/loss {metrics['eval/loss']:.4f}  ({result['steps']} steps, "
+          f"{result['wall_time_sec']:.0f} s) → {args.workdir}")
+  return 0
 
 
 def cmd_cost(args, overrides):
@@ -86,9 +103,15 @@ def _cost_table(rows) -> str:
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
+                      datefmt='%H:%M:%S')
   parser = argparse.ArgumentParser(prog='launch.py', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
+  p = sub.add_parser('train', help='train one config in a run directory')
+  p.add_argument('--config', required=True, help='config FILE.py[:ARG]')
+  p.add_argument('--workdir', required=True, help='run directory')
+  p.set_defaults(fn=cmd_train)
   p = sub.add_parser('cost', help='parameters and multiply-adds (Table 3 "Cost")')
   p.add_argument('--config', help='config FILE.py[:ARG]')
   p.add_argument('--sweep', help='sweep FILE.py[:ARG]: one row per run')
@@ -100,7 +123,7 @@ def main(argv=None) -> int:
     return args.fn(args, overrides)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
-    return 2
+    return 3 if type(e).__name__ == 'NonFiniteError' else 2
 
 
 if __name__ == '__main__':

@@ -71,6 +71,9 @@ def get_config(arg=None):
   # The paper's recipe (Section 8; facts §1.8, §3).
   config.batch_size = 1600            # 50 replicas × 32
   config.num_epochs = 100.0
+  config.total_steps = 0              # > 0 overrides num_epochs
+  config.log_every_steps = 100
+  config.eval_every_steps = 10_000    # 0: evaluate at the end only
   config.optim = ml_collections.ConfigDict(dict(
       name='rmsprop',                 # or 'momentum' (Table 3's first row)
       learning_rate=0.045,
@@ -89,4 +92,23 @@ def get_config(arg=None):
       label_smoothing=0.1,
       aux_weight=0.4,
   ))
+  config.tracking = ml_collections.ConfigDict(dict(
+      tensorboard=True,
+      wandb=True,                     # when installed; offline without an API key
+      wandb_project='inception_jax',
+      wandb_group='',                 # sweeps set this to the sweep's name
+      progress=True,                  # progress bar on a terminal
+  ))
+
+  if arg.scale == 'demo':
+    config.batch_size = 32
+    config.total_steps = 300
+    config.log_every_steps = 10
+    config.eval_every_steps = 150
+  elif arg.scale == 'tiny':
+    config.batch_size = 16
+    config.total_steps = 6
+    config.log_every_steps = 1
+    config.eval_every_steps = 0
+    config.tracking.wandb = False
   return config

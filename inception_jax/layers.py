@@ -10,7 +10,7 @@ imported weights give identical outputs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,50 @@ def _out_size(size: int, window: int, stride: int, padding: str) -> int:
   return (size - window) // stride + 1
 
 
+class BatchNorm(nnx.Module):
+  """Batch normalization with a learned offset and no scale (TF-slim's
+  `batch_norm(scale=False)`): statistics in float32, moving averages with
+  decay `momentum` (0.9997) of the batch mean and (biased) variance.
+
+  `group_size` > 0 is ghost BatchNorm: each group of that many consecutive
+  examples is normalized with its own statistics, which reproduces the
+  paper's per-replica statistics (batch 32 on each of 50 replicas) under
+  one global jit; the moving averages take the mean of the group statistics.
+  """
+
+  def __init__(self, num_features: int, *, momentum: float = 0.9997,
+               epsilon: float = 1e-3, group_size: int = 0,
+               dtype: Any = jnp.float32, use_running_average: bool = False):
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.momentum, self.epsilon, self.group_size = momentum, epsilon, group_size
+    self.dtype, self.use_running_average = dtype, use_running_average
+
+  def __call__(self, x):
+    bias = self.bias[...]
+    if self.use_running_average:
+      mean, var = self.mean[...], self.var[...]
+      y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon) + bias
+      return y.astype(self.dtype)
+    batch, groups = x.shape[0], 1
+    if 0 < self.group_size < batch:
+      if batch % self.group_size:
+        raise ValueError(f'batch {batch} is not a multiple of bn_group_size '
+                         f'{self.group_size}')
+      groups = batch // self.group_size
+    xg = x.astype(jnp.float32).reshape(groups, batch // groups, *x.shape[1:])
+    axes = tuple(range(1, xg.ndim - 1))
+    mean = xg.mean(axis=axes, keepdims=True)
+    # Two-pass variance: E[x²] − E[x]² cancels badly when |mean| ≫ std.
+    var = jnp.square(xg - mean).mean(axis=axes, keepdims=True)
+    y = (xg - mean) * jax.lax.rsqrt(var + self.epsilon) + bias
+    m = self.momentum
+    self.mean[...] = m * self.mean[...] + (1 - m) * mean.reshape(groups, -1).mean(0)
+    self.var[...] = m * self.var[...] + (1 - m) * var.reshape(groups, -1).mean(0)
+    return y.reshape(x.shape).astype(self.dtype)
+
+
 class ConvBN(nnx.Module):
   """Convolution (no bias) → BatchNorm (offset only) → ReLU or identity.
 
@@ -46,7 +90,7 @@ class ConvBN(nnx.Module):
                activation: str = 'relu', norm: bool = True,
                kernel_init: Callable = he_normal, dtype: Any = jnp.float32,
                bn_momentum: float = 0.9997, bn_epsilon: float = 1e-3,
-               rngs: nnx.Rngs):
+               bn_group_size: int = 0, rngs: nnx.Rngs):
     if activation not in ACTIVATIONS:
       raise ValueError(f'activation must be one of {ACTIVATIONS}, got {activation!r}')
     if padding not in PADDINGS:
@@ -61,10 +105,8 @@ class ConvBN(nnx.Module):
                          strides=stride, padding=padding, use_bias=not norm,
                          kernel_init=kernel_init, dtype=dtype,
                          param_dtype=jnp.float32, rngs=rngs)
-    self.bn = nnx.BatchNorm(out_features, use_scale=False, use_bias=True,
-                            momentum=bn_momentum, epsilon=bn_epsilon,
-                            dtype=dtype, param_dtype=jnp.float32,
-                            rngs=rngs) if norm else None
+    self.bn = BatchNorm(out_features, momentum=bn_momentum, epsilon=bn_epsilon,
+                        group_size=bn_group_size, dtype=dtype) if norm else None
 
   def __call__(self, x):
     x = self.conv(x)
@@ -212,6 +254,7 @@ class Builder:
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9997
   bn_epsilon: float = 1e-3
+  bn_group_size: int = 0
   factorized_activation: str = 'relu'
   factorization_n: int = 7
   inception_a: str = 'released'
@@ -229,7 +272,7 @@ class Builder:
                   activation=activation, norm=spec.norm,
                   kernel_init=spec.kernel_init, dtype=self.dtype,
                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                  rngs=self.rngs)
+                  bn_group_size=self.bn_group_size, rngs=self.rngs)
 
   def tower(self, in_features: int, *specs: Conv | PoolSpec) -> Sequential:
     """A chain of layers, named TF-slim style: Conv2d_0a_1x1, AvgPool_0b_3x3, ..."""
@@ -264,5 +307,3 @@ def iter_layers(module: nnx.Module):
     yield module
 
 
-def count_flat(xs: Sequence) -> int:
-  return sum(int(x.size) for x in xs)

@@ -77,6 +77,7 @@ class InceptionSpec:
   dtype: str = 'float32'                   # compute dtype; parameters stay float32
   bn_momentum: float = 0.9997
   bn_epsilon: float = 1e-3
+  bn_group_size: int = 0                   # ghost BN: examples per statistics group (0: whole batch)
 
   def __post_init__(self):
     object.__setattr__(self, 'blocks', dict(self.blocks))
@@ -96,6 +97,8 @@ class InceptionSpec:
       raise ConfigError(f'num_classes must be >= 1, got {self.num_classes}')
     if not self.width_multiplier > 0:
       raise ConfigError(f'width_multiplier must be > 0, got {self.width_multiplier}')
+    if self.bn_group_size < 0:
+      raise ConfigError(f'bn_group_size must be >= 0, got {self.bn_group_size}')
     if self.min_depth < 1 or self.factorization_n < 1:
       raise ConfigError('min_depth and factorization_n must be >= 1')
     if not 0 <= self.dropout_rate < 1:
@@ -126,6 +129,7 @@ class InceptionSpec:
     return Builder(rngs=rngs, width_multiplier=self.width_multiplier,
                    min_depth=self.min_depth, dtype=DTYPES[self.dtype],
                    bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                   bn_group_size=self.bn_group_size,
                    factorized_activation=self.factorized_activation,
                    factorization_n=self.factorization_n,
                    inception_a=self.inception_a)

@@ -7,6 +7,10 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Tests and the runs they start in subprocesses compile the same tiny
+# programs many times: share compilations through JAX's persistent cache.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    os.environ.get('TMPDIR', '/tmp'), 'inception_jax_test_jax_cache'))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

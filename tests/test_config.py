@@ -60,6 +60,8 @@ def test_table3_sweep_expands_to_the_five_rows():
   assert rms.optim.name == 'rmsprop' and rms.loss.label_smoothing == 0.0
   assert ls.loss.label_smoothing == 0.1 and ls.model.stem == '7x7'
   assert f7.model.stem == 'factorized' and f7.model.aux_bn is False
-  assert v3.model.aux_bn is True and v3.model.to_dict() == models.preset(
-      'inception_v3', width_multiplier=0.05, min_depth=4).to_dict()
+  # At demo and tiny scale the number of classes follows the dataset.
+  assert v3.model.aux_bn is True and v3.model.to_dict() == dict(
+      models.preset('inception_v3', width_multiplier=0.05, min_depth=4).to_dict(),
+      num_classes=None)
   assert all(c.model.width_multiplier == 0.05 for c in configs.values())

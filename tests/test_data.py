@@ -262,7 +262,7 @@ def test_folder_missing_or_empty_path_is_a_clear_error(tmp_path):
 
 
 def test_tfds_array_record_dataset_through_the_pipeline(tmp_path):
-  tfds = pytest.importorskip('tensorflow_datasets')
+  import tensorflow_datasets as tfds
 
   class TinyShapes(tfds.core.GeneratorBasedBuilder):
     """Synthetic shapes stored as JPEGs in ArrayRecord files."""

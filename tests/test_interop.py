@@ -4,12 +4,11 @@ included, transferred with `from_keras`; inference logits must agree."""
 import os
 
 import jax
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip('keras')
-
-from inception_jax import interop  # noqa: E402
+from inception_jax import interop
 
 
 def _randomize(model, rng):

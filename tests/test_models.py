@@ -209,7 +209,7 @@ def test_avg_pool_excludes_padding_like_tensorflow():
 
 def test_convbn_is_conv_bn_without_scale_then_relu():
   layer = layers.ConvBN(3, 4, 3, rngs=nnx.Rngs(0))
-  assert layer.conv.bias is None and layer.bn.scale is None
+  assert layer.conv.bias is None and not hasattr(layer.bn, 'scale')
   assert layer.bn.epsilon == 1e-3 and layer.bn.momentum == 0.9997
   layer.bn.mean.set_value(jnp.full((4,), 0.5))
   layer.bn.var.set_value(jnp.full((4,), 4.0))
@@ -255,3 +255,25 @@ def test_bfloat16_computes_in_bfloat16():
   assert grid.dtype == jnp.bfloat16
   params = nnx.state(model, nnx.Param)
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype('float32')}
+
+
+def test_ghost_batch_norm_normalizes_each_group_alone():
+  x = jax.random.normal(jax.random.key(0), (8, 3, 3, 4)) * 3 + 1
+  ghost = layers.BatchNorm(4, group_size=2, momentum=0.5)
+  whole = layers.BatchNorm(4, momentum=0.5)
+  y = ghost(x)
+  for g in range(4):
+    part = layers.BatchNorm(4, momentum=0.5)
+    np.testing.assert_allclose(y[2 * g:2 * g + 2], part(x[2 * g:2 * g + 2]),
+                               rtol=1e-5, atol=1e-5)
+  assert not np.allclose(y, whole(x), atol=1e-3)
+  # Moving averages take the mean of the group statistics.
+  group_means = x.reshape(4, 2, 3, 3, 4).mean(axis=(1, 2, 3)).mean(0)
+  np.testing.assert_allclose(ghost.mean[...], 0.5 * group_means, rtol=1e-5)
+  with pytest.raises(ValueError, match='multiple of bn_group_size'):
+    layers.BatchNorm(4, group_size=3)(x)
+  # A group as large as the batch is plain BatchNorm; eval uses the averages.
+  np.testing.assert_allclose(layers.BatchNorm(4, group_size=8)(x), whole(x), atol=1e-6)
+  whole.eval()
+  expected = (x - whole.mean[...]) / np.sqrt(whole.var[...] + 1e-3)
+  np.testing.assert_allclose(whole(x), expected, rtol=1e-5, atol=1e-5)

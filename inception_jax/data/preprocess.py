@@ -5,10 +5,10 @@ ratio 3/4–4/3, 10 attempts, falling back to a central crop), bilinear resize
 to the network's input, a random horizontal flip, optional colour distortion.
 Evaluation: the central 87.5% of the image, resized. Pixels end in [-1, 1].
 
-Images are decoded with Pillow. For JPEGs the decoder is asked for the
+Images are decoded with Pillow; for JPEGs the decoder is asked for the
 smallest DCT scale (1/2, 1/4, 1/8) that still covers the crop at the output
-resolution, which is how this path keeps pace with TensorFlow's
-`decode_and_crop_jpeg`. Every random choice comes from the generator passed
+resolution. The crop is resized with OpenCV's bilinear filter, which, like
+`tf.image.resize`, reads nothing outside the crop and does not antialias. Every random choice comes from the generator passed
 in, which the pipeline derives from (seed, epoch, example index).
 """
 
@@ -18,6 +18,7 @@ import dataclasses
 import io
 import math
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -89,15 +90,15 @@ def crop_and_resize(img: Image.Image, box, size: int, where: str) -> np.ndarray:
         img.draft('RGB', (math.ceil(full_w / scale), math.ceil(full_h / scale)))
         fy, fx = img.size[1] / full_h, img.size[0] / full_w
         top, left, h, w = top * fy, left * fx, h * fy, w * fx
-    box = tuple(round(v) for v in (left, top, left + w, top + h))
-    img = img.crop(box)        # so that resizing reads nothing outside the crop
     if img.mode != 'RGB':
       img = img.convert('RGB')
-    return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
-  except CorruptImageError:
-    raise
+    pixels = np.asarray(img)
   except Exception as e:
     raise CorruptImageError(f'cannot decode {where}: {e}') from None
+  top, left = round(top), round(left)
+  crop = pixels[top:top + max(1, round(h)), left:left + max(1, round(w))]
+  # Bilinear without antialiasing, as tf.image.resize; reads only the crop.
+  return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def distort_color(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

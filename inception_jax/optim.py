@@ -1,0 +1,166 @@
+"""The paper's optimizer (Section 8; facts §1.8, §3, §5) as an Optax chain.
+
+`make_optimizer(config.optim, ...)` returns, in this order:
+
+  1. coupled L2 weight decay: g ← g + wd·w on conv/dense kernels only. Google's
+     code adds wd·Σ‖w‖²/2 to the loss (facts §3, §4), whose gradient this is;
+  2. clipping by global norm (`grad_clip_norm`, the paper's "threshold 2.0";
+     0 turns it off) of that total gradient, as TF would clip the gradient of
+     the regularized loss;
+  3. TF1 RMSProp (`name='rmsprop'`) or TF1 momentum SGD (`name='momentum'`),
+     driven by `learning_rate_schedule`.
+
+The learning rate of update i (0-based: i updates were applied before it) is
+`learning_rate_schedule(...)(i)`, as TF's `exponential_decay(global_step)`
+with the global step read before it is incremented. A trainer logs
+`train/lr` by calling the same schedule with its step counter.
+
+`ema_decay`/`update_ema` are the running average used for evaluation
+(Google's `ExponentialMovingAverage(0.9999, num_updates=global_step)`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from inception_jax.errors import ConfigError
+
+OPTIMIZERS = ('rmsprop', 'momentum')
+
+
+def _check(ok: bool, message: str):
+  if not ok:
+    raise ConfigError(message)
+
+
+def base_learning_rate(optim_cfg, global_batch: int) -> float:
+  """`learning_rate`, × global_batch / base_batch_size when base_batch_size > 0
+  (the TPU recipe's 0.165 per 256 images; facts §4)."""
+  base = int(optim_cfg.get('base_batch_size', 0))
+  _check(base >= 0, f'optim.base_batch_size must be >= 0, got {base}')
+  if base == 0:
+    return float(optim_cfg.learning_rate)
+  _check(global_batch > 0, f'global batch must be > 0, got {global_batch}')
+  return float(optim_cfg.learning_rate) * global_batch / base
+
+
+def learning_rate_schedule(optim_cfg, *, steps_per_epoch: float,
+                           global_batch: int) -> optax.Schedule:
+  """Staircase exponential decay after an optional linear warm-up.
+
+  With lr0 = `base_learning_rate`, W = warmup_epochs·steps_per_epoch and
+  D = decay_epochs·steps_per_epoch (floats: an epoch need not be a whole
+  number of steps):
+
+    lr(t) = lr0 · t / W                               for t < W
+    lr(t) = lr0 · decay_rate ** floor((t − W) / D)    for t ≥ W
+
+  so the decay is counted from the end of the warm-up, lr is continuous at W,
+  and W = 0 is exactly Google's `exponential_decay(0.045, global_step,
+  decay_steps, 0.94, staircase=True)` (facts §3, §5).
+  """
+  _check(steps_per_epoch > 0, f'steps_per_epoch must be > 0, got {steps_per_epoch}')
+  _check(optim_cfg.decay_epochs > 0,
+         f'optim.decay_epochs must be > 0, got {optim_cfg.decay_epochs}')
+  _check(optim_cfg.decay_rate > 0,
+         f'optim.decay_rate must be > 0, got {optim_cfg.decay_rate}')
+  warmup_epochs = float(optim_cfg.get('warmup_epochs', 0.0))
+  _check(warmup_epochs >= 0, f'optim.warmup_epochs must be >= 0, got {warmup_epochs}')
+  lr0 = base_learning_rate(optim_cfg, global_batch)
+  decay_steps = float(optim_cfg.decay_epochs) * steps_per_epoch
+  warmup_steps = warmup_epochs * steps_per_epoch
+  rate = float(optim_cfg.decay_rate)
+
+  def schedule(step):
+    t = jnp.asarray(step, jnp.float32)
+    decays = jnp.floor(jnp.maximum(t - warmup_steps, 0.0) / decay_steps)
+    lr = lr0 * rate ** decays
+    if warmup_steps > 0:
+      lr = jnp.where(t < warmup_steps, lr0 * t / warmup_steps, lr)
+    return lr
+  return schedule
+
+
+def _is_kernel(path) -> bool:
+  names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+  return bool(names) and names[-1] == 'kernel'
+
+
+def weight_decay_mask(params) -> Any:
+  """True for conv and dense kernels (leaves named `kernel`), False for
+  biases and BatchNorm offsets — Google decays "weights" only (facts §3, §4).
+
+  `params` is an `nnx.State` of `nnx.Param` (or any nested dict); the mask
+  has the same structure with bool leaves, as `optax.masked` expects.
+  """
+  return jax.tree_util.tree_map_with_path(lambda p, _: _is_kernel(p), params)
+
+
+def tf_rmsprop(learning_rate, *, decay: float, epsilon: float,
+               momentum: float) -> optax.GradientTransformation:
+  """`tf.compat.v1.train.RMSPropOptimizer` (facts §3): ms ← ρ·ms + (1−ρ)·g²
+  with ms initialised to ones; mom ← μ·mom + lr·g/√(ms+ε); w ← w − mom.
+  Optax's rmsprop is exactly this with these options (facts §5)."""
+  return optax.rmsprop(learning_rate, decay=decay, eps=epsilon,
+                       initial_scale=1.0, eps_in_sqrt=True, momentum=momentum)
+
+
+def tf_momentum(learning_rate, *, momentum: float) -> optax.GradientTransformation:
+  """`tf.compat.v1.train.MomentumOptimizer`: accum ← μ·accum + g;
+  w ← w − lr·accum (the current lr scales the whole accumulator)."""
+  return optax.chain(optax.trace(decay=momentum),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+def make_optimizer(optim_cfg, *, steps_per_epoch: float,
+                   global_batch: int) -> optax.GradientTransformation:
+  """Weight decay → global-norm clipping → RMSProp or momentum (module doc)."""
+  name = optim_cfg.name
+  _check(name in OPTIMIZERS,
+         f'optim.name must be one of {list(OPTIMIZERS)}, got {name!r}')
+  wd, clip = float(optim_cfg.weight_decay), float(optim_cfg.grad_clip_norm)
+  _check(wd >= 0, f'optim.weight_decay must be >= 0, got {wd}')
+  _check(clip >= 0, f'optim.grad_clip_norm must be >= 0 (0: off), got {clip}')
+  schedule = learning_rate_schedule(optim_cfg, steps_per_epoch=steps_per_epoch,
+                                    global_batch=global_batch)
+  parts = []
+  if wd > 0:
+    parts.append(optax.add_decayed_weights(wd, mask=weight_decay_mask))
+  if clip > 0:
+    parts.append(optax.clip_by_global_norm(clip))
+  if name == 'rmsprop':
+    parts.append(tf_rmsprop(schedule, decay=optim_cfg.rms_decay,
+                            epsilon=optim_cfg.epsilon, momentum=optim_cfg.momentum))
+  else:
+    parts.append(tf_momentum(schedule, momentum=optim_cfg.momentum))
+  return optax.chain(*parts)
+
+
+def ema_decay(step, decay: float):
+  """min(decay, (1 + t) / (10 + t)): TF's `ExponentialMovingAverage(decay,
+  num_updates=t)`, with t = `step` (a Python or traced integer)."""
+  t = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + t) / (10.0 + t))
+
+
+def update_ema(ema_tree, new_tree, step, decay: float):
+  """ema ← d·ema + (1 − d)·new with d = `ema_decay(step, decay)`.
+
+  Pass t = the 0-based index of the optimizer update just applied (the global
+  step before its increment), so the first average uses d = 1/10. Works on
+  any pytree (parameters and BatchNorm statistics); leaves that are not
+  floating point (counters, RNG keys) take the new value.
+  """
+  d = ema_decay(step, decay)
+
+  def average(ema, new):
+    ema, new = jnp.asarray(ema), jnp.asarray(new)
+    if not jnp.issubdtype(new.dtype, jnp.floating):
+      return new
+    mixed = d * ema.astype(jnp.float32) + (1 - d) * new.astype(jnp.float32)
+    return mixed.astype(ema.dtype)
+  return jax.tree.map(average, ema_tree, new_tree)

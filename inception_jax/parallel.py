@@ -1,0 +1,48 @@
+"""Devices: multi-host start-up, the ('data',) mesh and its shardings.
+
+One process per host (or per GPU) joins through `jax.distributed.initialize()`,
+which reads SLURM, Open MPI, Kubernetes or TPU-pod environments by itself, or
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID when set by hand.
+Parameters are replicated; each batch is split along the 'data' axis.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+_MULTI_PROCESS_ENV = {
+    'JAX_COORDINATOR_ADDRESS': None,
+    'SLURM_NTASKS': '1',
+    'OMPI_COMM_WORLD_SIZE': '1',
+}
+
+
+def launched_with_several_processes() -> bool:
+  """True when the environment says this is one of several processes."""
+  for key, single in _MULTI_PROCESS_ENV.items():
+    value = os.environ.get(key)
+    if value and (single is None or value != single):
+      return True
+  return False
+
+
+def initialize() -> None:
+  """Join the other processes of a multi-process run (no-op otherwise).
+  Must run before anything touches a device."""
+  if launched_with_several_processes() and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+
+
+def data_mesh() -> jax.sharding.Mesh:
+  return jax.make_mesh((jax.device_count(),), ('data',))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P('data'))

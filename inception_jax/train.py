@@ -1,0 +1,290 @@
+"""The training loop as a library call: `run(config, workdir)`.
+
+Sections in order: run directory, mesh, data, model, optimizer, state, steps,
+loop. The model is split once (`nnx.split`); the train step is a plain
+`jax.jit` over the state pytree, with the state donated, parameters
+replicated and the batch sharded over the ('data',) mesh, so BatchNorm sees
+the global batch (`model.bn_group_size` restores per-replica statistics).
+Randomness of step t is `fold_in(key(seed), t)`. Evaluation reports the EMA
+weights as `eval/*` and the raw weights as `eval_raw/*`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from inception_jax import cost, losses, models, optim, parallel, tracking
+from inception_jax.data import pipeline, sources
+from inception_jax.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(UserError):
+  """The loss or the gradient stopped being finite."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any
+  ema_batch_stats: Any
+
+
+def check_config(config) -> None:
+  """Values a config can hold but a run cannot use: clear errors up front."""
+  if config.batch_size < 1:
+    raise ConfigError(f'batch_size must be >= 1, got {config.batch_size}')
+  if config.batch_size % jax.device_count():
+    raise ConfigError(f'batch_size {config.batch_size} must be a multiple of '
+                      f'the {jax.device_count()} devices')
+  if config.total_steps < 0 or (config.total_steps == 0 and config.num_epochs <= 0):
+    raise ConfigError('set total_steps > 0 or num_epochs > 0')
+  if config.log_every_steps < 1 or config.eval_every_steps < 0:
+    raise ConfigError('log_every_steps must be >= 1 and eval_every_steps >= 0')
+
+
+def _check_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f'cannot write to workdir {workdir!r}: {e.strerror or e}') from None
+
+
+def model_spec(config, num_classes: int) -> models.InceptionSpec:
+  model_cfg = dict(config.model)
+  if model_cfg['num_classes'] is None:
+    model_cfg['num_classes'] = num_classes
+  return models.InceptionSpec.from_config(model_cfg)
+
+
+def make_train_step(graphdef, tx, schedule, config):
+  key = jax.random.key(config.seed)
+
+  def train_step(state: TrainState, batch):
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
+      logits, aux = model(batch['image'], return_aux=True,
+                          rngs=jax.random.fold_in(key, state.step))
+      total, parts = losses.inception_loss(
+          logits, aux, batch['label'], smoothing=config.loss.label_smoothing,
+          aux_weight=config.loss.aux_weight)
+      parts['top1'] = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+      return total, (parts, nnx.state(model, nnx.BatchStat))
+
+    (_, (parts, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = config.optim.ema_decay
+    new = TrainState(
+        step=state.step + 1, params=params, batch_stats=batch_stats,
+        opt_state=opt_state,
+        ema_params=optim.update_ema(state.ema_params, params, state.step, decay),
+        ema_batch_stats=optim.update_ema(state.ema_batch_stats, batch_stats,
+                                         state.step, decay))
+    metrics = {f'train/{k}': v for k, v in parts.items()}
+    metrics['train/grad_norm'] = optax.global_norm(grads)
+    metrics['train/lr'] = schedule(state.step)
+    return new, metrics
+  return train_step
+
+
+def make_eval_step(eval_graphdef):
+  def eval_step(state: TrainState, batch):
+    mask, labels = batch['mask'], batch['label']
+    sums = {'count': jnp.sum(mask)}
+    for prefix, params, stats in (('eval', state.ema_params, state.ema_batch_stats),
+                                  ('eval_raw', state.params, state.batch_stats)):
+      logits = nnx.merge(eval_graphdef, params, stats, copy=True)(batch['image'])
+      k = min(5, logits.shape[-1])
+      top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
+      sums[f'{prefix}/loss'] = jnp.sum(
+          losses.smoothed_cross_entropy(logits, labels, 0.0) * mask)
+      sums[f'{prefix}/top1'] = jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
+      sums[f'{prefix}/top5'] = jnp.sum(top5 * mask)
+    return sums
+  return eval_step
+
+
+class _Progress:
+  """A one-line progress bar on a terminal: step, loss, images/s, time left."""
+
+  def __init__(self, total: int, start: int, enabled: bool):
+    self.bar = None
+    if enabled and sys.stderr.isatty():
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
+
+  def update(self, step: int, metrics: dict) -> None:
+    if self.bar is not None:
+      self.bar.n = step
+      self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
+                           img_s=f"{metrics.get('train/images_per_sec', 0):.0f}",
+                           refresh=True)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+def run(config, workdir: str) -> dict:
+  """Train `config` in `workdir`; returns (and writes) the result."""
+  start_time = time.time()
+  check_config(config)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    _check_writable(workdir)
+
+  # --- Mesh --------------------------------------------------------------------
+  mesh = parallel.data_mesh()
+  replicated, data_sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  local_batch = pipeline.local_batch_size(config.batch_size)
+
+  # --- Data --------------------------------------------------------------------
+  train_source = sources.make_source(config.data, config.data.train_split)
+  eval_source = sources.make_source(config.data, config.data.eval_split)
+  steps_per_epoch = len(train_source) / config.batch_size
+  total_steps = config.total_steps or math.ceil(config.num_epochs * steps_per_epoch)
+  train_loader = pipeline.Loader(
+      pipeline.train_dataset(train_source, config.data, seed=config.seed,
+                             local_batch=local_batch), data_sharded)
+
+  # --- Model -------------------------------------------------------------------
+  spec = model_spec(config, train_source.num_classes)
+  image_size = config.data.image_size
+  abstract = nnx.eval_shape(lambda: models.Inception(
+      spec, image_size=image_size, rngs=nnx.Rngs(0)))
+  graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+  abstract.eval()
+  eval_graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+
+  # --- Optimizer ---------------------------------------------------------------
+  tx = optim.make_optimizer(config.optim, steps_per_epoch=steps_per_epoch,
+                            global_batch=config.batch_size)
+  schedule = optim.learning_rate_schedule(
+      config.optim, steps_per_epoch=steps_per_epoch, global_batch=config.batch_size)
+
+  # --- State -------------------------------------------------------------------
+  def init():
+    model = models.Inception(spec, image_size=image_size,
+                             rngs=nnx.Rngs(params=config.seed))
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=batch_stats, opt_state=tx.init(params),
+                      ema_params=copy(params), ema_batch_stats=copy(batch_stats))
+  state = jax.jit(init, out_shardings=replicated)()
+
+  # --- Steps -------------------------------------------------------------------
+  train_step = jax.jit(make_train_step(graphdef, tx, schedule, config),
+                       donate_argnums=0, out_shardings=(replicated, replicated))
+  eval_step = jax.jit(make_eval_step(eval_graphdef), out_shardings=replicated)
+
+  def evaluate(state) -> dict[str, float]:
+    dataset, _ = pipeline.eval_dataset(eval_source, config.data, local_batch=local_batch)
+    totals = None
+    for batch in dataset:
+      sums = eval_step(state, pipeline.to_global(batch, data_sharded))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = float(totals.pop('count'))
+    return {k: float(v) / count for k, v in totals.items()}
+
+  # --- Loop --------------------------------------------------------------------
+  tracker = tracking.Tracker(
+      workdir, config.to_dict(), enabled=is_chief,
+      tensorboard=config.tracking.tensorboard, wandb=config.tracking.wandb,
+      wandb_project=config.tracking.wandb_project,
+      wandb_group=config.tracking.wandb_group)
+  progress = _Progress(total_steps, 0, is_chief and config.tracking.progress)
+  log.info('training %s for %d steps (%.2f steps per epoch) on %d devices',
+           spec.stem, total_steps, steps_per_epoch, jax.device_count())
+  interval = {'time': time.time(), 'steps': 0}
+  train_time, eval_metrics, last = 0.0, {}, {}
+
+  def finish_step(step: int, metrics) -> None:
+    """Check a finished step's metrics; log them at the logging interval."""
+    nonlocal last
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not (math.isfinite(metrics['train/loss']) and
+            math.isfinite(metrics['train/grad_norm'])):
+      raise NonFiniteError(
+          f"non-finite {'loss' if not math.isfinite(metrics['train/loss']) else 'gradient'}"
+          f" at step {step} (loss {metrics['train/loss']}, gradient norm "
+          f"{metrics['train/grad_norm']}); the run stopped and everything written "
+          f'before step {step} is intact. Lower optim.learning_rate or keep '
+          f'optim.grad_clip_norm > 0.')
+    last = metrics
+    if step % config.log_every_steps == 0 or step == total_steps:
+      elapsed = time.time() - interval['time']
+      metrics['train/images_per_sec'] = (
+          interval['steps'] * config.batch_size / max(elapsed, 1e-9))
+      interval.update(time=time.time(), steps=0)
+      tracker.log(step, metrics)
+      progress.update(step, metrics)
+
+  try:
+    pending = None
+    loop_start = time.time()
+    for step in range(int(state.step), total_steps):
+      batch = next(train_loader)
+      state, metrics = train_step(state, batch)
+      interval['steps'] += 1
+      if pending is not None:           # the previous step is done by now
+        finish_step(*pending)
+      pending = (step + 1, metrics)
+      done = step + 1
+      if done == total_steps or (config.eval_every_steps and
+                                 done % config.eval_every_steps == 0):
+        finish_step(*pending)
+        pending = None
+        eval_start = time.time()
+        eval_metrics = evaluate(state)
+        tracker.log(done, eval_metrics)
+        loop_start += time.time() - eval_start   # train time excludes evaluation
+        interval['time'] += time.time() - eval_start
+    if pending is not None:
+      finish_step(*pending)
+    train_time = time.time() - loop_start
+  except BaseException:
+    progress.close()
+    tracker.close()
+    raise
+  progress.close()
+
+  c = cost.count(spec, image_size)
+  result = {
+      'metrics': {**eval_metrics, 'train/loss': last.get('train/loss', float('nan'))},
+      'steps': total_steps,
+      'epochs': total_steps / steps_per_epoch,
+      'batch_size': config.batch_size,
+      'image_size': image_size,
+      'params': c.params,
+      'macs': c.macs,
+      'train_images_per_sec': total_steps * config.batch_size / max(train_time, 1e-9),
+      'wall_time_sec': time.time() - start_time,
+      'devices': jax.device_count(),
+      'processes': jax.process_count(),
+  }
+  tracker.finish(result)
+  return result
