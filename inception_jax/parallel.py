@@ -32,8 +32,15 @@ def launched_with_several_processes() -> bool:
 def initialize() -> None:
   """Join the other processes of a multi-process run (no-op otherwise).
   Must run before anything touches a device."""
-  if launched_with_several_processes() and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  if not launched_with_several_processes() or jax.distributed.is_initialized():
+    return
+  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    jax.distributed.initialize(
+        coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
+        num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+        process_id=int(os.environ['JAX_PROCESS_ID']))
+  else:
+    jax.distributed.initialize()    # SLURM, Open MPI, Kubernetes, TPU pods
 
 
 def data_mesh() -> jax.sharding.Mesh:

@@ -109,10 +109,15 @@ def render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
 
 class SyntheticSource:
   """Random-access source of `num_examples` generated images (Grain source
-  protocol: `len()` and `[index]`). Records: {'image': uint8 HWC, 'label'}."""
+  protocol: `len()` and `[index]`). Records: {'image': uint8 HWC, 'label'}.
+
+  Drawn images are kept in memory (per process) when they fit in
+  `cache_mb`, so later epochs cost no drawing; the cache is not pickled to
+  worker processes.
+  """
 
   def __init__(self, *, num_examples: int, num_classes: int, image_size: int,
-               seed: int = 0, split: str = 'train'):
+               seed: int = 0, split: str = 'train', cache_mb: int = 1024):
     if not 2 <= num_classes <= MAX_CLASSES:
       raise ValueError(f'the synthetic dataset has 2 to {MAX_CLASSES} classes, '
                        f'got {num_classes}')
@@ -121,6 +126,12 @@ class SyntheticSource:
     self.num_examples, self.num_classes = num_examples, num_classes
     self.image_size, self.seed = image_size, seed
     self.split_id = SPLIT_IDS[split]
+    self._cache = {} if num_examples * image_size**2 * 3 <= cache_mb * 2**20 else None
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state['_cache'] = {} if self._cache is not None else None
+    return state
 
   def __len__(self) -> int:
     return self.num_examples
@@ -129,9 +140,15 @@ class SyntheticSource:
     index = int(index)
     if not 0 <= index < self.num_examples:
       raise IndexError(index)
-    rng = np.random.default_rng([self.seed, self.split_id, index])
-    label = int(rng.integers(self.num_classes))
-    return {'image': render(label, self.image_size, rng), 'label': label}
+    if self._cache is not None and index in self._cache:
+      image, label = self._cache[index]
+    else:
+      rng = np.random.default_rng([self.seed, self.split_id, index])
+      label = int(rng.integers(self.num_classes))
+      image = render(label, self.image_size, rng)
+      if self._cache is not None:
+        self._cache[index] = (image, label)
+    return {'image': image, 'label': label}
 
   def __repr__(self):
     return (f'SyntheticSource({self.num_examples} examples, {self.num_classes} '
