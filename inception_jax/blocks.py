@@ -71,18 +71,22 @@ def get_block(name: str) -> Callable[..., nnx.Module]:
 
 # --- Stems ---------------------------------------------------------------------
 
-@register_stem('factorized', 299)
-def factorized_stem(b: Builder) -> Sequential:
-  """Inception-v3's stem (Table 1; the 7×7 factorized into three 3×3)."""
+def _factorized_stem(b: Builder, first_stride: int) -> Sequential:
   return b.sequential(
       3,
-      Conv2d_1a_3x3=conv(32, 3, 2, 'VALID'),
+      Conv2d_1a_3x3=conv(32, 3, first_stride, 'VALID'),
       Conv2d_2a_3x3=conv(32, 3, 1, 'VALID'),
       Conv2d_2b_3x3=conv(64, 3),
       MaxPool_3a_3x3=maxpool(3, 2),
       Conv2d_3b_1x1=conv(80, 1, 1, 'VALID'),
       Conv2d_4a_3x3=conv(192, 3, 1, 'VALID'),
       MaxPool_5a_3x3=maxpool(3, 2))
+
+
+@register_stem('factorized', 299)
+def factorized_stem(b: Builder) -> Sequential:
+  """Inception-v3's stem (Table 1; the 7×7 factorized into three 3×3)."""
+  return _factorized_stem(b, first_stride=2)
 
 
 @register_stem('7x7', 299)
@@ -107,15 +111,7 @@ def stem_rf151(b: Builder) -> Sequential:
   """Table 2, 151×151 receptive field: "stride 1 and max pooling after the
   first layer". The first convolution has stride 1 instead of 2, so a 151×151
   input reaches the same 147×147 grid, and the rest, the same compute."""
-  return b.sequential(
-      3,
-      Conv2d_1a_3x3=conv(32, 3, 1, 'VALID'),
-      Conv2d_2a_3x3=conv(32, 3, 1, 'VALID'),
-      Conv2d_2b_3x3=conv(64, 3),
-      MaxPool_3a_3x3=maxpool(3, 2),
-      Conv2d_3b_1x1=conv(80, 1, 1, 'VALID'),
-      Conv2d_4a_3x3=conv(192, 3, 1, 'VALID'),
-      MaxPool_5a_3x3=maxpool(3, 2))
+  return _factorized_stem(b, first_stride=1)
 
 
 @register_stem('rf79', 79)
