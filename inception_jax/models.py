@@ -23,13 +23,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from inception_jax import blocks
 from inception_jax.errors import ConfigError
-from inception_jax.layers import Builder, iter_layers
+from inception_jax.layers import Builder
 
 DEFAULT_BLOCKS = {
     'grid_35': 'inception_a',

@@ -6,7 +6,6 @@ import sys
 
 import jax
 import pytest
-from flax import nnx
 
 from inception_jax import config_lib, cost, models
 from inception_jax.cost import jaxpr_macs
