@@ -91,6 +91,22 @@ def test_restored_pipeline_continues_with_the_same_batches():
     np.testing.assert_array_equal(got['image'], expected['image'])
 
 
+def test_worker_processes_give_the_same_resumable_stream():
+  cfg = data_cfg()
+  src = sources.make_source(cfg, 'train')
+  threads = take(pipeline.train_dataset(src, cfg, seed=0, local_batch=8), 6)
+  cfg.num_workers = 2
+  loader = pipeline.Loader(pipeline.train_dataset(src, cfg, seed=0, local_batch=8))
+  got = [next(loader) for _ in range(4)]
+  state = loader.get_state()
+  restored = pipeline.Loader(pipeline.train_dataset(src, cfg, seed=0, local_batch=8))
+  restored.set_state(state)
+  got += [next(restored) for _ in range(2)]
+  for a, b in zip(threads, got):
+    np.testing.assert_array_equal(a['index'], b['index'])
+    np.testing.assert_array_equal(a['image'], b['image'])
+
+
 @pytest.mark.parametrize('processes', [1, 2])
 def test_evaluation_counts_each_example_once(processes):
   cfg = data_cfg()

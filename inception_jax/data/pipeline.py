@@ -114,6 +114,9 @@ def _read_options(data_cfg) -> grain.ReadOptions:
 
 def _prefetch(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
   if data_cfg.num_workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():    # Grain's workers read absl flags
+      flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
   return ds
 
@@ -133,8 +136,9 @@ def train_dataset(source, data_cfg, *, seed: int, local_batch: int,
   ds = ds.map_with_index(_TrainExample(source, options(data_cfg), seed, len(shard),
                                        data_cfg.skip_corrupt))
   ds = ds.to_iter_dataset(_read_options(data_cfg))   # drops skipped (None) examples
-  ds = ds.batch(local_batch, drop_remainder=True)
-  return _prefetch(ds, data_cfg)
+  # Workers prepare examples round-robin and batches form afterwards, so the
+  # stream is the same whatever data.num_workers is.
+  return _prefetch(ds, data_cfg).batch(local_batch, drop_remainder=True)
 
 
 def eval_dataset(source, data_cfg, *, local_batch: int,
@@ -148,8 +152,8 @@ def eval_dataset(source, data_cfg, *, local_batch: int,
   num_batches = math.ceil(math.ceil(len(source) / count) / local_batch)
   ds = grain.MapDataset.range(num_batches * local_batch)
   ds = ds.map(_EvalExample(source, options(data_cfg), indices, data_cfg.skip_corrupt))
-  ds = ds.batch(local_batch).to_iter_dataset(_read_options(data_cfg))
-  return _prefetch(ds, data_cfg), num_batches
+  ds = _prefetch(ds.to_iter_dataset(_read_options(data_cfg)), data_cfg)
+  return ds.batch(local_batch), num_batches
 
 
 def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
