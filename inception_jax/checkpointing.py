@@ -54,7 +54,7 @@ def _hash_dir(path: str) -> dict[str, str]:
     for name in files:
       full = os.path.join(root, name)
       rel = os.path.relpath(full, path)
-      if rel == CHECKSUMS:
+      if rel in (CHECKSUMS, CHECKSUMS + '.tmp'):
         continue
       digest = hashlib.sha256()
       with open(full, 'rb') as f:
