@@ -119,7 +119,3 @@ def set_value(config: ml_collections.ConfigDict, key: str, value: Any,
   except TypeError:
     raise ConfigError(f'config key {key!r} expects {type(current).__name__}, '
                       f'got {value!r}') from None
-
-
-def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return config.to_dict()
