@@ -129,27 +129,27 @@ def test_wandb_runs_offline_without_an_api_key(tmp_path):
   assert glob.glob(os.path.join(runs[0], '*.wandb'))
 
 
-def test_two_processes_of_four_devices_train_as_one(tmp_path):
-  """Multi-host start-up on one machine: 2 processes × 4 CPU devices join
-  through jax.distributed; process 0 alone writes the run directory."""
-  import socket
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
-  procs = []
-  for process in range(2):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-               JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
-               JAX_PROCESS_ID=str(process))
-    procs.append(subprocess.Popen(
-        [sys.executable, 'launch.py', 'train', '--config', TINY, '--workdir',
-         str(tmp_path), '--config.total_steps=3'],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  outputs = [p.communicate(timeout=900) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
-  result = json.load(open(tmp_path / 'result.json'))
-  assert result['devices'] == 8 and result['processes'] == 2
-  rows = tracking.read_metrics(str(tmp_path))
-  assert [r['step'] for r in rows if 'train/loss' in r] == [1, 2, 3]   # written once
-  assert 0 <= result['metrics']['eval/top1'] <= 1
+def test_several_processes_join_through_jax_distributed(monkeypatch):
+  """`launch.py train` calls parallel.initialize() first: with the
+  coordinator variables it passes them on; under SLURM or Open MPI it lets
+  jax.distributed detect the cluster; a single process starts nothing."""
+  from inception_jax import parallel
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: False)
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  for key in ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+    monkeypatch.delenv(key, raising=False)
+  parallel.initialize()
+  monkeypatch.setenv('SLURM_NTASKS', '1')
+  parallel.initialize()
+  assert calls == []
+  monkeypatch.setenv('SLURM_NTASKS', '4')
+  parallel.initialize()
+  assert calls == [{}]
+  monkeypatch.delenv('SLURM_NTASKS')
+  monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', 'localhost:1234')
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
+  monkeypatch.setenv('JAX_PROCESS_ID', '1')
+  parallel.initialize()
+  assert calls[-1] == dict(coordinator_address='localhost:1234', num_processes=2,
+                           process_id=1)
