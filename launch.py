@@ -2,11 +2,18 @@
 """The inception_jax command line.
 
   python launch.py train --config configs/inception_v3.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]
+      [--allow_config_change]
   python launch.py cost --config configs/inception_v3.py[:ARG] [--json] [--config.KEY=VALUE ...]
   python launch.py cost --sweep sweeps/table3_ablation.py[:ARG] [--json]
 
-Errors a user can cause print one line and exit with status 2; a run that
-stops on a non-finite loss exits with status 3.
+`train` on a workdir that holds checkpoints resumes from the latest good one
+(a config that differs in more than harmless keys is refused, unless
+--allow_config_change). SIGTERM or SIGINT finishes the current step, saves a
+checkpoint and exits; rerun the same command to resume.
+
+Exit status: 0 done; 2 an error a user can cause (one line on stderr); 3 the
+loss or gradient became non-finite; 4 stopped by SIGTERM/SIGINT after saving
+a checkpoint (rerun to resume).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import logging
 import sys
 
 from inception_jax.errors import UserError
+
+EXIT_CODES = {'NonFiniteError': 3, 'Preempted': 4}   # other UserErrors: 2
 
 
 def _split_overrides(argv):
@@ -37,7 +46,7 @@ def cmd_train(args, overrides):
   parallel.initialize()      # before anything touches a device
   from inception_jax import config_lib, train
   config = config_lib.load(args.config, overrides)
-  result = train.run(config, args.workdir)
+  result = train.run(config, args.workdir, allow_config_change=args.allow_config_change)
   metrics = result['metrics']
   if 'eval/top1' in metrics:
     print(f"eval/top1 {metrics['eval/top1']:.4f}  eval/top5 {metrics['eval/top5']:.4f}  "
@@ -111,6 +120,8 @@ def main(argv=None) -> int:
   p = sub.add_parser('train', help='train one config in a run directory')
   p.add_argument('--config', required=True, help='config FILE.py[:ARG]')
   p.add_argument('--workdir', required=True, help='run directory')
+  p.add_argument('--allow_config_change', action='store_true',
+                 help='resume even if the config differs from the checkpointed one')
   p.set_defaults(fn=cmd_train)
   p = sub.add_parser('cost', help='parameters and multiply-adds (Table 3 "Cost")')
   p.add_argument('--config', help='config FILE.py[:ARG]')
@@ -123,7 +134,7 @@ def main(argv=None) -> int:
     return args.fn(args, overrides)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
-    return 3 if type(e).__name__ == 'NonFiniteError' else 2
+    return EXIT_CODES.get(type(e).__name__, 2)
 
 
 if __name__ == '__main__':

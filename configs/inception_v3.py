@@ -85,6 +85,8 @@ def get_config(arg=None):
   config.total_steps = 0              # > 0 overrides num_epochs
   config.log_every_steps = 100
   config.eval_every_steps = 10_000    # 0: evaluate at the end only
+  config.checkpoint_every_steps = 1000  # 0: at the end (and on SIGTERM) only
+  config.keep_checkpoints = 3         # the last N are kept
   config.optim = ml_collections.ConfigDict(dict(
       name='rmsprop',                 # or 'momentum' (Table 3's first row)
       learning_rate=0.045,
@@ -121,6 +123,7 @@ def get_config(arg=None):
     config.total_steps = 900
     config.log_every_steps = 10
     config.eval_every_steps = 300
+    config.checkpoint_every_steps = 300
     config.data.crop_area_min = 0.8
     config.model.bn_momentum = 0.9
     config.optim.update(learning_rate=1e-3, epsilon=1e-3, grad_clip_norm=0.0)

@@ -45,6 +45,28 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def truncate_metrics(workdir: str, step: int) -> int:
+  """Drop the metrics.jsonl rows logged after `step` (a resumed run logs them
+  again); returns how many were dropped. Rewritten atomically."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)['step'] <= step:
+        keep.append(line if line.endswith('\n') else line + '\n')
+    except (ValueError, KeyError):
+      pass                       # a line cut short by a kill
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+  return len(lines) - len(keep)
+
+
 def flat_hparams(config: Mapping, prefix: str = '') -> dict[str, Any]:
   """Nested config → {'optim.learning_rate': 0.045, ...} of scalars and strings."""
   out = {}

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from inception_jax import cost, losses, models, optim, parallel, tracking
+from inception_jax import checkpointing, cost, losses, models, optim, parallel, tracking
 from inception_jax.data import pipeline, sources
 from inception_jax.errors import ConfigError, UserError
 
@@ -33,6 +35,42 @@ log = logging.getLogger(__name__)
 
 class NonFiniteError(UserError):
   """The loss or the gradient stopped being finite."""
+
+
+class Preempted(UserError):
+  """SIGTERM or SIGINT: the run saved a checkpoint and stopped (exit status 4)."""
+
+
+class _StopSignal:
+  """Turns SIGTERM and SIGINT into a flag that the loop checks after each step."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received, self._previous = None, {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame):
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt     # a second Ctrl-C stops at once
+    self.received = signal.Signals(signum).name
+
+  def any_process(self) -> bool:
+    """Whether any process received a signal (all processes agree)."""
+    flag = self.received is not None
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+    return flag
 
 
 @flax.struct.dataclass
@@ -56,6 +94,9 @@ def check_config(config) -> None:
     raise ConfigError('set total_steps > 0 or num_epochs > 0')
   if config.log_every_steps < 1 or config.eval_every_steps < 0:
     raise ConfigError('log_every_steps must be >= 1 and eval_every_steps >= 0')
+  if config.checkpoint_every_steps < 0 or config.keep_checkpoints < 1:
+    raise ConfigError('checkpoint_every_steps must be >= 0 (0: at the end only) '
+                      'and keep_checkpoints >= 1')
 
 
 def _check_writable(workdir: str) -> None:
@@ -146,13 +187,36 @@ class _Progress:
       self.bar.close()
 
 
-def run(config, workdir: str) -> dict:
-  """Train `config` in `workdir`; returns (and writes) the result."""
+def _check_resume(saved: dict, config, allow_config_change: bool) -> None:
+  """Refuse to resume under a config that changes the run (unless allowed)."""
+  changed = checkpointing.config_changes(saved, config.to_dict())
+  if not changed:
+    return
+  if allow_config_change:
+    log.warning('resuming with a changed config: %s', ', '.join(changed))
+    return
+  raise ConfigError(
+      f'the config differs from the checkpointed one in: {", ".join(changed)}. '
+      f'Use the same config, a new --workdir, or --allow_config_change to resume '
+      f'anyway.')
+
+
+def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
+  """Train `config` in `workdir`; returns (and writes) the result.
+
+  A workdir holding checkpoints resumes from the latest good one. SIGTERM or
+  SIGINT finishes the current step, saves a checkpoint and raises `Preempted`.
+  """
   start_time = time.time()
   check_config(config)
   is_chief = jax.process_index() == 0
+
+  # --- Run directory -----------------------------------------------------------
   if is_chief:
     _check_writable(workdir)
+  checkpoints = checkpointing.CheckpointManager(
+      workdir, every_steps=config.checkpoint_every_steps,
+      keep=config.keep_checkpoints)
 
   # --- Mesh --------------------------------------------------------------------
   mesh = parallel.data_mesh()
@@ -183,7 +247,7 @@ def run(config, workdir: str) -> dict:
   schedule = optim.learning_rate_schedule(
       config.optim, steps_per_epoch=steps_per_epoch, global_batch=config.batch_size)
 
-  # --- State -------------------------------------------------------------------
+  # --- State and restore -------------------------------------------------------
   def init():
     model = models.Inception(spec, image_size=image_size,
                              rngs=nnx.Rngs(params=config.seed))
@@ -192,7 +256,25 @@ def run(config, workdir: str) -> dict:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=batch_stats, opt_state=tx.init(params),
                       ema_params=copy(params), ema_batch_stats=copy(batch_stats))
-  state = jax.jit(init, out_shardings=replicated)()
+  # Target shapes and shardings come from this run's mesh, so a checkpoint
+  # restores onto any number of devices.
+  abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      jax.eval_shape(init))
+  restored = checkpoints.restore(abstract_state)
+  last = {}
+  if restored is None:
+    state = jax.jit(init, out_shardings=replicated)()
+  else:
+    state, data_state, saved_config = restored
+    _check_resume(saved_config, config, allow_config_change)
+    train_loader.set_state(data_state)
+    if is_chief:
+      tracking.truncate_metrics(workdir, int(state.step))
+      rows = [r for r in tracking.read_metrics(workdir) if 'train/loss' in r]
+      last = rows[-1] if rows else {}
+    log.info('resumed from the checkpoint at step %d', int(state.step))
+  start_step = int(state.step)
 
   # --- Steps -------------------------------------------------------------------
   train_step = jax.jit(make_train_step(graphdef, tx, schedule, config),
@@ -215,11 +297,11 @@ def run(config, workdir: str) -> dict:
       tensorboard=config.tracking.tensorboard, wandb=config.tracking.wandb,
       wandb_project=config.tracking.wandb_project,
       wandb_group=config.tracking.wandb_group)
-  progress = _Progress(total_steps, 0, is_chief and config.tracking.progress)
+  progress = _Progress(total_steps, start_step, is_chief and config.tracking.progress)
   log.info('training %s for %d steps (%.2f steps per epoch) on %d devices',
            spec.stem, total_steps, steps_per_epoch, jax.device_count())
   interval = {'time': time.time(), 'steps': 0}
-  train_time, eval_metrics, last = 0.0, {}, {}
+  train_time, eval_metrics = 0.0, {}
 
   def finish_step(step: int, metrics) -> None:
     """Check a finished step's metrics; log them at the logging interval."""
@@ -242,36 +324,58 @@ def run(config, workdir: str) -> dict:
       tracker.log(step, metrics)
       progress.update(step, metrics)
 
+  def save(step: int) -> None:
+    checkpoints.save(step, state, train_loader.get_state(), config.to_dict())
+
   try:
-    pending = None
-    loop_start = time.time()
-    for step in range(int(state.step), total_steps):
-      batch = next(train_loader)
-      state, metrics = train_step(state, batch)
-      interval['steps'] += 1
-      if pending is not None:           # the previous step is done by now
+    with _StopSignal() as stop:
+      pending = None
+      loop_start = time.time()
+      for step in range(start_step, total_steps):
+        batch = next(train_loader)
+        state, metrics = train_step(state, batch)
+        interval['steps'] += 1
+        if pending is not None:           # the previous step is done by now
+          finish_step(*pending)
+        pending = (step + 1, metrics)
+        done = step + 1
+        stopping = stop.any_process()
+        if done == total_steps or (config.eval_every_steps and
+                                   done % config.eval_every_steps == 0):
+          finish_step(*pending)
+          pending = None
+          eval_start = time.time()
+          eval_metrics = evaluate(state)
+          tracker.log(done, eval_metrics)
+          loop_start += time.time() - eval_start   # train time excludes evaluation
+          interval['time'] += time.time() - eval_start
+        if stopping or checkpoints.should_save(done) or done == total_steps:
+          if pending is not None:         # its metrics are logged before the save
+            finish_step(*pending)
+            pending = None
+          save(done)
+        if stopping:
+          checkpoints.close()
+          raise Preempted(
+              f'stopped by {stop.received or "a signal to another process"} after '
+              f'step {done} of {total_steps}; saved a checkpoint in '
+              f'{checkpoints.path}. Rerun the same command to resume.')
+      if pending is not None:
         finish_step(*pending)
-      pending = (step + 1, metrics)
-      done = step + 1
-      if done == total_steps or (config.eval_every_steps and
-                                 done % config.eval_every_steps == 0):
-        finish_step(*pending)
-        pending = None
-        eval_start = time.time()
-        eval_metrics = evaluate(state)
-        tracker.log(done, eval_metrics)
-        loop_start += time.time() - eval_start   # train time excludes evaluation
-        interval['time'] += time.time() - eval_start
-    if pending is not None:
-      finish_step(*pending)
-    train_time = time.time() - loop_start
+      train_time = time.time() - loop_start
+    save(total_steps)                   # a no-op unless resumed at the end
+    if not eval_metrics:                # resumed after the final step
+      eval_metrics = evaluate(state)
+    checkpoints.close()                 # every save complete before result.json
   except BaseException:
     progress.close()
     tracker.close()
+    checkpoints.close()
     raise
   progress.close()
 
   c = cost.count(spec, image_size)
+  trained = total_steps - start_step
   result = {
       'metrics': {**eval_metrics, 'train/loss': last.get('train/loss', float('nan'))},
       'steps': total_steps,
@@ -280,10 +384,11 @@ def run(config, workdir: str) -> dict:
       'image_size': image_size,
       'params': c.params,
       'macs': c.macs,
-      'train_images_per_sec': total_steps * config.batch_size / max(train_time, 1e-9),
+      'train_images_per_sec': trained * config.batch_size / max(train_time, 1e-9),
       'wall_time_sec': time.time() - start_time,
       'devices': jax.device_count(),
       'processes': jax.process_count(),
+      'resumed_from_step': start_step,
   }
   tracker.finish(result)
   return result

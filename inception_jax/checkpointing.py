@@ -1,0 +1,238 @@
+"""Checkpoints: the only module that talks to Orbax.
+
+One composite checkpoint per saved step under WORKDIR/checkpoints/STEP/:
+`state` (the TrainState: parameters, BatchNorm statistics, EMA, optimizer
+state, step), `data` (the Grain iterator state) and `config` (the resolved
+config). Saves are asynchronous; Orbax writes into a temporary directory and
+renames it when complete, so a checkpoint is visible only once whole, and a
+process killed at any moment leaves at worst an ignored temporary directory.
+
+Once a save has finished, a `checksums.json` (SHA-256 of every file) is added
+next to it; restoring checks it, so a truncated or garbled checkpoint is
+detected. A damaged latest checkpoint is moved to WORKDIR/checkpoints_damaged/
+and the previous good one is restored, with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from inception_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHECKSUMS = 'checksums.json'
+
+# Keys whose change does not alter the trajectory of a resumed run.
+HARMLESS_KEYS = ('total_steps', 'num_epochs', 'log_every_steps', 'eval_every_steps',
+                 'checkpoint_every_steps', 'keep_checkpoints', 'tracking.*',
+                 'data.num_workers', 'data.num_threads', 'data.prefetch')
+
+
+class CheckpointError(UserError):
+  """No checkpoint in the run directory can be restored."""
+
+
+def directory(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def _hash_dir(path: str) -> dict[str, str]:
+  """SHA-256 of every file under `path` (except the checksum file itself)."""
+  sums = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, path)
+      if rel in (CHECKSUMS, CHECKSUMS + '.tmp'):
+        continue
+      digest = hashlib.sha256()
+      with open(full, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+          digest.update(chunk)
+      sums[rel] = digest.hexdigest()
+  return sums
+
+
+class CheckpointManager:
+  """Saves and restores {state, data iterator state, config} every N steps."""
+
+  def __init__(self, workdir: str, *, every_steps: int, keep: int):
+    self.workdir, self.every_steps = workdir, every_steps
+    self.path = directory(workdir)
+    logging.getLogger('absl').setLevel(logging.WARNING)   # Orbax's INFO is a flood
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=True,
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(
+        self.path, options=options, item_names=('state', 'data', 'config'))
+    self._unsummed: list[int] = []
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    return bool(self.every_steps) and step % self.every_steps == 0
+
+  def save(self, step: int, state, data_state: Mapping, config: Mapping) -> None:
+    """Start saving `step` in the background (a no-op if it exists already)."""
+    if step in self._manager.all_steps():
+      return
+    self._write_checksums()      # of the previous save, which is now complete
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(_plain(data_state)),
+        config=ocp.args.JsonSave(_plain(config))), force=True)
+    self._unsummed.append(step)
+
+  def wait(self) -> None:
+    """Block until every save has finished (and has its checksums)."""
+    self._manager.wait_until_finished()
+    self._write_checksums()
+
+  def close(self) -> None:
+    """Finish every save and release Orbax's resources (idempotent)."""
+    if self._manager is not None:
+      self.wait()
+      self._manager.close()
+      self._manager = None
+
+  def _write_checksums(self) -> None:
+    self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      for step in self._unsummed:
+        step_dir = os.path.join(self.path, str(step))
+        if os.path.isdir(step_dir):
+          sums = _hash_dir(step_dir)
+          tmp = os.path.join(step_dir, CHECKSUMS + '.tmp')
+          with open(tmp, 'w') as f:
+            json.dump(sums, f, indent=1, sort_keys=True)
+          os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
+    self._unsummed = []
+
+  def _verify(self, step: int) -> None:
+    step_dir = os.path.join(self.path, str(step))
+    sums_path = os.path.join(step_dir, CHECKSUMS)
+    if not os.path.exists(sums_path):
+      return                     # killed before its checksums: Orbax's atomicity holds
+    with open(sums_path) as f:
+      expected = json.load(f)
+    actual = _hash_dir(step_dir)
+    bad = sorted(k for k in expected.keys() | actual.keys()
+                 if expected.get(k) != actual.get(k))
+    if bad:
+      raise ValueError(f'{len(bad)} file(s) differ from their checksums, e.g. {bad[0]}')
+
+  def restore(self, abstract_state) -> tuple[Any, Mapping, Mapping] | None:
+    """The latest good checkpoint as (state, data state, config), or None when
+    there is none. `abstract_state` holds the target shapes and shardings (of
+    the current mesh). Damaged checkpoints are moved aside with a warning."""
+    steps = self.all_steps()
+    if not steps:
+      return None
+    errors = []
+    for step in reversed(steps):
+      try:
+        self._verify(step)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+        state = restored['state']
+        if int(jax.device_get(state.step)) != step:
+          raise ValueError(f'holds step {int(jax.device_get(state.step))}')
+      except Exception as e:     # noqa: BLE001 — any failure means damaged
+        errors.append(f'step {step}: {type(e).__name__}: {str(e)[:300]}')
+        log.warning('checkpoint at step %d is damaged (%s); trying an earlier one',
+                    step, errors[-1])
+        self._move_aside(step)
+        continue
+      if errors:
+        log.warning('resuming from step %d; damaged checkpoints were moved to %s',
+                    step, os.path.join(self.workdir, 'checkpoints_damaged'))
+      return state, restored['data'], restored['config']
+    raise CheckpointError(
+        f'no checkpoint in {self.path} can be restored ({"; ".join(errors)}); they '
+        f'were moved to {os.path.join(self.workdir, "checkpoints_damaged")}. Delete '
+        f'the run directory or pass a new --workdir to start afresh.')
+
+  def _move_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      target = os.path.join(os.path.abspath(self.workdir), 'checkpoints_damaged',
+                            f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(self.path, str(step)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f'checkpoint_move_aside_{step}')
+    self._manager.reload()
+
+
+def _plain(tree):
+  """JSON-safe copy: numpy scalars and arrays become Python values."""
+  return json.loads(json.dumps(tree, default=lambda x: x.tolist()
+                               if hasattr(x, 'tolist') else str(x)))
+
+
+def config_changes(saved: Mapping, current: Mapping) -> list[str]:
+  """Flattened keys whose values differ between two config dicts, except the
+  harmless ones (HARMLESS_KEYS)."""
+  a, b = _flatten(_plain(saved)), _flatten(_plain(current))
+  changed = sorted(k for k in a.keys() | b.keys() if a.get(k, '<missing>') !=
+                   b.get(k, '<missing>'))
+  return [k for k in changed if not _harmless(k)]
+
+
+def _harmless(key: str) -> bool:
+  return any(key == h or (h.endswith('.*') and key.startswith(h[:-1]))
+             for h in HARMLESS_KEYS)
+
+
+def _flatten(tree: Mapping, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def restore_params(workdir: str, step: int | None = None) -> dict[str, np.ndarray]:
+  """The parameters of a run's latest (or given) checkpoint as numpy arrays,
+  keyed by their '/'-joined path, e.g. 'params/Logits/kernel'."""
+  path = directory(workdir)
+  with ocp.CheckpointManager(path, item_names=('state',)) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f'no checkpoint in {path}')
+    metadata = manager.item_metadata(step)['state']
+    target = jax.tree.map(
+        lambda m: np.zeros(m.shape, m.dtype), metadata,
+        is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                target)
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(target, restore_args=restore_args)))['state']
+  flat = jax.tree_util.tree_flatten_with_path(state['params'])[0]
+  return {'params/' + '/'.join(_key(k) for k in path): np.asarray(v)
+          for path, v in flat}
+
+
+def _key(k) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
