@@ -3,7 +3,9 @@
 One composite checkpoint per saved step under WORKDIR/checkpoints/STEP/:
 `state` (the TrainState: parameters, BatchNorm statistics, EMA, optimizer
 state, step), `data` (the Grain iterator state) and `config` (the resolved
-config). Saves are asynchronous; Orbax writes into a temporary directory and
+config). Saves are asynchronous in a single process (synchronous across
+several processes, where a background save's barriers would interleave with
+the training loop's collectives); Orbax writes into a temporary directory and
 renames it when complete, so a checkpoint is visible only once whole, and a
 process killed at any moment leaves at worst an ignored temporary directory.
 
@@ -72,7 +74,8 @@ class CheckpointManager:
     self.path = directory(workdir)
     logging.getLogger('absl').setLevel(logging.WARNING)   # Orbax's INFO is a flood
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=True,
+        max_to_keep=keep, create=True,
+        enable_async_checkpointing=jax.process_count() == 1,
         cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(
         self.path, options=options, item_names=('state', 'data', 'config'))
