@@ -5,15 +5,23 @@
       [--allow_config_change]
   python launch.py cost --config configs/inception_v3.py[:ARG] [--json] [--config.KEY=VALUE ...]
   python launch.py cost --sweep sweeps/table3_ablation.py[:ARG] [--json]
+  python launch.py sweep sweeps/table3_ablation.py[:ARG] --workdir DIR
+      [--launcher local|slurm] [--parallel N] [--only NAME,...]
+  python launch.py compare DIR [--format text|markdown|json|html]
 
 `train` on a workdir that holds checkpoints resumes from the latest good one
 (a config that differs in more than harmless keys is refused, unless
 --allow_config_change). SIGTERM or SIGINT finishes the current step, saves a
 checkpoint and exits; rerun the same command to resume.
 
-Exit status: 0 done; 2 an error a user can cause (one line on stderr); 3 the
-loss or gradient became non-finite; 4 stopped by SIGTERM/SIGINT after saving
-a checkpoint (rerun to resume).
+`sweep` trains each run of a sweep file in DIR/NAME (skipping finished runs,
+resuming interrupted ones), prints a summary and the comparison table;
+`compare` prints the table of a sweep directory (html: writes DIR/report.html).
+
+Exit status: 0 done; 1 a sweep run failed (the others went on); 2 an error a
+user can cause (one line on stderr); 3 the loss or gradient became
+non-finite; 4 stopped by SIGTERM/SIGINT after saving checkpoints (rerun the
+same command to resume).
 """
 
 from __future__ import annotations
@@ -24,8 +32,6 @@ import logging
 import sys
 
 from inception_jax.errors import UserError
-
-EXIT_CODES = {'NonFiniteError': 3, 'Preempted': 4}   # other UserErrors: 2
 
 
 def _split_overrides(argv):
@@ -80,6 +86,37 @@ def cmd_cost(args, overrides):
   return 0
 
 
+def cmd_sweep(args, overrides):
+  from inception_jax import report, sweep
+  if overrides:
+    raise UserError('--config.* overrides do not apply to a sweep; put them in '
+                    'the sweep file')
+  if args.launcher == 'slurm':
+    launcher = sweep.SlurmLauncher(args.workdir)
+  else:
+    launcher = sweep.LocalLauncher(args.parallel)
+  outcomes = sweep.run_sweep(args.sweep, args.workdir, launcher=launcher,
+                             only=args.only)
+  print('\n' + sweep.summary(outcomes))
+  print('\n' + report.render(args.workdir, 'text'))
+  code = sweep.exit_code(outcomes.values())
+  if code == 4:
+    print('error: the sweep was stopped; rerun the same command to resume it',
+          file=sys.stderr)
+  elif code:
+    print(f'error: {sum(o.state == "failed" for o in outcomes.values())} run(s) '
+          f'failed; see DIR/NAME/train.log', file=sys.stderr)
+  return code
+
+
+def cmd_compare(args, overrides):
+  from inception_jax import report
+  if overrides:
+    raise UserError('compare takes no --config.* overrides')
+  print(report.render(args.workdir, args.format))
+  return 0
+
+
 def _cost_text(config, c) -> str:
   m = config.model
   lines = [
@@ -128,13 +165,25 @@ def main(argv=None) -> int:
   p.add_argument('--sweep', help='sweep FILE.py[:ARG]: one row per run')
   p.add_argument('--json', action='store_true', help='print JSON')
   p.set_defaults(fn=cmd_cost)
+  p = sub.add_parser('sweep', help='train every run of a sweep file')
+  p.add_argument('sweep', help='sweep FILE.py[:ARG]')
+  p.add_argument('--workdir', required=True, help='sweep directory (a run per subdirectory)')
+  p.add_argument('--launcher', choices=('local', 'slurm'), default='local')
+  p.add_argument('--parallel', type=int, default=1,
+                 help='local launcher: runs at a time')
+  p.add_argument('--only', help='comma-separated run names')
+  p.set_defaults(fn=cmd_sweep)
+  p = sub.add_parser('compare', help='the table of a sweep directory')
+  p.add_argument('workdir', help='sweep directory')
+  p.add_argument('--format', choices=('text', 'markdown', 'json', 'html'), default='text')
+  p.set_defaults(fn=cmd_compare)
   try:
     overrides, rest = _split_overrides(argv)
     args = parser.parse_args(rest)
     return args.fn(args, overrides)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
-    return EXIT_CODES.get(type(e).__name__, 2)
+    return e.exit_code
 
 
 if __name__ == '__main__':

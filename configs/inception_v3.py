@@ -113,6 +113,18 @@ def get_config(arg=None):
       progress=True,                  # progress bar on a terminal
   ))
 
+  # Resources of a run launched with `launch.py sweep --launcher slurm`
+  # (0 or '' leaves the cluster's default). One task per node; a run of
+  # several nodes joins them through jax.distributed.
+  config.slurm = ml_collections.ConfigDict(dict(
+      partition='',
+      nodes=1,
+      gpus_per_node=8 if arg.scale == 'paper' else 0,
+      cpus_per_task=16 if arg.scale == 'paper' else 2,
+      mem_gb=0,
+      time_minutes=72 * 60 if arg.scale == 'paper' else 60,
+  ))
+
   if arg.scale == 'demo':
     # About 3 minutes on 2 CPU cores. At batch 32 and 900 steps the paper's
     # RMSProp (ε = 1.0, i.e. plain momentum for small gradients) with

@@ -37,7 +37,7 @@ CHECKSUMS = 'checksums.json'
 
 # Keys whose change does not alter the trajectory of a resumed run.
 HARMLESS_KEYS = ('total_steps', 'num_epochs', 'log_every_steps', 'eval_every_steps',
-                 'checkpoint_every_steps', 'keep_checkpoints', 'tracking.*',
+                 'checkpoint_every_steps', 'keep_checkpoints', 'tracking.*', 'slurm.*',
                  'data.num_workers', 'data.num_threads', 'data.prefetch')
 
 

@@ -1,9 +1,11 @@
 """Errors a user can cause. The command line prints their message alone —
-no stack trace — and exits with status 2."""
+no stack trace — and exits with the error's `exit_code` (2 unless a subclass
+says otherwise)."""
 
 
 class UserError(Exception):
   """Something the user asked for is wrong; the message says what to do."""
+  exit_code = 2
 
 
 class ConfigError(UserError, ValueError):

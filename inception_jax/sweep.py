@@ -1,20 +1,33 @@
-"""Sweeps: `sweeps/NAME.py` defines `get_sweep(arg)` returning named runs.
+"""Sweeps: `sweeps/NAME.py` defines `get_sweep(arg)` returning named runs, and
+the launchers that train them.
 
 Each run is a dict (or `Run`) with a `name`, a `config` (`FILE.py[:ARG]`),
 optional `overrides` ({'optim.name': 'momentum', ...}) and optional `paper`
 figures to print beside ours ({'top1_error': 23.4, 'cost_bn_ops': 3.8}).
+
+`run_sweep` trains every run in DIR/NAME, N at a time on this machine
+(`LocalLauncher`) or as a SLURM job array through submitit (`SlurmLauncher`).
+A run whose `result.json` exists is skipped; one that was interrupted resumes
+from its checkpoint (the trainer does that by itself); one that fails is
+reported and the others go on. `DIR/sweep.json` records the runs, their
+paper figures and their states, for `report.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable
 
 import ml_collections
 
-from inception_jax import config_lib
-from inception_jax.errors import ConfigError
+from inception_jax import config_lib, tracking
+from inception_jax.errors import ConfigError, UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +39,26 @@ class Run:
 
   def build_config(self) -> ml_collections.ConfigDict:
     return config_lib.load(self.config, self.overrides)
+
+  def train_args(self, workdir: str, group: str) -> list[str]:
+    """`launch.py train` arguments of this run in `workdir`."""
+    args = ['train', '--config', self.config, '--workdir', workdir]
+    args += [f'--config.{k}={_cli_value(v)}' for k, v in self.overrides.items()]
+    return args + [f'--config.tracking.wandb_group={group}',
+                   '--config.tracking.progress=false']
+
+
+def _cli_value(value: Any) -> str:
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, (list, tuple, dict)):
+    return repr(value)
+  return str(value)
+
+
+def sweep_name(path_arg: str) -> str:
+  """`sweeps/table3_ablation.py:scale=demo` → 'table3_ablation'."""
+  return os.path.splitext(os.path.basename(path_arg.partition(':')[0]))[0]
 
 
 def load_sweep(path_arg: str) -> list[Run]:
@@ -43,3 +76,308 @@ def load_sweep(path_arg: str) -> list[Run]:
   if bad:
     raise ConfigError(f'{path}: run names must be plain directory names: {bad}')
   return runs
+
+
+def select(runs: list[Run], only: str | None) -> list[Run]:
+  """The runs named in `only` ('a,b'), in sweep order; unknown names are an error."""
+  if not only:
+    return runs
+  wanted = [n.strip() for n in only.split(',') if n.strip()]
+  unknown = sorted(set(wanted) - {r.name for r in runs})
+  if unknown:
+    raise UserError(f'--only: no run named {", ".join(unknown)}; the sweep has '
+                    f'{", ".join(r.name for r in runs)}')
+  return [r for r in runs if r.name in wanted]
+
+
+# --- The sweep record ----------------------------------------------------------
+
+class Record:
+  """DIR/sweep.json: the sweep, its runs and each run's state (rewritten
+  atomically on every change, so a report can read it while runs go on)."""
+
+  def __init__(self, directory: str, path_arg: str, runs: list[Run]):
+    self.path = os.path.join(directory, 'sweep.json')
+    previous = _read(self.path).get('status', {})
+    self.data = {
+        'sweep': path_arg, 'name': sweep_name(path_arg),
+        'runs': [dataclasses.asdict(r) for r in runs],
+        'status': {r.name: previous.get(r.name, {'state': 'pending'}) for r in runs},
+    }
+    self._lock = threading.Lock()
+    self._write()
+
+  def set(self, name: str, state: str, message: str = '',
+          exit_code: int | None = None) -> None:
+    with self._lock:
+      self.data['status'][name] = dict(state=state, message=message,
+                                       exit_code=exit_code, time=time.time())
+      self._write()
+
+  def state(self, name: str) -> dict:
+    return self.data['status'][name]
+
+  def _write(self) -> None:
+    tracking.write_json(self.path, self.data)
+
+
+def _read(path: str) -> dict:
+  import json
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def finished(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, 'result.json'))
+
+
+# --- Launchers -----------------------------------------------------------------
+
+@dataclasses.dataclass
+class Outcome:
+  state: str                 # 'done' | 'failed' | 'interrupted'
+  exit_code: int | None = None
+  message: str = ''
+
+
+class LocalLauncher:
+  """Each run as a `launch.py train` subprocess, `parallel` at a time; its
+  output goes to DIR/NAME/train.log. SIGINT/SIGTERM reach the runs, which
+  save a checkpoint and stop; the sweep then stops too."""
+
+  def __init__(self, parallel: int = 1):
+    if parallel < 1:
+      raise UserError(f'--parallel must be >= 1, got {parallel}')
+    self.parallel = parallel
+
+  def launch(self, jobs: list[tuple[Run, str]], group: str,
+             on_start: Callable, on_end: Callable) -> None:
+    queue, running, stopping = list(jobs), {}, []
+
+    def stop(signum, frame):
+      stopping.append(signum)
+      for proc in running.values():
+        proc[0].send_signal(signal.SIGTERM)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)} \
+        if threading.current_thread() is threading.main_thread() else {}
+    try:
+      while queue or running:
+        while queue and len(running) < self.parallel and not stopping:
+          run, workdir = queue.pop(0)
+          running[run.name] = (self._start(run, workdir, group), run, workdir)
+          on_start(run)
+        for name, (proc, run, workdir) in list(running.items()):
+          if proc.poll() is not None:
+            del running[name]
+            on_end(run, _outcome(proc.returncode, workdir))
+        if stopping and not running:
+          break
+        time.sleep(0.2)
+    finally:
+      for s, handler in previous.items():
+        signal.signal(s, handler)
+    if stopping:
+      raise SweepInterrupted(signal.Signals(stopping[0]).name)
+
+  @staticmethod
+  def _start(run: Run, workdir: str, group: str) -> subprocess.Popen:
+    os.makedirs(workdir, exist_ok=True)
+    log = open(os.path.join(workdir, 'train.log'), 'a')
+    launch = os.path.join(config_lib.ROOT, 'launch.py')
+    # Own process group: a Ctrl-C on the terminal reaches the sweep, which
+    # passes one SIGTERM on (a second SIGINT would stop a run without saving).
+    return subprocess.Popen([sys.executable, launch, *run.train_args(workdir, group)],
+                            cwd=config_lib.ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _outcome(exit_code: int, workdir: str) -> Outcome:
+  if exit_code == 0 and finished(workdir):
+    return Outcome('done', 0)
+  message = _last_error(os.path.join(workdir, 'train.log')) or f'exit status {exit_code}'
+  state = 'interrupted' if exit_code == 4 else 'failed'
+  return Outcome(state, exit_code, message)
+
+
+def _last_error(log_path: str) -> str:
+  """The `error: ...` line a failed run printed, else its last line."""
+  try:
+    with open(log_path, errors='replace') as f:
+      lines = [line.strip() for line in f if line.strip()]
+  except OSError:
+    return ''
+  errors = [line for line in lines if line.startswith('error:')]
+  return (errors or lines or [''])[-1][:500]
+
+
+class SweepInterrupted(UserError):
+  """SIGINT/SIGTERM stopped the sweep; its runs saved checkpoints."""
+  exit_code = 4
+
+
+class SlurmLauncher:
+  """One SLURM job per run through submitit, submitted as job arrays (one per
+  distinct resource request, from each run's `config.slurm`); waits for them.
+  A run of `slurm.nodes` > 1 starts one task per node, which join through
+  `jax.distributed.initialize()` (`parallel.initialize` detects SLURM)."""
+
+  def __init__(self, directory: str, poll_seconds: float = 5.0):
+    self.folder = os.path.join(os.path.abspath(directory), 'slurm', '%j')
+    self.poll_seconds = poll_seconds
+
+  def launch(self, jobs: list[tuple[Run, str]], group: str,
+             on_start: Callable, on_end: Callable) -> None:
+    import submitit
+    submitted = []
+    for resources, batch in _group_by_resources(jobs).items():
+      executor = submitit.AutoExecutor(folder=self.folder, cluster='slurm')
+      executor.update_parameters(slurm_job_name=group,
+                                 **_executor_parameters(dict(resources)))
+      with executor.batch():
+        pending = [(executor.submit(train_job, run.train_args(workdir, group),
+                                    config_lib.ROOT), run, workdir)
+                   for run, workdir in batch]
+      for job, run, workdir in pending:
+        os.makedirs(workdir, exist_ok=True)
+        on_start(run, f'SLURM job {job.job_id}')
+        submitted.append((job, run, workdir))
+    while submitted:
+      for item in list(submitted):
+        job, run, workdir = item
+        if job.done() or _vanished(job):
+          submitted.remove(item)
+          on_end(run, _job_outcome(job, workdir))
+      time.sleep(self.poll_seconds if submitted else 0)
+
+
+def _vanished(job, grace_seconds: float = 60.0) -> bool:
+  """A job that left the queue without writing its result (cancelled, killed
+  with its node): submitit alone would wait for it forever without `sacct`."""
+  listed = subprocess.run(['squeue', '-h', '-j', str(job.job_id)],
+                          capture_output=True, text=True).stdout.strip()
+  if listed:
+    job._left_queue = None
+    return False
+  first = getattr(job, '_left_queue', None) or time.time()
+  job._left_queue = first
+  return time.time() - first > grace_seconds
+
+
+def _group_by_resources(jobs) -> dict[tuple, list]:
+  groups: dict[tuple, list] = {}
+  for run, workdir in jobs:
+    try:
+      slurm = run.build_config().slurm.to_dict()
+    except UserError:
+      slurm = {}                  # the job itself reports the bad config
+    groups.setdefault(tuple(sorted(slurm.items())), []).append((run, workdir))
+  return groups
+
+
+def _executor_parameters(slurm: dict) -> dict:
+  """config.slurm → submitit parameters (0 or '' leaves SLURM's default)."""
+  nodes = slurm.get('nodes', 1)
+  params = dict(nodes=nodes, tasks_per_node=1, timeout_min=slurm.get('time_minutes', 60),
+                cpus_per_task=slurm.get('cpus_per_task', 1))
+  if slurm.get('partition'):
+    params['slurm_partition'] = slurm['partition']
+  if slurm.get('gpus_per_node'):
+    params['gpus_per_node'] = slurm['gpus_per_node']
+  if slurm.get('mem_gb'):
+    params['mem_gb'] = slurm['mem_gb']
+  return params
+
+
+def train_job(args: list[str], root: str) -> dict:
+  """The function a SLURM task runs: `launch.py train ARGS` in this process."""
+  os.chdir(root)
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  import launch
+  code = launch.main(args)
+  if code:
+    raise RuntimeError(f'launch.py train exited with status {code}')
+  return {'exit_code': 0}
+
+
+def _job_outcome(job, workdir: str) -> Outcome:
+  if not job.done():
+    return Outcome('failed', None, f'SLURM job {job.job_id} left the queue without '
+                   f'a result (cancelled or killed); rerun the sweep to resume it')
+  try:
+    job.result()
+  except Exception as e:     # noqa: BLE001 — submitit wraps the job's failure
+    if finished(workdir):
+      return Outcome('done', 0)
+    lines = [line for line in (job.stderr() or '').splitlines()
+             if line.startswith('error:')]
+    message = lines[-1] if lines else str(e).strip().splitlines()[-1][:500]
+    return Outcome('interrupted' if 'status 4' in str(e) else 'failed', None, message)
+  return Outcome('done' if finished(workdir) else 'failed', 0)
+
+
+# --- The sweep -----------------------------------------------------------------
+
+def run_sweep(path_arg: str, directory: str, *, launcher, only: str | None = None,
+              echo: Callable[[str], None] = print) -> dict[str, Outcome]:
+  """Train the sweep's runs in DIRECTORY/NAME; returns each run's outcome."""
+  all_runs = load_sweep(path_arg)
+  runs = select(all_runs, only)
+  os.makedirs(directory, exist_ok=True)
+  record = Record(directory, path_arg, all_runs)
+  group = sweep_name(path_arg)
+  outcomes, jobs = {}, []
+  for run in runs:
+    workdir = os.path.join(directory, run.name)
+    if finished(workdir):
+      outcomes[run.name] = Outcome('skipped', 0, 'result.json exists')
+      record.set(run.name, 'done', 'finished earlier', 0)
+      echo(f'[{run.name}] skipped: finished earlier')
+    else:
+      jobs.append((run, workdir))
+  started = {}
+
+  def on_start(run: Run, detail: str = '') -> None:
+    started[run.name] = time.time()
+    resumed = os.path.isdir(os.path.join(directory, run.name, 'checkpoints'))
+    record.set(run.name, 'running', detail)
+    echo(f'[{run.name}] {"resuming" if resumed else "started"}'
+         + (f' ({detail})' if detail else ''))
+
+  def on_end(run: Run, outcome: Outcome) -> None:
+    outcome.message = outcome.message or f'{time.time() - started[run.name]:.0f} s'
+    outcomes[run.name] = outcome
+    record.set(run.name, outcome.state, outcome.message, outcome.exit_code)
+    echo(f'[{run.name}] {outcome.state}: {outcome.message}')
+
+  try:
+    if jobs:
+      launcher.launch(jobs, group, on_start, on_end)
+  except SweepInterrupted as e:
+    for run, _ in jobs:
+      if run.name not in outcomes:
+        outcomes[run.name] = Outcome('pending', None, f'not started: stopped by {e}')
+  return {run.name: outcomes[run.name] for run in runs if run.name in outcomes}
+
+
+def summary(outcomes: dict[str, Outcome]) -> str:
+  width = max(map(len, outcomes), default=3)
+  lines = [f'{name.ljust(width)}  {o.state:<11}  {o.message}'
+           for name, o in outcomes.items()]
+  counts = {}
+  for o in outcomes.values():
+    counts[o.state] = counts.get(o.state, 0) + 1
+  lines.append(', '.join(f'{n} {state}' for state, n in counts.items()))
+  return '\n'.join(lines)
+
+
+def exit_code(outcomes: Iterable[Outcome]) -> int:
+  """0 when every run finished; 1 if any failed; 4 when the sweep was stopped
+  (rerun it to resume)."""
+  states = {o.state for o in outcomes}
+  if 'failed' in states:
+    return 1
+  return 4 if states & {'interrupted', 'pending'} else 0

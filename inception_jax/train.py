@@ -36,10 +36,12 @@ log = logging.getLogger(__name__)
 
 class NonFiniteError(UserError):
   """The loss or the gradient stopped being finite."""
+  exit_code = 3
 
 
 class Preempted(UserError):
-  """SIGTERM or SIGINT: the run saved a checkpoint and stopped (exit status 4)."""
+  """SIGTERM or SIGINT: the run saved a checkpoint and stopped."""
+  exit_code = 4
 
 
 class _StopSignal:

@@ -1,0 +1,54 @@
+"""An example hyperparameter grid: learning rate × label smoothing.
+
+Not a study from the paper: a template for tuning the recipe at a new scale.
+Each run takes the scale's learning rate (0.045 at paper and tiny scale, 1e-3
+at demo) times a factor in FACTORS, and each label smoothing in SMOOTHINGS,
+with everything else as in the config:
+  lr{LR}_ls{EPS}   e.g. at demo: lr3e-4_ls0, lr3e-4_ls0.1, lr1e-3_ls0,
+                   lr1e-3_ls0.1, lr3e-3_ls0, lr3e-3_ls0.1
+
+To change the grid, edit FACTORS and SMOOTHINGS below (the arg cannot hold
+lists: its items are separated by commas), or copy this file and add
+another key to the `overrides` of each run (e.g. 'optim.epsilon').
+
+Paper figures: only the paper's own recipe (0.045, ε = 0.1, Inception-v3)
+has them: Table 3's last row (21.2% / 5.6%, 4.8 Bn ops), at paper scale.
+
+Arg: scale=demo (default) | paper | tiny; model=PRESET (default inception_v3).
+  python launch.py cost --sweep sweeps/lr_grid.py:scale=paper
+"""
+
+from inception_jax import config_lib
+
+CONFIG = 'configs/inception_v3.py'
+FACTORS = (0.3, 1.0, 3.0)      # × the scale's optim.learning_rate
+SMOOTHINGS = (0.0, 0.1)        # loss.label_smoothing
+
+NONE = dict(top1_error=None, top5_error=None, cost_bn_ops=None)
+# Table 3's last row: Inception-v3 trained with the paper's recipe.
+PAPER_RECIPE = dict(top1_error=21.2, top5_error=5.6, cost_bn_ops=4.8)
+
+
+def _short(x: float) -> str:
+  """1e-3 → '1e-3', 0.045 → '4.5e-2', 0.0135 → '1.35e-2'."""
+  mantissa, exponent = f'{x:.3e}'.split('e')
+  mantissa = mantissa.rstrip('0').rstrip('.')
+  return f'{mantissa}e{int(exponent)}'
+
+
+def get_sweep(arg=None):
+  arg = config_lib.parse_arg(arg, scale='demo', model='inception_v3')
+  config = f'{CONFIG}:model={arg.model},scale={arg.scale}'
+  base = config_lib.load(config)
+  runs = []
+  for factor in FACTORS:
+    lr = float(f'{base.optim.learning_rate * factor:.6g}')
+    for smoothing in SMOOTHINGS:
+      paper_recipe = (arg.scale == 'paper' and arg.model == 'inception_v3' and
+                      lr == 0.045 and smoothing == 0.1)
+      runs.append(dict(
+          name=f'lr{_short(lr)}_ls{smoothing:g}',
+          config=config,
+          overrides={'optim.learning_rate': lr, 'loss.label_smoothing': smoothing},
+          paper=dict(PAPER_RECIPE if paper_recipe else NONE)))
+  return runs
