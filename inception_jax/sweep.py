@@ -16,6 +16,7 @@ paper figures and their states, for `report.py`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -231,6 +232,8 @@ class SlurmLauncher:
   def launch(self, jobs: list[tuple[Run, str]], group: str,
              on_start: Callable, on_end: Callable) -> None:
     import submitit
+    # Without SLURM accounting (sacct), submitit warns at every poll.
+    logging.getLogger('submitit').setLevel(logging.ERROR)
     submitted = []
     for resources, batch in _group_by_resources(jobs).items():
       executor = submitit.AutoExecutor(folder=self.folder, cluster='slurm')

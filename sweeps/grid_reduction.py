@@ -10,6 +10,9 @@ bank; Fig. 10 the paper's efficient one, used in Inception-v3 (facts §1.5):
               max-pool 3×3/2 (Fig. 9 right): no bottleneck, but "3 times more
               expensive computationally" (the paper's word for the reduction)
 Every other layer is unchanged; the two reductions take the same design.
+At paper scale the whole network costs 5.71 / 6.16 / 10.02 G multiply-adds
+with 23.9 / 31.8 / 31.8 M parameters: the naive reductions' 3×3 convs widen
+straight to 768 and 1280 channels (`launch.py cost` below).
 
 Paper figures: the paper reports no accuracy for the naive reductions, only
 the cost argument. The `efficient` row is Inception-v3 itself, so it carries

@@ -1,0 +1,192 @@
+"""`launch.py sweep` and `compare`: failures reported while the others go on,
+finished runs skipped, interrupted sweeps resumed, TensorBoard HParams and
+wandb groups, and a two-run sweep on a real single-node SLURM cluster."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from inception_jax import config_lib, sweep, tracking
+
+ROOT = config_lib.ROOT
+TINY = 'configs/inception_v3.py:scale=tiny'
+
+
+def launch(*args, timeout=900):
+  return subprocess.run([sys.executable, 'launch.py', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def write_sweep(path, runs):
+  path.write_text(f'RUNS = {runs!r}\n\n'
+                  'def get_sweep(arg=None):\n  return RUNS\n')
+  return str(path)
+
+
+def states(directory):
+  status = json.load(open(os.path.join(directory, 'sweep.json')))['status']
+  return {name: s['state'] for name, s in status.items()}
+
+
+@pytest.fixture(scope='module')
+def failing_sweep(tmp_path_factory):
+  """Three tiny runs, two at a time; the second has an unknown override."""
+  tmp = tmp_path_factory.mktemp('sweep')
+  path = write_sweep(tmp / 'three.py', [
+      dict(name='first', config=TINY, overrides={'total_steps': 2}),
+      dict(name='broken', config=TINY, overrides={'optim.no_such_key': 1}),
+      dict(name='third', config=TINY,
+           overrides={'total_steps': 3, 'optim.learning_rate': 1e-3}),
+  ])
+  workdir = str(tmp / 'out')
+  return path, workdir, launch('sweep', path, '--workdir', workdir, '--parallel', '2')
+
+
+def test_a_failing_run_is_reported_and_the_others_complete(failing_sweep):
+  _, workdir, proc = failing_sweep
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert states(workdir) == {'first': 'done', 'broken': 'failed', 'third': 'done'}
+  for name, steps in (('first', 2), ('third', 3)):
+    assert json.load(open(os.path.join(workdir, name, 'result.json')))['steps'] == steps
+  assert not os.path.exists(os.path.join(workdir, 'broken', 'result.json'))
+  summary = proc.stdout
+  assert "broken  failed       error: unknown config key 'optim.no_such_key'" in summary
+  assert '2 done, 1 failed' in summary
+  assert '1 run(s) failed' in proc.stderr
+  # The comparison table ends the output: one row per run.
+  table = summary[summary.index('sweep three'):]
+  assert [line.split()[0] for line in table.splitlines()[4:7]] == ['first', 'broken', 'third']
+
+
+def test_rerun_skips_finished_runs(failing_sweep):
+  path, workdir, _ = failing_sweep
+  start = time.time()
+  proc = launch('sweep', path, '--workdir', workdir, '--only', 'first,third')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert time.time() - start < 60          # nothing trained, nothing compiled
+  assert '[first] skipped' in proc.stdout and '[third] skipped' in proc.stdout
+  assert '2 skipped' in proc.stdout
+  proc = launch('sweep', path, '--workdir', workdir, '--only', 'nope')
+  assert proc.returncode == 2 and 'no run named nope' in proc.stderr
+
+
+def test_every_compare_format(failing_sweep):
+  _, workdir, _ = failing_sweep
+  results = {name: json.load(open(os.path.join(workdir, name, 'result.json')))
+             for name in ('first', 'third')}
+  text = launch('compare', workdir).stdout
+  assert 'top-1 err' in text and 'broken' in text
+  markdown = launch('compare', workdir, '--format', 'markdown').stdout
+  table_lines = [l for l in markdown.splitlines() if l.startswith('|')]
+  assert len(table_lines) == 5             # header, separator, three runs
+  assert set(table_lines[1].replace('|', '').split()) <= {'---', '---:'}
+  rows = json.loads(launch('compare', workdir, '--format', 'json').stdout)
+  assert [r['name'] for r in rows] == ['first', 'broken', 'third']
+  for row in rows:
+    if row['name'] in results:
+      accuracy = results[row['name']]['metrics']['eval/top1']
+      assert row['top1_error'] == pytest.approx(100 * (1 - accuracy), abs=1e-3)
+      assert row['params'] == results[row['name']]['params']
+  proc = launch('compare', workdir, '--format', 'html')
+  assert proc.returncode == 0
+  page = open(os.path.join(workdir, 'report.html')).read()
+  assert '<table' in page and 'data:image/png;base64,' in page
+  proc = launch('compare', os.path.join(workdir, 'missing'))
+  assert proc.returncode == 2 and proc.stderr.startswith('error:')
+
+
+def test_runs_share_a_wandb_group_and_tensorboard_hparams(failing_sweep):
+  from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+  from tensorboard.plugins.hparams import plugin_data_pb2
+  _, workdir, _ = failing_sweep
+  learning_rates = {}
+  for name in ('first', 'third'):
+    config = json.load(open(os.path.join(workdir, name, 'config.json')))
+    assert config['tracking']['wandb_group'] == 'three'
+    hparams = {}
+    for events in glob.glob(os.path.join(workdir, name, 'tb', 'events.*')):
+      for event in EventFileLoader(events).Load():
+        for value in event.summary.value:
+          if value.metadata.plugin_data.plugin_name == 'hparams':
+            data = plugin_data_pb2.HParamsPluginData.FromString(
+                value.metadata.plugin_data.content)
+            if data.HasField('session_start_info'):
+              hparams = data.session_start_info.hparams
+    learning_rates[name] = hparams['optim.learning_rate'].number_value
+  assert learning_rates == {'first': pytest.approx(0.045), 'third': pytest.approx(1e-3)}
+
+
+def test_an_interrupted_sweep_resumes(tmp_path):
+  """SIGINT during the first run: it saves a checkpoint, the sweep stops
+  (exit 4); the rerun resumes it from the checkpoint and trains the second."""
+  path = write_sweep(tmp_path / 'pair.py', [
+      dict(name='a', config=TINY, overrides={'total_steps': 40,
+                                             'checkpoint_every_steps': 4}),
+      dict(name='b', config=TINY, overrides={'total_steps': 2}),
+  ])
+  workdir = str(tmp_path / 'out')
+  proc = subprocess.Popen([sys.executable, 'launch.py', 'sweep', path, '--workdir', workdir],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  while not os.path.isdir(os.path.join(workdir, 'a', 'checkpoints', '4')):
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 4, err[-3000:]
+  assert states(workdir) == {'a': 'interrupted', 'b': 'pending'}
+  assert 'rerun the same command' in err
+
+  proc = launch('sweep', path, '--workdir', workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '[a] resuming' in proc.stdout
+  result = json.load(open(os.path.join(workdir, 'a', 'result.json')))
+  assert 4 <= result['resumed_from_step'] < 40
+  steps = [r['step'] for r in tracking.read_metrics(os.path.join(workdir, 'a'))
+           if 'train/loss' in r]
+  assert steps == list(range(1, 41))
+  assert states(workdir) == {'a': 'done', 'b': 'done'}
+
+
+@pytest.fixture(scope='module')
+def slurm_cluster():
+  """A real single-node SLURM cluster on localhost (installed if missing)."""
+  proc = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'slurm_local.sh'), 'start'],
+                        capture_output=True, text=True, timeout=900)
+  if proc.returncode:
+    pytest.fail(f'could not start the local SLURM cluster:\n{proc.stdout}\n{proc.stderr}')
+
+
+def test_sweep_on_slurm(slurm_cluster, tmp_path):
+  path = write_sweep(tmp_path / 'pair.py', [
+      dict(name=name, config=TINY,
+           overrides={'total_steps': steps, 'slurm.partition': 'debug',
+                      'slurm.cpus_per_task': 1})
+      for name, steps in (('one', 2), ('two', 3))])
+  workdir = str(tmp_path / 'out')
+  proc = launch('sweep', path, '--workdir', workdir, '--launcher', 'slurm')
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  for name, steps in (('one', 2), ('two', 3)):
+    result = json.load(open(os.path.join(workdir, name, 'result.json')))
+    assert result['steps'] == steps
+  # One job array: job ids ARRAY_0 and ARRAY_1.
+  logs = sorted(os.path.basename(p) for p in glob.glob(
+      os.path.join(workdir, 'slurm', '*', '*_log.out')))
+  assert len(logs) == 2 and logs[0].split('_')[0] == logs[1].split('_')[0], logs
+  assert '[one] started (SLURM job' in proc.stdout
+  assert states(workdir) == {'one': 'done', 'two': 'done'}
+
+
+def test_slurm_resources_come_from_the_config():
+  config = config_lib.load('configs/inception_v3.py', {'slurm.nodes': 4,
+                                                       'slurm.partition': 'gpu'})
+  params = sweep._executor_parameters(config.slurm.to_dict())
+  assert params['nodes'] == 4 and params['tasks_per_node'] == 1
+  assert params['gpus_per_node'] == 8 and params['slurm_partition'] == 'gpu'
+  assert params['timeout_min'] == 72 * 60
