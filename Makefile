@@ -20,8 +20,14 @@ $(VENV)/.test: requirements.txt requirements-test.txt $(VENV)/.runtime
 
 venv: $(VENV)/.test
 
+# The Table 3 ablation at demo scale on the embedded dataset: five runs in
+# runs/table3_demo/, skipped when finished, resumed when interrupted; ends with
+# the comparison table (and runs/table3_demo/report.html).
+DEMO_DIR ?= runs/table3_demo
+
 demo: $(VENV)/.runtime
-	$(BIN)/python launch.py cost --sweep sweeps/table3_ablation.py:scale=paper
+	$(BIN)/python launch.py sweep sweeps/table3_ablation.py:scale=demo --workdir $(DEMO_DIR)
+	$(BIN)/python launch.py compare $(DEMO_DIR) --format html
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -n 2 tests
