@@ -247,13 +247,29 @@ class SlurmLauncher:
         os.makedirs(workdir, exist_ok=True)
         on_start(run, f'SLURM job {job.job_id}')
         submitted.append((job, run, workdir))
-    while submitted:
-      for item in list(submitted):
-        job, run, workdir = item
-        if job.done() or _vanished(job):
-          submitted.remove(item)
-          on_end(run, _job_outcome(job, workdir))
-      time.sleep(self.poll_seconds if submitted else 0)
+    try:
+      while submitted:
+        for item in list(submitted):
+          job, run, workdir = item
+          if job.done() or _vanished(job):
+            submitted.remove(item)
+            on_end(run, _job_outcome(job, workdir))
+        time.sleep(self.poll_seconds if submitted else 0)
+    except KeyboardInterrupt:
+      # The jobs go on without us; a rerun of the sweep waits for them.
+      raise SweepInterrupted('SIGINT (the SLURM jobs keep running; rerun the '
+                             'sweep to wait for them)') from None
+
+  @staticmethod
+  def queued_job(status: dict) -> str | None:
+    """The SLURM job a run's recorded status names, if still queued or running."""
+    detail = status.get('message', '')
+    if status.get('state') != 'running' or not detail.startswith('SLURM job '):
+      return None
+    job_id = detail.split()[-1]
+    listed = subprocess.run(['squeue', '-h', '-j', job_id], capture_output=True,
+                            text=True).stdout.strip()
+    return job_id if listed else None
 
 
 def _vanished(job, grace_seconds: float = 60.0) -> bool:
@@ -335,10 +351,15 @@ def run_sweep(path_arg: str, directory: str, *, launcher, only: str | None = Non
   outcomes, jobs = {}, []
   for run in runs:
     workdir = os.path.join(directory, run.name)
+    queued = getattr(launcher, 'queued_job', lambda _: None)(record.state(run.name))
     if finished(workdir):
       outcomes[run.name] = Outcome('skipped', 0, 'result.json exists')
       record.set(run.name, 'done', 'finished earlier', 0)
       echo(f'[{run.name}] skipped: finished earlier')
+    elif queued:
+      outcomes[run.name] = Outcome('pending', None, f'SLURM job {queued} still queued '
+                                   f'or running; rerun the sweep when it ends')
+      echo(f'[{run.name}] not resubmitted: {outcomes[run.name].message}')
     else:
       jobs.append((run, workdir))
   started = {}

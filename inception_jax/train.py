@@ -113,6 +113,36 @@ def _check_writable(workdir: str) -> None:
     raise UserError(f'cannot write to workdir {workdir!r}: {e.strerror or e}') from None
 
 
+class _WorkdirLock:
+  """An exclusive lock on WORKDIR/.lock while a run trains there, so a second
+  launch on the same directory (a rerun while an orphaned or still-queued run
+  is alive) stops with a clear error instead of interleaving two runs. The
+  operating system releases it when the process dies, however it dies."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self.path, self.enabled, self._file = os.path.join(workdir, '.lock'), enabled, None
+
+  def __enter__(self):
+    if self.enabled:
+      import fcntl
+      self._file = open(self.path, 'a+')
+      try:
+        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError:
+        self._file.close()
+        raise UserError(f'another process is training in {os.path.dirname(self.path)!r}; '
+                        f'wait for it to finish or stop it first') from None
+      self._file.seek(0)
+      self._file.truncate()
+      self._file.write(f'{os.getpid()}\n')
+      self._file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    if self._file is not None:
+      self._file.close()           # closing releases the lock
+
+
 def model_spec(config, num_classes: int) -> models.InceptionSpec:
   model_cfg = dict(config.model)
   if model_cfg['num_classes'] is None:
@@ -217,6 +247,12 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
   # --- Run directory -----------------------------------------------------------
   if is_chief:
     _check_writable(workdir)
+  with _WorkdirLock(workdir, enabled=is_chief):
+    return _run(config, workdir, start_time, allow_config_change)
+
+
+def _run(config, workdir: str, start_time: float, allow_config_change: bool) -> dict:
+  is_chief = jax.process_index() == 0
   checkpoints = checkpointing.CheckpointManager(
       workdir, every_steps=config.checkpoint_every_steps,
       keep=config.keep_checkpoints)

@@ -190,3 +190,24 @@ def test_slurm_resources_come_from_the_config():
   assert params['nodes'] == 4 and params['tasks_per_node'] == 1
   assert params['gpus_per_node'] == 8 and params['slurm_partition'] == 'gpu'
   assert params['timeout_min'] == 72 * 60
+
+
+def test_a_run_whose_slurm_job_is_still_queued_is_not_resubmitted(slurm_cluster, tmp_path):
+  """After an interrupted `--launcher slurm` sweep its jobs go on; a rerun
+  must not start a second job on the same run directory."""
+  path = write_sweep(tmp_path / 'one.py', [
+      dict(name='x', config=TINY, overrides={'slurm.partition': 'debug'})])
+  workdir = tmp_path / 'out'
+  workdir.mkdir()
+  job = subprocess.run(['sbatch', '--parsable', '-p', 'debug', '--wrap', 'sleep 120'],
+                       capture_output=True, text=True, check=True).stdout.strip()
+  try:
+    (workdir / 'sweep.json').write_text(json.dumps(
+        {'status': {'x': {'state': 'running', 'message': f'SLURM job {job}'}}}))
+    proc = launch('sweep', path, '--workdir', str(workdir), '--launcher', 'slurm',
+                  timeout=120)
+  finally:
+    subprocess.run(['scancel', job])
+  assert proc.returncode == 4, proc.stderr[-3000:]
+  assert f'[x] not resubmitted: SLURM job {job} still queued' in proc.stdout
+  assert not os.path.exists(workdir / 'x')

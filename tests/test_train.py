@@ -107,6 +107,17 @@ def test_huge_learning_rate_stops_with_a_clear_message(tmp_path):
   assert not os.path.exists(tmp_path / 'result.json')
 
 
+def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
+  """Another process holds the workdir (an orphaned run, a still-queued job):
+  a second launch stops at once with a clear message and writes nothing."""
+  import fcntl
+  with open(tmp_path / '.lock', 'a+') as held:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(train.UserError, match='another process is training'):
+      train.run(config_lib.load(TINY), str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ['.lock']
+
+
 def test_unwritable_workdir_is_a_clear_error(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
