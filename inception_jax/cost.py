@@ -149,8 +149,9 @@ def xla_flops(model: models.Inception, image_size: int) -> float:
 def of_config(config) -> Cost:
   """Cost of a training config: its `model` at its `data.image_size`; the
   number of classes follows the dataset unless `model.num_classes` is set."""
-  model_cfg = dict(config.model)
-  if model_cfg['num_classes'] is None:
+  classes = None
+  if config.model.num_classes is None:
     from inception_jax.data import pipeline
-    model_cfg['num_classes'] = pipeline.num_classes(config.data)
-  return count(models.InceptionSpec.from_config(model_cfg), config.data.image_size)
+    classes = pipeline.num_classes(config.data)
+  spec = models.InceptionSpec.from_config(config.model, dataset_classes=classes)
+  return count(spec, config.data.image_size)

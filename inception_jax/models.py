@@ -104,9 +104,16 @@ class InceptionSpec:
       raise ConfigError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}')
 
   @classmethod
-  def from_config(cls, cfg: Mapping[str, Any]) -> 'InceptionSpec':
-    """Build from a (ConfigDict) mapping; unknown keys are a clear error."""
+  def from_config(cls, cfg: Mapping[str, Any], *,
+                  dataset_classes: int | None = None) -> 'InceptionSpec':
+    """Build from a (ConfigDict) mapping; unknown keys are a clear error.
+    `num_classes=None` takes the dataset's class count, `dataset_classes`."""
     cfg = dict(cfg)
+    if cfg.get('num_classes', 0) is None:
+      if dataset_classes is None:
+        raise ConfigError('model.num_classes is None (follow the dataset) but no '
+                          'dataset class count was given')
+      cfg['num_classes'] = dataset_classes
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(cfg) - fields)
     if unknown:

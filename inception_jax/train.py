@@ -143,13 +143,6 @@ class _WorkdirLock:
       self._file.close()           # closing releases the lock
 
 
-def model_spec(config, num_classes: int) -> models.InceptionSpec:
-  model_cfg = dict(config.model)
-  if model_cfg['num_classes'] is None:
-    model_cfg['num_classes'] = num_classes
-  return models.InceptionSpec.from_config(model_cfg)
-
-
 def make_train_step(graphdef, tx, schedule, config):
   key = jax.random.key(config.seed)
 
@@ -272,7 +265,8 @@ def _run(config, workdir: str, start_time: float, allow_config_change: bool) -> 
                              local_batch=local_batch), data_sharded)
 
   # --- Model -------------------------------------------------------------------
-  spec = model_spec(config, train_source.num_classes)
+  spec = models.InceptionSpec.from_config(config.model,
+                                          dataset_classes=train_source.num_classes)
   image_size = config.data.image_size
   abstract = nnx.eval_shape(lambda: models.Inception(
       spec, image_size=image_size, rngs=nnx.Rngs(0)))

@@ -37,10 +37,8 @@ def _configs(name, scale):
 
 def _spec(config):
   """The model spec, the number of classes resolved as cost.of_config does."""
-  model = dict(config.model)
-  if model['num_classes'] is None:
-    model['num_classes'] = pipeline.num_classes(config.data)
-  return models.InceptionSpec.from_config(model)
+  classes = pipeline.num_classes(config.data) if config.model.num_classes is None else None
+  return models.InceptionSpec.from_config(config.model, dataset_classes=classes)
 
 
 @functools.lru_cache(maxsize=None)
