@@ -169,7 +169,7 @@ def make_train_step(graphdef, tx, schedule, config):
         ema_batch_stats=optim.update_ema(state.ema_batch_stats, batch_stats,
                                          state.step, decay))
     metrics = {f'train/{k}': v for k, v in parts.items()}
-    metrics['train/grad_norm'] = optax.global_norm(grads)
+    metrics['train/grad_norm'] = optax.tree.norm(grads)
     metrics['train/lr'] = schedule(state.step)
     return new, metrics
   return train_step
