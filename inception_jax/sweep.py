@@ -186,13 +186,13 @@ class LocalLauncher:
   @staticmethod
   def _start(run: Run, workdir: str, group: str) -> subprocess.Popen:
     os.makedirs(workdir, exist_ok=True)
-    log = open(os.path.join(workdir, 'train.log'), 'a')
     launch = os.path.join(config_lib.ROOT, 'launch.py')
     # Own process group: a Ctrl-C on the terminal reaches the sweep, which
     # passes one SIGTERM on (a second SIGINT would stop a run without saving).
-    return subprocess.Popen([sys.executable, launch, *run.train_args(workdir, group)],
-                            cwd=config_lib.ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    with open(os.path.join(workdir, 'train.log'), 'a') as log:
+      return subprocess.Popen([sys.executable, launch, *run.train_args(workdir, group)],
+                              cwd=config_lib.ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def _outcome(exit_code: int, workdir: str) -> Outcome:
