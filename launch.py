@@ -105,7 +105,7 @@ def cmd_sweep(args, overrides):
           file=sys.stderr)
   elif code:
     print(f'error: {sum(o.state == "failed" for o in outcomes.values())} run(s) '
-          f'failed; see DIR/NAME/train.log', file=sys.stderr)
+          f'failed; see {args.workdir}/NAME/train.log', file=sys.stderr)
   return code
 
 
