@@ -21,6 +21,7 @@ import math
 import os
 from typing import Any, Callable
 
+from inception_jax import tracking
 from inception_jax.errors import UserError
 
 FORMATS = ('text', 'markdown', 'json', 'html')
@@ -110,28 +111,11 @@ def _error(accuracy: float | None) -> float | None:
 
 def _curves(workdir: str) -> dict[str, list[tuple[int, float]]]:
   curves = {key: [] for key in CURVES}
-  for line in _read_lines(os.path.join(workdir, 'metrics.jsonl')):
+  for line in tracking.read_metrics(workdir):   # skips a line cut short by a kill
     for key in CURVES:
       if isinstance(line.get(key), (int, float)):
         curves[key].append((int(line['step']), float(line[key])))
   return curves
-
-
-def _read_lines(path: str) -> list[dict]:
-  """metrics.jsonl rows; unlike `tracking.read_metrics`, skips a line cut
-  short when a run was killed (failed runs are what a report is read for)."""
-  if not os.path.exists(path):
-    return []
-  rows = []
-  with open(path) as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(row, dict) and 'step' in row:
-        rows.append(row)
-  return rows
 
 
 def _read_json(path: str) -> dict | None:

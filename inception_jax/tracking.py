@@ -37,29 +37,38 @@ def _jsonable(x):
   return str(x)
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, 'metrics.jsonl')
+def _metric_lines(path: str) -> list[tuple[str, dict | None]]:
+  """Each non-empty line of a metrics.jsonl with its row, or None for a line
+  that is not a row (one cut short when a run was killed)."""
   if not os.path.exists(path):
     return []
+  lines = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in filter(str.strip, f):
+      try:
+        row = json.loads(line)
+      except ValueError:
+        row = None
+      lines.append((line, row if isinstance(row, dict) and 'step' in row else None))
+  return lines
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The rows of WORKDIR/metrics.jsonl; a line cut short by a kill is skipped."""
+  return [row for _, row in _metric_lines(os.path.join(workdir, 'metrics.jsonl'))
+          if row is not None]
 
 
 def truncate_metrics(workdir: str, step: int) -> int:
   """Drop the metrics.jsonl rows logged after `step` (a resumed run logs them
-  again); returns how many were dropped. Rewritten atomically."""
+  again) and lines cut short; returns how many were dropped. Rewritten
+  atomically."""
   path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  lines = _metric_lines(path)
+  if not lines:
     return 0
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  keep = []
-  for line in lines:
-    try:
-      if json.loads(line)['step'] <= step:
-        keep.append(line if line.endswith('\n') else line + '\n')
-    except (ValueError, KeyError):
-      pass                       # a line cut short by a kill
+  keep = [line if line.endswith('\n') else line + '\n'
+          for line, row in lines if row is not None and row['step'] <= step]
   tmp = f'{path}.tmp'
   with open(tmp, 'w') as f:
     f.writelines(keep)
