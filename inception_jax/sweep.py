@@ -16,6 +16,7 @@ paper figures and their states, for `report.py`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -123,7 +124,6 @@ class Record:
 
 
 def _read(path: str) -> dict:
-  import json
   try:
     with open(path) as f:
       return json.load(f)
@@ -267,17 +267,19 @@ class SlurmLauncher:
     if status.get('state') != 'running' or not detail.startswith('SLURM job '):
       return None
     job_id = detail.split()[-1]
-    listed = subprocess.run(['squeue', '-h', '-j', job_id], capture_output=True,
-                            text=True).stdout.strip()
-    return job_id if listed else None
+    return job_id if _in_queue(job_id) else None
+
+
+def _in_queue(job_id: str) -> bool:
+  """Whether SLURM still lists the job (pending or running)."""
+  return bool(subprocess.run(['squeue', '-h', '-j', str(job_id)], capture_output=True,
+                             text=True).stdout.strip())
 
 
 def _vanished(job, grace_seconds: float = 60.0) -> bool:
   """A job that left the queue without writing its result (cancelled, killed
   with its node): submitit alone would wait for it forever without `sacct`."""
-  listed = subprocess.run(['squeue', '-h', '-j', str(job.job_id)],
-                          capture_output=True, text=True).stdout.strip()
-  if listed:
+  if _in_queue(job.job_id):
     job._left_queue = None
     return False
   first = getattr(job, '_left_queue', None) or time.time()
