@@ -29,6 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from inception_jax import tracking
 from inception_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -119,11 +120,7 @@ class CheckpointManager:
       for step in self._unsummed:
         step_dir = os.path.join(self.path, str(step))
         if os.path.isdir(step_dir):
-          sums = _hash_dir(step_dir)
-          tmp = os.path.join(step_dir, CHECKSUMS + '.tmp')
-          with open(tmp, 'w') as f:
-            json.dump(sums, f, indent=1, sort_keys=True)
-          os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
+          tracking.write_json(os.path.join(step_dir, CHECKSUMS), _hash_dir(step_dir))
     self._unsummed = []
 
   def _verify(self, step: int) -> None:
