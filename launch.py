@@ -52,6 +52,9 @@ def cmd_train(args, overrides):
   parallel.initialize()      # before anything touches a device
   from inception_jax import config_lib, train
   config = config_lib.load(args.config, overrides)
+  if config.model.get('dtype') == 'float64':     # numerical checks: float64 throughout
+    import jax
+    jax.config.update('jax_enable_x64', True)
   result = train.run(config, args.workdir, allow_config_change=args.allow_config_change)
   metrics = result['metrics']
   if 'eval/top1' in metrics:

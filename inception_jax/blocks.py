@@ -26,7 +26,7 @@ from flax import nnx
 
 from inception_jax.errors import ConfigError
 from inception_jax.layers import (Builder, Parallel, Sequential, avgpool, conv,
-                                  maxpool)
+                                  maxpool, param_dtype)
 
 BLOCKS: dict[str, Callable[..., nnx.Module]] = {}
 STEMS: dict[str, Callable[[Builder], Sequential]] = {}
@@ -267,6 +267,7 @@ class AuxHead(nnx.Module):
                            kernel_init=nnx.initializers.truncated_normal(0.01)))
     self.Logits = nnx.Linear(
         self.tower.out_features, num_classes, dtype=b.dtype,
+        param_dtype=param_dtype(b.dtype),
         kernel_init=nnx.initializers.truncated_normal(0.001), rngs=b.rngs)
 
   def sublayers(self):

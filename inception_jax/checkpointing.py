@@ -211,21 +211,23 @@ def _flatten(tree: Mapping, prefix: str = '') -> dict[str, Any]:
 
 
 def restore_params(workdir: str, step: int | None = None) -> dict[str, np.ndarray]:
-  """The parameters of a run's latest (or given) checkpoint as numpy arrays,
-  keyed by their '/'-joined path, e.g. 'params/Logits/kernel'."""
+  """The parameters of a run's latest (or given) checkpoint as numpy arrays
+  in their saved dtype, keyed by their '/'-joined path, e.g.
+  'params/Logits/kernel'. Reads the files only: any device count, any process."""
   path = directory(workdir)
-  with ocp.CheckpointManager(path, item_names=('state',)) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
+  if step is None:
+    steps = [int(n) for n in os.listdir(path) if n.isdigit()] if os.path.isdir(path) else []
+    if not steps:
       raise CheckpointError(f'no checkpoint in {path}')
-    metadata = manager.item_metadata(step)['state']
-    target = jax.tree.map(
-        lambda m: np.zeros(m.shape, m.dtype), metadata,
-        is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
+    step = max(steps)
+  state_dir = os.path.join(path, str(step), 'state')
+  is_array = lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype')
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(state_dir).item_metadata.tree
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                target)
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(target, restore_args=restore_args)))['state']
+                                tree, is_leaf=is_array)
+    state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        restore_args=restore_args))
   flat = jax.tree_util.tree_flatten_with_path(state['params'])[0]
   return {'params/' + '/'.join(_key(k) for k in path): np.asarray(v)
           for path, v in flat}

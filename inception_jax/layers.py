@@ -22,6 +22,13 @@ PADDINGS = ('SAME', 'VALID')
 he_normal = nnx.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
 
 
+def param_dtype(dtype) -> Any:
+  """Parameters and BatchNorm statistics are float32 (for float32 and bfloat16
+  compute), or float64 when the compute dtype is float64: exact numerical
+  checks, such as comparing device counts, need no float32 rounding anywhere."""
+  return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
 def _pair(k) -> tuple[int, int]:
   return (k, k) if isinstance(k, int) else tuple(k)
 
@@ -35,7 +42,8 @@ def _out_size(size: int, window: int, stride: int, padding: str) -> int:
 
 class BatchNorm(nnx.Module):
   """Batch normalization with a learned offset and no scale (TF-slim's
-  `batch_norm(scale=False)`): statistics in float32, moving averages with
+  `batch_norm(scale=False)`): statistics in float32 (float64 for float64
+  compute, see `param_dtype`), moving averages with
   decay `momentum` (0.9997) of the batch mean and (biased) variance.
 
   `group_size` > 0 is ghost BatchNorm: each group of that many consecutive
@@ -47,9 +55,10 @@ class BatchNorm(nnx.Module):
   def __init__(self, num_features: int, *, momentum: float = 0.9997,
                epsilon: float = 1e-3, group_size: int = 0,
                dtype: Any = jnp.float32, use_running_average: bool = False):
-    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
-    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
-    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    stat_dtype = param_dtype(dtype)
+    self.bias = nnx.Param(jnp.zeros((num_features,), stat_dtype))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), stat_dtype))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), stat_dtype))
     self.momentum, self.epsilon, self.group_size = momentum, epsilon, group_size
     self.dtype, self.use_running_average = dtype, use_running_average
 
@@ -57,7 +66,7 @@ class BatchNorm(nnx.Module):
     bias = self.bias[...]
     if self.use_running_average:
       mean, var = self.mean[...], self.var[...]
-      y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon) + bias
+      y = (x.astype(mean.dtype) - mean) * jax.lax.rsqrt(var + self.epsilon) + bias
       return y.astype(self.dtype)
     batch, groups = x.shape[0], 1
     if 0 < self.group_size < batch:
@@ -65,7 +74,7 @@ class BatchNorm(nnx.Module):
         raise ValueError(f'batch {batch} is not a multiple of bn_group_size '
                          f'{self.group_size}')
       groups = batch // self.group_size
-    xg = x.astype(jnp.float32).reshape(groups, batch // groups, *x.shape[1:])
+    xg = x.astype(bias.dtype).reshape(groups, batch // groups, *x.shape[1:])
     axes = tuple(range(1, xg.ndim - 1))
     mean = xg.mean(axis=axes, keepdims=True)
     # Two-pass variance: E[x²] − E[x]² cancels badly when |mean| ≫ std.
@@ -104,7 +113,7 @@ class ConvBN(nnx.Module):
     self.conv = nnx.Conv(in_features, out_features, self.kernel_size,
                          strides=stride, padding=padding, use_bias=not norm,
                          kernel_init=kernel_init, dtype=dtype,
-                         param_dtype=jnp.float32, rngs=rngs)
+                         param_dtype=param_dtype(dtype), rngs=rngs)
     self.bn = BatchNorm(out_features, momentum=bn_momentum, epsilon=bn_epsilon,
                         group_size=bn_group_size, dtype=dtype) if norm else None
 

@@ -13,14 +13,15 @@ import jax.numpy as jnp
 
 def smoothed_cross_entropy(logits, labels, smoothing: float = 0.1):
   """Per-example −Σ_k q′(k) log p(k) with q′ = (1 − ε)·onehot(y) + ε/K
-  (Section 7, u(k) = 1/K over the K = logits.shape[-1] classes), in float32.
+  (Section 7, u(k) = 1/K over the K = logits.shape[-1] classes), in float32
+  (float64 for float64 logits).
 
   `labels` are integer class ids of shape logits.shape[:-1].
   """
-  logits = logits.astype(jnp.float32)
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   num_classes = logits.shape[-1]
   log_p = jax.nn.log_softmax(logits, axis=-1)
-  target = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  target = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
   target = (1.0 - smoothing) * target + smoothing / num_classes
   return -jnp.sum(target * log_p, axis=-1)
 
@@ -28,7 +29,7 @@ def smoothed_cross_entropy(logits, labels, smoothing: float = 0.1):
 def _mean(values, mask):
   if mask is None:
     return values.mean()
-  mask = mask.astype(jnp.float32)
+  mask = mask.astype(values.dtype)
   return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 

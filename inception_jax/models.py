@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 from flax import nnx
 
-from inception_jax import blocks
+from inception_jax import blocks, layers
 from inception_jax.errors import ConfigError
 from inception_jax.layers import Builder
 
@@ -54,7 +54,7 @@ LAYOUT = (
 )
 AUX_ENDPOINT = 'Mixed_6e'
 GRID_REDUCTIONS = ('efficient', 'pool_conv', 'conv_pool')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,8 @@ class InceptionSpec:
   aux_head: bool = True
   aux_bn: bool = True                      # Fig. 8 / Table 3 "BN-auxiliary"
   dropout_rate: float = 0.2
-  dtype: str = 'float32'                   # compute dtype; parameters stay float32
+  dtype: str = 'float32'                   # compute dtype; parameters float32
+                                           # ('float64': float64 throughout, for numerical checks)
   bn_momentum: float = 0.9997
   bn_epsilon: float = 1e-3
   bn_group_size: int = 0                   # ghost BN: examples per statistics group (0: whole batch)
@@ -203,10 +204,12 @@ class Inception(nnx.Module):
                       if spec.aux_head else None)
     self.Dropout = nnx.Dropout(spec.dropout_rate)
     self.Logits = nnx.Linear(width, spec.num_classes, dtype=b.dtype,
+                             param_dtype=layers.param_dtype(b.dtype),
                              kernel_init=nnx.initializers.variance_scaling(
                                  1.0, 'fan_in', 'truncated_normal'),
                              rngs=rngs)
     self.dtype = b.dtype
+    self.logits_dtype = layers.param_dtype(b.dtype)
 
   def grid_size(self, image_size: int, until: str | None = None) -> int:
     """Spatial size after the stem and blocks (up to endpoint `until`); 0 when
@@ -239,14 +242,14 @@ class Inception(nnx.Module):
     for name in self.block_names:
       x = getattr(self, name)(x)
       if name == AUX_ENDPOINT and return_aux and self.AuxLogits is not None:
-        aux = self.AuxLogits(x).astype(jnp.float32)
+        aux = self.AuxLogits(x).astype(self.logits_dtype)
     return x, aux
 
   def __call__(self, x, *, return_aux: bool = False, rngs=None):
     x, aux = self.features(x, return_aux=return_aux)
     x = x.mean(axis=(1, 2))                      # AvgPool_1a_8x8 (global)
     x = self.Dropout(x, rngs=rngs)
-    logits = self.Logits(x).astype(jnp.float32)
+    logits = self.Logits(x).astype(self.logits_dtype)
     return (logits, aux) if return_aux else logits
 
 

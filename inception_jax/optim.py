@@ -161,6 +161,7 @@ def update_ema(ema_tree, new_tree, step, decay: float):
     ema, new = jnp.asarray(ema), jnp.asarray(new)
     if not jnp.issubdtype(new.dtype, jnp.floating):
       return new
-    mixed = d * ema.astype(jnp.float32) + (1 - d) * new.astype(jnp.float32)
+    dtype = jnp.promote_types(ema.dtype, jnp.float32)   # bfloat16 averages in float32
+    mixed = d * ema.astype(dtype) + (1 - d) * new.astype(dtype)
     return mixed.astype(ema.dtype)
   return jax.tree.map(average, ema_tree, new_tree)

@@ -97,6 +97,9 @@ def check_config(config) -> None:
     raise ConfigError('set total_steps > 0 or num_epochs > 0')
   if config.log_every_steps < 1 or config.eval_every_steps < 0:
     raise ConfigError('log_every_steps must be >= 1 and eval_every_steps >= 0')
+  if config.model.dtype == 'float64' and not jax.config.jax_enable_x64:
+    raise ConfigError('model.dtype=float64 needs 64-bit JAX: set JAX_ENABLE_X64=1 '
+                      'before starting (launch.py train does this itself)')
   if config.checkpoint_every_steps < 0 or config.keep_checkpoints < 1:
     raise ConfigError('checkpoint_every_steps must be >= 0 (0: at the end only) '
                       'and keep_checkpoints >= 1')

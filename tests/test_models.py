@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from inception_jax import blocks, layers, models
+from inception_jax import blocks, layers, losses, models
 from inception_jax.errors import ConfigError
 
 VARIANTS = [
@@ -255,6 +255,23 @@ def test_bfloat16_computes_in_bfloat16():
   assert grid.dtype == jnp.bfloat16
   params = nnx.state(model, nnx.Param)
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype('float32')}
+
+
+def test_float64_is_float64_throughout():
+  """`dtype='float64'` (the dtype of the tests that compare device counts):
+  parameters, BatchNorm statistics, both heads' logits and the loss in
+  float64, so no float32 rounding hides anywhere in the step."""
+  with jax.enable_x64(True):
+    spec = models.preset('inception_v3', width_multiplier=0.05, min_depth=4,
+                         dtype='float64')
+    model = models.Inception(spec, image_size=75, rngs=nnx.Rngs(0))
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model))} == {jnp.dtype('float64')}
+    x, labels = jnp.zeros((2, 75, 75, 3), jnp.float32), jnp.array([0, 1])
+    logits, aux = model(x, return_aux=True, rngs=jax.random.key(0))
+    total, _ = losses.inception_loss(logits, aux, labels)
+    assert logits.dtype == aux.dtype == total.dtype == jnp.float64
+    _, grads = _loss_and_grads(model, x, labels)
+    assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype('float64')}
 
 
 def test_ghost_batch_norm_normalizes_each_group_alone():

@@ -134,9 +134,11 @@ def test_an_interrupted_sweep_resumes(tmp_path):
   proc = subprocess.Popen([sys.executable, 'launch.py', 'sweep', path, '--workdir', workdir],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 600
+  # 36 steps (≥ 4 s) remain after the checkpoint at step 4: poll often enough
+  # that the signal arrives long before run a could finish.
   while not os.path.isdir(os.path.join(workdir, 'a', 'checkpoints', '4')):
     assert proc.poll() is None and time.time() < deadline, proc.communicate()
-    time.sleep(0.5)
+    time.sleep(0.05)
   proc.send_signal(signal.SIGINT)
   out, err = proc.communicate(timeout=600)
   assert proc.returncode == 4, err[-3000:]

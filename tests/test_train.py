@@ -10,10 +10,25 @@ import jax
 import numpy as np
 import pytest
 
-from inception_jax import config_lib, tracking, train
+from inception_jax import checkpointing, config_lib, tracking, train
 
 ROOT = config_lib.ROOT
 TINY = 'configs/inception_v3.py:scale=tiny'
+# Runs compared across device counts: float64 at a small rate (see
+# test_one_device_and_eight_devices_agree). test_checkpointing.py uses the
+# same overrides, so the runs share compiled programs through JAX's cache.
+EXACT = ['--config.model.dtype=float64', '--config.optim.learning_rate=1e-3',
+         '--config.tracking.tensorboard=false']
+
+
+def assert_close_to_scale(actual, desired, rtol, name=''):
+  """max |actual − desired| ≤ rtol · max |desired|: relative to the array's
+  scale, so entries that pass near zero do not need an absolute tolerance."""
+  actual, desired = np.asarray(actual), np.asarray(desired)
+  assert actual.shape == desired.shape and actual.dtype == desired.dtype, name
+  scale = max(float(np.abs(desired).max()), np.finfo(desired.dtype).tiny)
+  error = float(np.abs(actual - desired).max()) / scale
+  assert error <= rtol, f'{name}: relative difference {error:.2e} > {rtol:.0e}'
 
 
 def launch(*args, devices=8, env=None):
@@ -69,29 +84,48 @@ def test_eval_raw_and_ema_differ_and_ema_warm_up_moves_weights(tiny_run):
 def test_one_device_and_eight_devices_agree(tmp_path):
   """The same global batch on 1 and on 8 devices gives the same run.
 
-  The tiny network (4-channel layers, 1×1 grids at 75×75) is chaotic at the
-  recipe's rate 0.045: a 1e-6 difference in reduction order grows to percent
-  level within three steps. At rate 1e-3 it stays far below the tolerance
-  for the first five steps, which is what this test compares.
+  The comparison runs in float64 (`model.dtype=float64`): in float32 the
+  tiny network (4-channel layers, 1×1 grids at 75×75) turns the 1e-7 noise
+  of a different reduction order into 1e-3 within 4–6 steps, at a step that
+  depends on the CPU (a ReLU or max-pool that flips gives the gradient an
+  O(1) change). In float64 the reduction noise is ~1e-16 and, at rate 1e-3,
+  does not grow: on the machine that wrote this test the losses agreed to
+  ≤ 4e-14 (relative; also over 10 and 30 steps) and the parameters after 5
+  steps to ≤ 5e-13 of each array's largest entry. The tolerance 1e-9 leaves a
+  margin of > 10³ and still fails at once for a real sharding mistake
+  (BatchNorm statistics per device instead of global: losses differ by 5e-2).
+  At the recipe's rate 0.045 even float64 runs diverge within 8 steps, hence
+  the small rate.
   """
-  args = ['--config.optim.learning_rate=1e-3', '--config.total_steps=5']
   runs = {}
   for devices in (1, 8):
     workdir = tmp_path / str(devices)
-    result = launch('train', '--config', TINY, '--workdir', str(workdir), *args,
-                    devices=devices)
+    result = launch('train', '--config', TINY, '--workdir', str(workdir), *EXACT,
+                    '--config.total_steps=5', devices=devices)
     assert result.returncode == 0, result.stderr[-3000:]
     runs[devices] = (tracking.read_metrics(str(workdir)),
                      json.load(open(workdir / 'result.json')))
   assert runs[1][1]['devices'] == 1 and runs[8][1]['devices'] == 8
-  losses = {d: [r['train/loss'] for r in rows if 'train/loss' in r][:5]
+  losses = {d: [r['train/loss'] for r in rows if 'train/loss' in r]
             for d, (rows, _) in runs.items()}
-  np.testing.assert_allclose(losses[1], losses[8], rtol=1e-4)
+  assert len(losses[1]) == len(losses[8]) == 5
+  np.testing.assert_allclose(losses[1], losses[8], rtol=1e-9)
   one, eight = runs[1][1]['metrics'], runs[8][1]['metrics']
   for key in ('eval/top1', 'eval/top5', 'eval_raw/top1', 'eval_raw/top5'):
     assert one[key] == eight[key], key
   for key in ('eval/loss', 'eval_raw/loss'):
-    assert one[key] == pytest.approx(eight[key], rel=1e-4), key
+    assert one[key] == pytest.approx(eight[key], rel=1e-9), key
+  params = [checkpointing.restore_params(str(tmp_path / str(d))) for d in (1, 8)]
+  assert params[0].keys() == params[1].keys()
+  for key in params[0]:
+    assert_close_to_scale(params[0][key], params[1][key], 1e-9, key)
+
+
+def test_float64_without_64_bit_jax_is_a_clear_error(tmp_path):
+  """In a process without jax_enable_x64, float64 would silently be float32."""
+  config = config_lib.load(TINY, ['model.dtype=float64'])
+  with pytest.raises(config_lib.ConfigError, match='JAX_ENABLE_X64'):
+    train.run(config, str(tmp_path))
 
 
 def test_huge_learning_rate_stops_with_a_clear_message(tmp_path):
