@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from inception_jax import tracking
+from inception_jax import rundir
 from inception_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,12 @@ class CheckpointManager:
         self.path, options=options, item_names=('state', 'data', 'config'))
     self._unsummed: list[int] = []
 
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
@@ -98,8 +104,8 @@ class CheckpointManager:
     self._write_checksums()      # of the previous save, which is now complete
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(_plain(data_state)),
-        config=ocp.args.JsonSave(_plain(config))), force=True)
+        data=ocp.args.JsonSave(rundir.jsonable(data_state)),
+        config=ocp.args.JsonSave(rundir.jsonable(config))), force=True)
     self._unsummed.append(step)
 
   def wait(self) -> None:
@@ -120,7 +126,7 @@ class CheckpointManager:
       for step in self._unsummed:
         step_dir = os.path.join(self.path, str(step))
         if os.path.isdir(step_dir):
-          tracking.write_json(os.path.join(step_dir, CHECKSUMS), _hash_dir(step_dir))
+          rundir.write_json(os.path.join(step_dir, CHECKSUMS), _hash_dir(step_dir))
     self._unsummed = []
 
   def _verify(self, step: int) -> None:
@@ -180,34 +186,10 @@ class CheckpointManager:
     self._manager.reload()
 
 
-def _plain(tree):
-  """JSON-safe copy: numpy scalars and arrays become Python values."""
-  return json.loads(json.dumps(tree, default=lambda x: x.tolist()
-                               if hasattr(x, 'tolist') else str(x)))
-
-
 def config_changes(saved: Mapping, current: Mapping) -> list[str]:
   """Flattened keys whose values differ between two config dicts, except the
   harmless ones (HARMLESS_KEYS)."""
-  a, b = _flatten(_plain(saved)), _flatten(_plain(current))
-  changed = sorted(k for k in a.keys() | b.keys() if a.get(k, '<missing>') !=
-                   b.get(k, '<missing>'))
-  return [k for k in changed if not _harmless(k)]
-
-
-def _harmless(key: str) -> bool:
-  return any(key == h or (h.endswith('.*') and key.startswith(h[:-1]))
-             for h in HARMLESS_KEYS)
-
-
-def _flatten(tree: Mapping, prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
+  return rundir.changed_keys(saved, current, ignore=HARMLESS_KEYS)
 
 
 def restore_params(workdir: str, step: int | None = None) -> dict[str, np.ndarray]:

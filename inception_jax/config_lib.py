@@ -69,6 +69,13 @@ def _resolve(path: str, base: str | None = None) -> str:
   raise ConfigError(f'config file {path!r} not found')
 
 
+def absolute(path_arg: str, base: str | None = None) -> str:
+  """`FILE.py[:ARG]` with FILE made absolute (found as `load` finds it), so the
+  same config is loaded from any working directory."""
+  path, sep, arg = path_arg.partition(':')
+  return os.path.abspath(_resolve(path, base)) + sep + arg
+
+
 def load_module(path: str, base: str | None = None):
   path = _resolve(path, base)
   spec = importlib.util.spec_from_file_location(

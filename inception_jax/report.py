@@ -21,7 +21,7 @@ import math
 import os
 from typing import Any, Callable
 
-from inception_jax import tracking
+from inception_jax import rundir
 from inception_jax.errors import UserError
 
 FORMATS = ('text', 'markdown', 'json', 'html')
@@ -63,7 +63,7 @@ def collect(directory: str) -> Report:
   """Read a sweep directory into a `Report` (rows in sweep order)."""
   if not os.path.isdir(directory):
     raise UserError(f'no sweep directory {directory!r}')
-  sweep = _read_json(os.path.join(directory, 'sweep.json'))
+  sweep = rundir.read_json(os.path.join(directory, 'sweep.json'))
   if sweep is None:
     runs, status = [{'name': n} for n in _discover(directory)], {}
     name = os.path.basename(os.path.abspath(directory))
@@ -85,7 +85,7 @@ def _discover(directory: str) -> list[str]:
 
 def _row(directory: str, run: dict, status: dict) -> Row:
   workdir = os.path.join(directory, run['name'])
-  result = _read_json(os.path.join(workdir, 'result.json'))
+  result = rundir.read_json(os.path.join(workdir, 'result.json'))
   row = Row(name=run['name'],
             state=status.get('state') or ('done' if result else 'unfinished'),
             message=status.get('message') or '',
@@ -111,21 +111,11 @@ def _error(accuracy: float | None) -> float | None:
 
 def _curves(workdir: str) -> dict[str, list[tuple[int, float]]]:
   curves = {key: [] for key in CURVES}
-  for line in tracking.read_metrics(workdir):   # skips a line cut short by a kill
+  for line in rundir.read_metrics(workdir):   # skips a line cut short by a kill
     for key in CURVES:
       if isinstance(line.get(key), (int, float)):
         curves[key].append((int(line['step']), float(line[key])))
   return curves
-
-
-def _read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except ValueError as e:
-    raise UserError(f'{path} is not valid JSON: {e}') from None
 
 
 # The table, shared by every format.
@@ -180,15 +170,20 @@ def _notes(report: Report) -> list[str]:
 
 # Formats.
 
+def aligned(header: list[str], rows: list[list[str]], left=LEFT) -> list[str]:
+  """Plain-text table lines: header, rule, rows; the columns titled in `left`
+  left-aligned, the others (figures) right-aligned."""
+  widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+  fmt = lambda line: '  '.join(
+      cell.ljust(w) if title in left else cell.rjust(w)
+      for title, cell, w in zip(header, line, widths)).rstrip()
+  return [fmt(header), fmt(['-' * w for w in widths]), *map(fmt, rows)]
+
+
 def format_text(report: Report) -> str:
   """An aligned plain-text table (names left, figures right)."""
   header, rows = table(report)
-  widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
-  fmt = lambda line: '  '.join(
-      cell.ljust(w) if title in LEFT else cell.rjust(w)
-      for title, cell, w in zip(header, line, widths)).rstrip()
-  lines = [f'sweep {report.name} ({report.directory})', '',
-           fmt(header), fmt(['-' * w for w in widths]), *map(fmt, rows)]
+  lines = [f'sweep {report.name} ({report.directory})', '', *aligned(header, rows)]
   notes = _notes(report)
   return '\n'.join(lines + ([''] + notes if notes else []))
 

@@ -16,7 +16,6 @@ paper figures and their states, for `report.py`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -28,7 +27,7 @@ from typing import Any, Callable, Iterable
 
 import ml_collections
 
-from inception_jax import config_lib, tracking
+from inception_jax import config_lib, rundir
 from inception_jax.errors import ConfigError, UserError
 
 
@@ -43,8 +42,10 @@ class Run:
     return config_lib.load(self.config, self.overrides)
 
   def train_args(self, workdir: str, group: str) -> list[str]:
-    """`launch.py train` arguments of this run in `workdir`."""
-    args = ['train', '--config', self.config, '--workdir', workdir]
+    """`train` arguments of this run in `workdir`, with absolute paths: the
+    run trains in the same place whatever directory it is started from."""
+    args = ['--config', config_lib.absolute(self.config),
+            '--workdir', os.path.abspath(workdir)]
     args += [f'--config.{k}={_cli_value(v)}' for k, v in self.overrides.items()]
     return args + [f'--config.tracking.wandb_group={group}',
                    '--config.tracking.progress=false']
@@ -100,7 +101,11 @@ class Record:
 
   def __init__(self, directory: str, path_arg: str, runs: list[Run]):
     self.path = os.path.join(directory, 'sweep.json')
-    previous = _read(self.path).get('status', {})
+    try:
+      previous = rundir.read_json(self.path, {}).get('status', {})
+    except UserError as e:     # rebuilt from the run directories' own files
+      logging.getLogger(__name__).warning('%s; starting a new record', e)
+      previous = {}
     self.data = {
         'sweep': path_arg, 'name': sweep_name(path_arg),
         'runs': [dataclasses.asdict(r) for r in runs],
@@ -120,15 +125,7 @@ class Record:
     return self.data['status'][name]
 
   def _write(self) -> None:
-    tracking.write_json(self.path, self.data)
-
-
-def _read(path: str) -> dict:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
+    rundir.write_json(self.path, self.data)
 
 
 def finished(workdir: str) -> bool:
@@ -145,7 +142,7 @@ class Outcome:
 
 
 class LocalLauncher:
-  """Each run as a `launch.py train` subprocess, `parallel` at a time; its
+  """Each run as a `python -m inception_jax train` subprocess, `parallel` at a time; its
   output goes to DIR/NAME/train.log. SIGINT/SIGTERM reach the runs, which
   save a checkpoint and stop; the sweep then stops too."""
 
@@ -186,13 +183,20 @@ class LocalLauncher:
   @staticmethod
   def _start(run: Run, workdir: str, group: str) -> subprocess.Popen:
     os.makedirs(workdir, exist_ok=True)
-    launch = os.path.join(config_lib.ROOT, 'launch.py')
+    # `python -m inception_jax train` finds this very package (installed or not).
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, (_PACKAGE_PARENT,
+                                                      env.get('PYTHONPATH'))))
     # Own process group: a Ctrl-C on the terminal reaches the sweep, which
     # passes one SIGTERM on (a second SIGINT would stop a run without saving).
     with open(os.path.join(workdir, 'train.log'), 'a') as log:
-      return subprocess.Popen([sys.executable, launch, *run.train_args(workdir, group)],
-                              cwd=config_lib.ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
+      return subprocess.Popen(
+          [sys.executable, '-m', 'inception_jax', 'train', *run.train_args(workdir, group)],
+          env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+          start_new_session=True)
+
+
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _outcome(exit_code: int, workdir: str) -> Outcome:
@@ -225,9 +229,12 @@ class SlurmLauncher:
   A run of `slurm.nodes` > 1 starts one task per node, which join through
   `jax.distributed.initialize()` (`parallel.initialize` detects SLURM)."""
 
-  def __init__(self, directory: str, poll_seconds: float = 5.0):
+  def __init__(self, directory: str, train_job: Callable[[list[str]], dict], *,
+               poll_seconds: float = 5.0):
+    """`train_job(args)` is what each task runs (`cli.train_job`): `train ARGS`
+    in the task's process, returning {'exit_code': N}."""
     self.folder = os.path.join(os.path.abspath(directory), 'slurm', '%j')
-    self.poll_seconds = poll_seconds
+    self.train_job, self.poll_seconds = train_job, poll_seconds
 
   def launch(self, jobs: list[tuple[Run, str]], group: str,
              on_start: Callable, on_end: Callable) -> None:
@@ -240,8 +247,8 @@ class SlurmLauncher:
       executor.update_parameters(slurm_job_name=group,
                                  **_executor_parameters(dict(resources)))
       with executor.batch():
-        pending = [(executor.submit(train_job, run.train_args(workdir, group),
-                                    config_lib.ROOT), run, workdir)
+        pending = [(executor.submit(self.train_job, run.train_args(workdir, group)),
+                    run, workdir)
                    for run, workdir in batch]
       for job, run, workdir in pending:
         os.makedirs(workdir, exist_ok=True)
@@ -312,32 +319,21 @@ def _executor_parameters(slurm: dict) -> dict:
   return params
 
 
-def train_job(args: list[str], root: str) -> dict:
-  """The function a SLURM task runs: `launch.py train ARGS` in this process."""
-  os.chdir(root)
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  import launch
-  code = launch.main(args)
-  if code:
-    raise RuntimeError(f'launch.py train exited with status {code}')
-  return {'exit_code': 0}
-
-
 def _job_outcome(job, workdir: str) -> Outcome:
   if not job.done():
     return Outcome('failed', None, f'SLURM job {job.job_id} left the queue without '
                    f'a result (cancelled or killed); rerun the sweep to resume it')
   try:
-    job.result()
-  except Exception as e:     # noqa: BLE001 — submitit wraps the job's failure
-    if finished(workdir):
-      return Outcome('done', 0)
-    lines = [line for line in (job.stderr() or '').splitlines()
-             if line.startswith('error:')]
-    message = lines[-1] if lines else str(e).strip().splitlines()[-1][:500]
-    return Outcome('interrupted' if 'status 4' in str(e) else 'failed', None, message)
-  return Outcome('done' if finished(workdir) else 'failed', 0)
+    code = job.result()['exit_code']
+  except Exception as e:     # noqa: BLE001 — submitit wraps a crash of the job
+    code, crash = None, str(e).strip().splitlines()[-1][:500]
+  else:
+    crash = ''
+  if code == 0 and finished(workdir):
+    return Outcome('done', 0)
+  lines = [line for line in (job.stderr() or '').splitlines() if line.startswith('error:')]
+  message = lines[-1] if lines else crash or f'exit status {code}'
+  return Outcome('interrupted' if code == 4 else 'failed', code, message)
 
 
 # --- The sweep -----------------------------------------------------------------

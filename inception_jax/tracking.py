@@ -1,4 +1,4 @@
-"""Metric writers for the run directory (contract in ARCHITECTURE.md).
+"""Metric writers for the run directory (contract in docs/ARCHITECTURE.md).
 
 Only process 0 writes. Always: `config.json`, `metrics.jsonl` (one JSON
 object a line, appended and flushed as it goes) and, at the end,
@@ -17,79 +17,9 @@ import math
 import os
 from typing import Any, Mapping
 
+from inception_jax import rundir
+
 log = logging.getLogger(__name__)
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Write JSON atomically: a reader sees the old file or the new, never half."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
-    f.write('\n')
-  os.replace(tmp, path)
-
-
-def _jsonable(x):
-  if hasattr(x, 'item'):
-    return x.item()
-  if hasattr(x, 'tolist'):
-    return x.tolist()
-  return str(x)
-
-
-def _metric_lines(path: str) -> list[tuple[str, dict | None]]:
-  """Each non-empty line of a metrics.jsonl with its row, or None for a line
-  that is not a row (one cut short when a run was killed)."""
-  if not os.path.exists(path):
-    return []
-  lines = []
-  with open(path) as f:
-    for line in filter(str.strip, f):
-      try:
-        row = json.loads(line)
-      except ValueError:
-        row = None
-      lines.append((line, row if isinstance(row, dict) and 'step' in row else None))
-  return lines
-
-
-def read_metrics(workdir: str) -> list[dict]:
-  """The rows of WORKDIR/metrics.jsonl; a line cut short by a kill is skipped."""
-  return [row for _, row in _metric_lines(os.path.join(workdir, 'metrics.jsonl'))
-          if row is not None]
-
-
-def truncate_metrics(workdir: str, step: int) -> int:
-  """Drop the metrics.jsonl rows logged after `step` (a resumed run logs them
-  again) and lines cut short; returns how many were dropped. Rewritten
-  atomically."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  lines = _metric_lines(path)
-  if not lines:
-    return 0
-  keep = [line if line.endswith('\n') else line + '\n'
-          for line, row in lines if row is not None and row['step'] <= step]
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
-  return len(lines) - len(keep)
-
-
-def flat_hparams(config: Mapping, prefix: str = '') -> dict[str, Any]:
-  """Nested config → {'optim.learning_rate': 0.045, ...} of scalars and strings."""
-  out = {}
-  for key, value in config.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, Mapping):
-      out.update(flat_hparams(value, f'{name}.'))
-    elif isinstance(value, (bool, int, float, str)):
-      out[name] = value
-    elif value is None:
-      out[name] = 'None'
-    else:
-      out[name] = str(value)
-  return out
 
 
 class Tracker:
@@ -104,8 +34,8 @@ class Tracker:
     self._tb = self._wandb = None
     if not enabled:
       return
-    write_json(os.path.join(workdir, 'config.json'), self.config)
-    self._metrics = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    rundir.write_json(os.path.join(workdir, 'config.json'), self.config)
+    self._metrics = open(os.path.join(workdir, rundir.METRICS), 'a')
     if tensorboard:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, 'tb'), flush_secs=30)
@@ -113,6 +43,12 @@ class Tracker:
       self._wandb = _start_wandb(workdir, self.config, wandb_project,
                                  wandb_group, run_name or os.path.basename(
                                      os.path.abspath(workdir)))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
   def log(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -130,11 +66,11 @@ class Tracker:
     """Write result.json and the HParams summary; close the writers."""
     if not self.enabled:
       return
-    write_json(os.path.join(self.workdir, 'result.json'), dict(result))
+    rundir.write_json(os.path.join(self.workdir, 'result.json'), dict(result))
     if self._tb is not None:
       final = {k: float(v) for k, v in result.get('metrics', {}).items()
                if isinstance(v, (int, float)) and math.isfinite(v)}
-      self._tb.add_hparams(flat_hparams(self.config), final, name='.')
+      self._tb.add_hparams(rundir.scalars(rundir.flatten(self.config)), final, name='.')
     if self._wandb is not None:
       self._wandb.summary.update(dict(result.get('metrics', {})))
     self.close()

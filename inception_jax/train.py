@@ -1,7 +1,7 @@
 """The training loop as a library call: `run(config, workdir)`.
 
-Sections in order: run directory, mesh, data, model, optimizer, state, steps,
-loop. The model is split once (`nnx.split`); the train step is a plain
+`run` reads as its sections: run directory → mesh and data → model and
+optimizer → state (new or restored) → loop (`_Loop`) → result. The model is split once (`nnx.split`); the train step is a plain
 `jax.jit` over the state pytree, with the state donated, parameters
 replicated and the batch sharded over the ('data',) mesh, so BatchNorm sees
 the global batch (`model.bn_group_size` restores per-replica statistics).
@@ -11,6 +11,7 @@ weights as `eval/*` and the raw weights as `eval_raw/*`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -27,7 +28,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from inception_jax import checkpointing, cost, losses, models, optim, parallel, tracking
+from inception_jax import (checkpointing, cost, losses, models, optim, parallel, rundir,
+                           tracking)
 from inception_jax.data import pipeline, sources
 from inception_jax.errors import ConfigError, UserError
 
@@ -204,16 +206,19 @@ class _Progress:
       from tqdm import tqdm
       self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
 
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if self.bar is not None:
+      self.bar.close()
+
   def update(self, step: int, metrics: dict) -> None:
     if self.bar is not None:
       self.bar.n = step
       self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
                            img_s=f"{metrics.get('train/images_per_sec', 0):.0f}",
                            refresh=True)
-
-  def close(self):
-    if self.bar is not None:
-      self.bar.close()
 
 
 def _check_resume(saved: dict, config, allow_config_change: bool) -> None:
@@ -239,51 +244,118 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
   start_time = time.time()
   check_config(config)
   is_chief = jax.process_index() == 0
-
-  # --- Run directory -----------------------------------------------------------
   if is_chief:
     _check_writable(workdir)
-  with _WorkdirLock(workdir, enabled=is_chief):
-    return _run(config, workdir, start_time, allow_config_change)
+  with contextlib.ExitStack() as resources:
+    resources.enter_context(_WorkdirLock(workdir, enabled=is_chief))
+    checkpoints = resources.enter_context(checkpointing.CheckpointManager(
+        workdir, every_steps=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints))
+
+    # --- Mesh and data ---------------------------------------------------------
+    mesh = parallel.data_mesh()
+    shardings = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    data = _Data(config, shardings[1])
+
+    # --- Model and optimizer ---------------------------------------------------
+    spec = models.InceptionSpec.from_config(config.model,
+                                            dataset_classes=data.num_classes)
+    image_size = config.data.image_size
+    graphdef, eval_graphdef = _graphdefs(spec, image_size)
+    tx = optim.make_optimizer(config.optim, steps_per_epoch=data.steps_per_epoch,
+                              global_batch=config.batch_size)
+    schedule = optim.learning_rate_schedule(
+        config.optim, steps_per_epoch=data.steps_per_epoch, global_batch=config.batch_size)
+
+    # --- State: a fresh one, or the latest good checkpoint ---------------------
+    state = _init_or_restore(config, workdir, spec, image_size, tx, checkpoints,
+                             data.loader, shardings[0], allow_config_change)
+    start_step = int(state.step)
+    last = {}
+    if start_step and is_chief:
+      rundir.truncate_metrics(workdir, start_step)     # a resumed run logs them again
+      rows = [r for r in rundir.read_metrics(workdir) if 'train/loss' in r]
+      last = rows[-1] if rows else {}
+
+    # --- Loop ------------------------------------------------------------------
+    tracker = resources.enter_context(tracking.Tracker(
+        workdir, config.to_dict(), enabled=is_chief,
+        tensorboard=config.tracking.tensorboard, wandb=config.tracking.wandb,
+        wandb_project=config.tracking.wandb_project,
+        wandb_group=config.tracking.wandb_group))
+    progress = resources.enter_context(_Progress(
+        data.total_steps, start_step, is_chief and config.tracking.progress))
+    stop = resources.enter_context(_StopSignal())
+    log.info('training %s for %d steps (%.2f steps per epoch) on %d devices',
+             spec.stem, data.total_steps, data.steps_per_epoch, jax.device_count())
+    loop = _Loop(config, data, checkpoints, tracker, progress, stop,
+                 train_step=jax.jit(make_train_step(graphdef, tx, schedule, config),
+                                    donate_argnums=0, out_shardings=shardings[:1] * 2),
+                 eval_step=jax.jit(make_eval_step(eval_graphdef),
+                                   out_shardings=shardings[0]))
+    state = loop.run(state)
+    last = loop.last or last
+    checkpoints.close()                 # every save complete before result.json
+
+    # --- Result ----------------------------------------------------------------
+    c = cost.count(spec, image_size)
+    result = {
+        'metrics': {**loop.eval_metrics,
+                    'train/loss': last.get('train/loss', float('nan'))},
+        'steps': data.total_steps,
+        'epochs': data.total_steps / data.steps_per_epoch,
+        'batch_size': config.batch_size,
+        'image_size': image_size,
+        'params': c.params,
+        'macs': c.macs,
+        'train_images_per_sec': ((data.total_steps - start_step) * config.batch_size
+                                 / max(loop.train_time, 1e-9)),
+        'wall_time_sec': time.time() - start_time,
+        'devices': jax.device_count(),
+        'processes': jax.process_count(),
+        'resumed_from_step': start_step,
+    }
+    tracker.finish(result)
+    return result
 
 
-def _run(config, workdir: str, start_time: float, allow_config_change: bool) -> dict:
-  is_chief = jax.process_index() == 0
-  checkpoints = checkpointing.CheckpointManager(
-      workdir, every_steps=config.checkpoint_every_steps,
-      keep=config.keep_checkpoints)
+class _Data:
+  """The training stream (sharded, resumable) and the evaluation source."""
 
-  # --- Mesh --------------------------------------------------------------------
-  mesh = parallel.data_mesh()
-  replicated, data_sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  local_batch = pipeline.local_batch_size(config.batch_size)
+  def __init__(self, config, data_sharded):
+    self.config, self.sharding = config, data_sharded
+    self.local_batch = pipeline.local_batch_size(config.batch_size)
+    train_source = sources.make_source(config.data, config.data.train_split)
+    self.eval_source = sources.make_source(config.data, config.data.eval_split)
+    self.num_classes = train_source.num_classes
+    self.steps_per_epoch = len(train_source) / config.batch_size
+    self.total_steps = config.total_steps or math.ceil(
+        config.num_epochs * self.steps_per_epoch)
+    self.loader = pipeline.Loader(
+        pipeline.train_dataset(train_source, config.data, seed=config.seed,
+                               local_batch=self.local_batch), data_sharded)
 
-  # --- Data --------------------------------------------------------------------
-  train_source = sources.make_source(config.data, config.data.train_split)
-  eval_source = sources.make_source(config.data, config.data.eval_split)
-  steps_per_epoch = len(train_source) / config.batch_size
-  total_steps = config.total_steps or math.ceil(config.num_epochs * steps_per_epoch)
-  train_loader = pipeline.Loader(
-      pipeline.train_dataset(train_source, config.data, seed=config.seed,
-                             local_batch=local_batch), data_sharded)
+  def eval_batches(self):
+    dataset, _ = pipeline.eval_dataset(self.eval_source, self.config.data,
+                                       local_batch=self.local_batch)
+    for batch in dataset:
+      yield pipeline.to_global(batch, self.sharding)
 
-  # --- Model -------------------------------------------------------------------
-  spec = models.InceptionSpec.from_config(config.model,
-                                          dataset_classes=train_source.num_classes)
-  image_size = config.data.image_size
+
+def _graphdefs(spec, image_size):
+  """The model's structure in training and in evaluation mode (no weights)."""
   abstract = nnx.eval_shape(lambda: models.Inception(
       spec, image_size=image_size, rngs=nnx.Rngs(0)))
   graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
   abstract.eval()
   eval_graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+  return graphdef, eval_graphdef
 
-  # --- Optimizer ---------------------------------------------------------------
-  tx = optim.make_optimizer(config.optim, steps_per_epoch=steps_per_epoch,
-                            global_batch=config.batch_size)
-  schedule = optim.learning_rate_schedule(
-      config.optim, steps_per_epoch=steps_per_epoch, global_batch=config.batch_size)
 
-  # --- State and restore -------------------------------------------------------
+def _init_or_restore(config, workdir, spec, image_size, tx, checkpoints, loader,
+                     replicated, allow_config_change) -> TrainState:
+  """A new TrainState, or the latest good checkpoint's (onto this run's mesh,
+  whatever the device count it was written on) with the data position."""
   def init():
     model = models.Inception(spec, image_size=image_size,
                              rngs=nnx.Rngs(params=config.seed))
@@ -292,139 +364,108 @@ def _run(config, workdir: str, start_time: float, allow_config_change: bool) -> 
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=batch_stats, opt_state=tx.init(params),
                       ema_params=copy(params), ema_batch_stats=copy(batch_stats))
-  # Target shapes and shardings come from this run's mesh, so a checkpoint
-  # restores onto any number of devices.
   abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(init))
   restored = checkpoints.restore(abstract_state)
-  last = {}
   if restored is None:
-    state = jax.jit(init, out_shardings=replicated)()
-  else:
-    state, data_state, saved_config = restored
-    _check_resume(saved_config, config, allow_config_change)
-    train_loader.set_state(data_state)
-    if is_chief:
-      tracking.truncate_metrics(workdir, int(state.step))
-      rows = [r for r in tracking.read_metrics(workdir) if 'train/loss' in r]
-      last = rows[-1] if rows else {}
-    log.info('resumed from the checkpoint at step %d', int(state.step))
-  start_step = int(state.step)
+    return jax.jit(init, out_shardings=replicated)()
+  state, data_state, saved_config = restored
+  _check_resume(saved_config, config, allow_config_change)
+  loader.set_state(data_state)
+  log.info('resumed from the checkpoint at step %d', int(state.step))
+  return state
 
-  # --- Steps -------------------------------------------------------------------
-  train_step = jax.jit(make_train_step(graphdef, tx, schedule, config),
-                       donate_argnums=0, out_shardings=(replicated, replicated))
-  eval_step = jax.jit(make_eval_step(eval_graphdef), out_shardings=replicated)
 
-  def evaluate(state) -> dict[str, float]:
-    dataset, _ = pipeline.eval_dataset(eval_source, config.data, local_batch=local_batch)
+class _Loop:
+  """Steps from the state's step to the last: log, evaluate, save, stop.
+
+  Metrics stay on the device until they are used — at a logging interval, an
+  evaluation, a checkpoint, the end — and are checked for NaN there, so a
+  non-finite state is never saved.
+  """
+
+  def __init__(self, config, data, checkpoints, tracker, progress, stop, *,
+               train_step, eval_step):
+    self.config, self.data, self.checkpoints = config, data, checkpoints
+    self.tracker, self.progress, self.stop = tracker, progress, stop
+    self.train_step, self.eval_step = train_step, eval_step
+    self.last, self.eval_metrics, self.train_time = {}, {}, 0.0
+
+  def run(self, state: TrainState) -> TrainState:
+    config, total = self.config, self.data.total_steps
+    start = int(state.step)
+    clock = _Clock(start)
+    for step in range(start + 1, total + 1):
+      state, metrics = self.train_step(state, next(self.data.loader))
+      stopping = self.stop.any_process()
+      evaluate = step == total or (config.eval_every_steps and
+                                   step % config.eval_every_steps == 0)
+      save = stopping or self.checkpoints.should_save(step) or step == total
+      if save or evaluate or step % config.log_every_steps == 0:
+        self._log(step, metrics, clock)
+      if evaluate:
+        with clock.paused():
+          self.eval_metrics = self.evaluate(state)
+          self.tracker.log(step, self.eval_metrics)
+      if save:
+        self.checkpoints.save(step, state, self.data.loader.get_state(),
+                              config.to_dict())
+      if stopping:
+        raise Preempted(
+            f'stopped by {self.stop.received or "a signal to another process"} after '
+            f'step {step} of {total}; saved a checkpoint in {self.checkpoints.path}. '
+            f'Rerun the same command to resume.')
+    self.train_time = clock.train_seconds()
+    if not self.eval_metrics:           # resumed after the final step
+      self.eval_metrics = self.evaluate(state)
+    return state
+
+  def _log(self, step: int, metrics, clock: '_Clock') -> None:
+    """Fetch a step's metrics, stop on a non-finite loss, log at the interval."""
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    loss, grad_norm = metrics['train/loss'], metrics['train/grad_norm']
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+      raise NonFiniteError(
+          f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} at step "
+          f'{step} (loss {loss}, gradient norm {grad_norm}); the run stopped and '
+          f'everything written before step {step} is intact. Lower '
+          f'optim.learning_rate or keep optim.grad_clip_norm > 0.')
+    self.last = metrics
+    if step % self.config.log_every_steps == 0 or step == self.data.total_steps:
+      metrics['train/images_per_sec'] = clock.images_per_sec(step, self.config.batch_size)
+      self.tracker.log(step, metrics)
+      self.progress.update(step, metrics)
+
+  def evaluate(self, state) -> dict[str, float]:
     totals = None
-    for batch in dataset:
-      sums = eval_step(state, pipeline.to_global(batch, data_sharded))
+    for batch in self.data.eval_batches():
+      sums = self.eval_step(state, batch)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals.pop('count'))
     return {k: float(v) / count for k, v in totals.items()}
 
-  # --- Loop --------------------------------------------------------------------
-  tracker = tracking.Tracker(
-      workdir, config.to_dict(), enabled=is_chief,
-      tensorboard=config.tracking.tensorboard, wandb=config.tracking.wandb,
-      wandb_project=config.tracking.wandb_project,
-      wandb_group=config.tracking.wandb_group)
-  progress = _Progress(total_steps, start_step, is_chief and config.tracking.progress)
-  log.info('training %s for %d steps (%.2f steps per epoch) on %d devices',
-           spec.stem, total_steps, steps_per_epoch, jax.device_count())
-  interval = {'time': time.time(), 'steps': 0}
-  train_time, eval_metrics = 0.0, {}
 
-  def finish_step(step: int, metrics) -> None:
-    """Check a finished step's metrics; log them at the logging interval."""
-    nonlocal last
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not (math.isfinite(metrics['train/loss']) and
-            math.isfinite(metrics['train/grad_norm'])):
-      raise NonFiniteError(
-          f"non-finite {'loss' if not math.isfinite(metrics['train/loss']) else 'gradient'}"
-          f" at step {step} (loss {metrics['train/loss']}, gradient norm "
-          f"{metrics['train/grad_norm']}); the run stopped and everything written "
-          f'before step {step} is intact. Lower optim.learning_rate or keep '
-          f'optim.grad_clip_norm > 0.')
-    last = metrics
-    if step % config.log_every_steps == 0 or step == total_steps:
-      elapsed = time.time() - interval['time']
-      metrics['train/images_per_sec'] = (
-          interval['steps'] * config.batch_size / max(elapsed, 1e-9))
-      interval.update(time=time.time(), steps=0)
-      tracker.log(step, metrics)
-      progress.update(step, metrics)
+class _Clock:
+  """Training time (evaluation excluded) and images/s since the last log."""
 
-  def save(step: int) -> None:
-    checkpoints.save(step, state, train_loader.get_state(), config.to_dict())
+  def __init__(self, step: int):
+    self.start = self.mark = time.time()
+    self.mark_step, self.paused_seconds = step, 0.0
 
-  try:
-    with _StopSignal() as stop:
-      pending = None
-      loop_start = time.time()
-      for step in range(start_step, total_steps):
-        batch = next(train_loader)
-        state, metrics = train_step(state, batch)
-        interval['steps'] += 1
-        if pending is not None:           # the previous step is done by now
-          finish_step(*pending)
-        pending = (step + 1, metrics)
-        done = step + 1
-        stopping = stop.any_process()
-        if done == total_steps or (config.eval_every_steps and
-                                   done % config.eval_every_steps == 0):
-          finish_step(*pending)
-          pending = None
-          eval_start = time.time()
-          eval_metrics = evaluate(state)
-          tracker.log(done, eval_metrics)
-          loop_start += time.time() - eval_start   # train time excludes evaluation
-          interval['time'] += time.time() - eval_start
-        if stopping or checkpoints.should_save(done) or done == total_steps:
-          if pending is not None:         # its metrics are logged before the save
-            finish_step(*pending)
-            pending = None
-          save(done)
-        if stopping:
-          checkpoints.close()
-          raise Preempted(
-              f'stopped by {stop.received or "a signal to another process"} after '
-              f'step {done} of {total_steps}; saved a checkpoint in '
-              f'{checkpoints.path}. Rerun the same command to resume.')
-      if pending is not None:
-        finish_step(*pending)
-      train_time = time.time() - loop_start
-    save(total_steps)                   # a no-op unless resumed at the end
-    if not eval_metrics:                # resumed after the final step
-      eval_metrics = evaluate(state)
-    checkpoints.close()                 # every save complete before result.json
-  except BaseException:
-    progress.close()
-    tracker.close()
-    checkpoints.close()
-    raise
-  progress.close()
+  @contextlib.contextmanager
+  def paused(self):
+    begin = time.time()
+    yield
+    self.paused_seconds += time.time() - begin
+    self.mark += time.time() - begin
 
-  c = cost.count(spec, image_size)
-  trained = total_steps - start_step
-  result = {
-      'metrics': {**eval_metrics, 'train/loss': last.get('train/loss', float('nan'))},
-      'steps': total_steps,
-      'epochs': total_steps / steps_per_epoch,
-      'batch_size': config.batch_size,
-      'image_size': image_size,
-      'params': c.params,
-      'macs': c.macs,
-      'train_images_per_sec': trained * config.batch_size / max(train_time, 1e-9),
-      'wall_time_sec': time.time() - start_time,
-      'devices': jax.device_count(),
-      'processes': jax.process_count(),
-      'resumed_from_step': start_step,
-  }
-  tracker.finish(result)
-  return result
+  def images_per_sec(self, step: int, batch_size: int) -> float:
+    now = time.time()
+    rate = (step - self.mark_step) * batch_size / max(now - self.mark, 1e-9)
+    self.mark, self.mark_step = now, step
+    return rate
+
+  def train_seconds(self) -> float:
+    return time.time() - self.start - self.paused_seconds

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from inception_jax import checkpointing, config_lib, tracking
+from inception_jax import checkpointing, config_lib, rundir
 
 ROOT = config_lib.ROOT
 TINY = 'configs/inception_v3.py:scale=tiny'
@@ -58,11 +58,11 @@ def wait_for(proc, condition, what, timeout=600):
 
 
 def logged_steps(workdir):
-  return [r['step'] for r in tracking.read_metrics(str(workdir)) if 'train/loss' in r]
+  return [r['step'] for r in rundir.read_metrics(str(workdir)) if 'train/loss' in r]
 
 
 def losses(workdir):
-  return [r['train/loss'] for r in tracking.read_metrics(str(workdir))
+  return [r['train/loss'] for r in rundir.read_metrics(str(workdir))
           if 'train/loss' in r]
 
 
@@ -252,5 +252,5 @@ def test_config_changes_lists_only_harmful_keys():
 def test_truncate_metrics_drops_rows_after_the_step(tmp_path):
   path = tmp_path / 'metrics.jsonl'
   path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"ste')
-  assert tracking.truncate_metrics(str(tmp_path), 2) == 2
-  assert [r['step'] for r in tracking.read_metrics(str(tmp_path))] == [1, 2]
+  assert rundir.truncate_metrics(str(tmp_path), 2) == 2
+  assert [r['step'] for r in rundir.read_metrics(str(tmp_path))] == [1, 2]

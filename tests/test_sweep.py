@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from inception_jax import config_lib, sweep, tracking
+from inception_jax import config_lib, rundir, sweep
 
 ROOT = config_lib.ROOT
 TINY = 'configs/inception_v3.py:scale=tiny'
@@ -150,7 +150,7 @@ def test_an_interrupted_sweep_resumes(tmp_path):
   assert '[a] resuming' in proc.stdout
   result = json.load(open(os.path.join(workdir, 'a', 'result.json')))
   assert 4 <= result['resumed_from_step'] < 40
-  steps = [r['step'] for r in tracking.read_metrics(os.path.join(workdir, 'a'))
+  steps = [r['step'] for r in rundir.read_metrics(os.path.join(workdir, 'a'))
            if 'train/loss' in r]
   assert steps == list(range(1, 41))
   assert states(workdir) == {'a': 'done', 'b': 'done'}

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from inception_jax import checkpointing, config_lib, tracking, train
+from inception_jax import checkpointing, config_lib, rundir, train
 
 ROOT = config_lib.ROOT
 TINY = 'configs/inception_v3.py:scale=tiny'
@@ -55,7 +55,7 @@ def test_run_directory_follows_the_contract(tiny_run):
   assert glob.glob(os.path.join(workdir, 'tb', 'events.out.tfevents.*'))
   config = json.load(open(os.path.join(workdir, 'config.json')))
   assert config['model']['stem'] == 'factorized' and config['batch_size'] == 16
-  rows = tracking.read_metrics(workdir)
+  rows = rundir.read_metrics(workdir)
   train_rows = [r for r in rows if 'train/loss' in r]
   assert [r['step'] for r in train_rows] == [1, 2, 3, 4, 5, 6]
   for key in ('train/loss', 'train/lr', 'train/grad_norm', 'train/images_per_sec'):
@@ -77,7 +77,7 @@ def test_run_directory_follows_the_contract(tiny_run):
 
 def test_eval_raw_and_ema_differ_and_ema_warm_up_moves_weights(tiny_run):
   workdir, _ = tiny_run
-  last = [r for r in tracking.read_metrics(workdir) if 'eval/loss' in r][-1]
+  last = [r for r in rundir.read_metrics(workdir) if 'eval/loss' in r][-1]
   assert last['eval/loss'] != last['eval_raw/loss']
 
 
@@ -103,7 +103,7 @@ def test_one_device_and_eight_devices_agree(tmp_path):
     result = launch('train', '--config', TINY, '--workdir', str(workdir), *EXACT,
                     '--config.total_steps=5', devices=devices)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs[devices] = (tracking.read_metrics(str(workdir)),
+    runs[devices] = (rundir.read_metrics(str(workdir)),
                      json.load(open(workdir / 'result.json')))
   assert runs[1][1]['devices'] == 1 and runs[8][1]['devices'] == 8
   losses = {d: [r['train/loss'] for r in rows if 'train/loss' in r]
@@ -136,7 +136,7 @@ def test_huge_learning_rate_stops_with_a_clear_message(tmp_path):
   message = [l for l in result.stderr.splitlines() if l.startswith('error:')]
   assert len(message) == 1 and 'non-finite' in message[0] and 'at step' in message[0]
   step = int(message[0].split('at step ')[1].split()[0])
-  rows = tracking.read_metrics(str(tmp_path))
+  rows = rundir.read_metrics(str(tmp_path))
   assert [r['step'] for r in rows] == list(range(1, step))   # all before it, intact
   assert not os.path.exists(tmp_path / 'result.json')
 

@@ -1,0 +1,194 @@
+"""The inception_jax command line: `python -m inception_jax COMMAND …` (or
+`python launch.py COMMAND …` in a checkout).
+
+  python launch.py train --config configs/inception_v3.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]
+      [--allow_config_change]
+  python launch.py cost --config configs/inception_v3.py[:ARG] [--json] [--config.KEY=VALUE ...]
+  python launch.py cost --sweep sweeps/table3_ablation.py[:ARG] [--json]
+  python launch.py sweep sweeps/table3_ablation.py[:ARG] --workdir DIR
+      [--launcher local|slurm] [--parallel N] [--only NAME,...]
+  python launch.py compare DIR [--format text|markdown|json|html]
+
+`train` on a workdir that holds checkpoints resumes from the latest good one
+(a config that differs in more than harmless keys is refused, unless
+--allow_config_change). SIGTERM or SIGINT finishes the current step, saves a
+checkpoint and exits; rerun the same command to resume.
+
+`sweep` trains each run of a sweep file in DIR/NAME (skipping finished runs,
+resuming interrupted ones), prints a summary and the comparison table;
+`compare` prints the table of a sweep directory (html: writes DIR/report.html).
+
+Exit status: 0 done; 1 a sweep run failed (the others went on); 2 an error a
+user can cause (one line on stderr); 3 the loss or gradient became
+non-finite; 4 stopped by SIGTERM/SIGINT after saving checkpoints (rerun the
+same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from inception_jax.errors import UserError
+
+
+def _split_overrides(argv):
+  """Separate `--config.KEY=VALUE` overrides from the other arguments."""
+  overrides, rest = [], []
+  for item in argv:
+    if item.startswith('--config.'):
+      if '=' not in item:
+        raise UserError(f'{item}: write overrides as --config.KEY=VALUE')
+      overrides.append(item[len('--config.'):])
+    else:
+      rest.append(item)
+  return overrides, rest
+
+
+def cmd_train(args, overrides):
+  from inception_jax import parallel
+  parallel.initialize()      # before anything touches a device
+  from inception_jax import config_lib, train
+  config = config_lib.load(args.config, overrides)
+  if config.model.get('dtype') == 'float64':     # numerical checks: float64 throughout
+    import jax
+    jax.config.update('jax_enable_x64', True)
+  result = train.run(config, args.workdir, allow_config_change=args.allow_config_change)
+  metrics = result['metrics']
+  if 'eval/top1' in metrics:
+    print(f"eval/top1 {metrics['eval/top1']:.4f}  eval/top5 {metrics['eval/top5']:.4f}  "
+          f"eval/loss {metrics['eval/loss']:.4f}  ({result['steps']} steps, "
+          f"{result['wall_time_sec']:.0f} s) → {args.workdir}")
+  return 0
+
+
+def cmd_cost(args, overrides):
+  from inception_jax import config_lib, cost, sweep
+  if bool(args.config) == bool(args.sweep):
+    raise UserError('cost needs exactly one of --config FILE[:ARG] or --sweep FILE[:ARG]')
+  if args.config:
+    config = config_lib.load(args.config, overrides)
+    result = cost.of_config(config)
+    if args.json:
+      print(json.dumps(dict(result.to_dict(), model=config.model.to_dict())))
+    else:
+      print(_cost_text(config, result))
+    return 0
+  if overrides:
+    raise UserError('--config.* overrides apply to --config, not to --sweep')
+  rows = []
+  for run in sweep.load_sweep(args.sweep):
+    config = run.build_config()
+    rows.append((run, config, cost.of_config(config)))
+  if args.json:
+    print(json.dumps([dict(c.to_dict(), name=r.name) for r, _, c in rows]))
+  else:
+    print(_cost_table(rows))
+  return 0
+
+
+def cmd_sweep(args, overrides):
+  from inception_jax import report, sweep
+  if overrides:
+    raise UserError('--config.* overrides do not apply to a sweep; put them in '
+                    'the sweep file')
+  if args.launcher == 'slurm':
+    launcher = sweep.SlurmLauncher(args.workdir, train_job)
+  else:
+    launcher = sweep.LocalLauncher(args.parallel)
+  outcomes = sweep.run_sweep(args.sweep, args.workdir, launcher=launcher,
+                             only=args.only)
+  print('\n' + sweep.summary(outcomes))
+  print('\n' + report.render(args.workdir, 'text'))
+  code = sweep.exit_code(outcomes.values())
+  if code == 4:
+    print('error: the sweep was stopped; rerun the same command to resume it',
+          file=sys.stderr)
+  elif code:
+    print(f'error: {sum(o.state == "failed" for o in outcomes.values())} run(s) '
+          f'failed; see {args.workdir}/NAME/train.log', file=sys.stderr)
+  return code
+
+
+def cmd_compare(args, overrides):
+  from inception_jax import report
+  if overrides:
+    raise UserError('compare takes no --config.* overrides')
+  print(report.render(args.workdir, args.format))
+  return 0
+
+
+def _cost_text(config, c) -> str:
+  m = config.model
+  lines = [
+      f'stem {m.stem}, width ×{m.width_multiplier:g}, {c.num_classes} classes',
+      f'image size     {c.image_size}×{c.image_size}',
+      f'parameters     {c.params:,} ({c.trainable_params:,} trainable; the rest '
+      f'are BatchNorm statistics)',
+      f'multiply-adds  {c.macs:,} ({c.gmacs:.3f} G)',
+  ]
+  if m.aux_head:
+    lines.append(f'aux head       +{c.aux_params:,} parameters, '
+                 f'+{c.aux_macs:,} multiply-adds (training only)')
+  return '\n'.join(lines)
+
+
+def _cost_table(rows) -> str:
+  from inception_jax import report
+  header = ['run', 'image', 'params', 'G mult-adds', 'paper Bn ops']
+  cells = []
+  for run, _, c in rows:
+    paper = run.paper.get('cost_bn_ops')
+    cells.append([run.name, f'{c.image_size}', f'{c.params:,}', f'{c.gmacs:.3f}',
+                  '' if paper is None else f'{paper:g}'])
+  return '\n'.join(report.aligned(header, cells, left=('run',)))
+
+
+def train_job(args: list[str]) -> dict:
+  """What a SLURM task runs: `train ARGS` in this process. The exit status
+  comes back as data ({'exit_code': N}), so the sweep tells an interrupted
+  run (4) from a failed one without reading exception text."""
+  return {'exit_code': main(['train', *args])}
+
+
+def main(argv=None, prog: str = 'python -m inception_jax') -> int:
+  """Run one command; returns its exit status (documented above)."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
+                      datefmt='%H:%M:%S')
+  parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest='command', required=True)
+  p = sub.add_parser('train', help='train one config in a run directory')
+  p.add_argument('--config', required=True, help='config FILE.py[:ARG]')
+  p.add_argument('--workdir', required=True, help='run directory')
+  p.add_argument('--allow_config_change', action='store_true',
+                 help='resume even if the config differs from the checkpointed one')
+  p.set_defaults(fn=cmd_train)
+  p = sub.add_parser('cost', help='parameters and multiply-adds (Table 3 "Cost")')
+  p.add_argument('--config', help='config FILE.py[:ARG]')
+  p.add_argument('--sweep', help='sweep FILE.py[:ARG]: one row per run')
+  p.add_argument('--json', action='store_true', help='print JSON')
+  p.set_defaults(fn=cmd_cost)
+  p = sub.add_parser('sweep', help='train every run of a sweep file')
+  p.add_argument('sweep', help='sweep FILE.py[:ARG]')
+  p.add_argument('--workdir', required=True, help='sweep directory (a run per subdirectory)')
+  p.add_argument('--launcher', choices=('local', 'slurm'), default='local')
+  p.add_argument('--parallel', type=int, default=1,
+                 help='local launcher: runs at a time')
+  p.add_argument('--only', help='comma-separated run names')
+  p.set_defaults(fn=cmd_sweep)
+  p = sub.add_parser('compare', help='the table of a sweep directory')
+  p.add_argument('workdir', help='sweep directory')
+  p.add_argument('--format', choices=('text', 'markdown', 'json', 'html'), default='text')
+  p.set_defaults(fn=cmd_compare)
+  try:
+    overrides, rest = _split_overrides(argv)
+    args = parser.parse_args(rest)
+    return args.fn(args, overrides)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return e.exit_code
+

@@ -1,0 +1,130 @@
+"""Run-directory I/O: the one place that writes and reads its JSON files.
+
+A run directory holds `config.json`, `metrics.jsonl` and `result.json`; a
+sweep directory `sweep.json` (docs/ARCHITECTURE.md has the whole contract).
+Writes are atomic (a temporary file renamed over the old one), so a reader —
+a report, a rerun, a user — sees the old file or the new one, never half.
+Reads say what is wrong: a missing file is a default, an invalid one a
+clear error; a metrics line cut short by a kill is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+from inception_jax.errors import UserError
+
+METRICS = 'metrics.jsonl'
+
+
+# --- Writing -------------------------------------------------------------------
+
+def _default(x: Any) -> Any:
+  """JSON for numpy and JAX scalars and arrays; anything else as its string."""
+  if hasattr(x, 'item') and getattr(x, 'ndim', 0) == 0:
+    return x.item()
+  if hasattr(x, 'tolist'):
+    return x.tolist()
+  return str(x)
+
+
+def jsonable(tree: Any) -> Any:
+  """A JSON-safe copy: numpy values become Python ones, tuples lists."""
+  return json.loads(json.dumps(tree, default=_default))
+
+
+def write_text(path: str, text: str) -> None:
+  """Replace `path` atomically with `text`."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Write `obj` as indented JSON, atomically."""
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_default) + '\n')
+
+
+# --- Reading -------------------------------------------------------------------
+
+def read_json(path: str, default: Any = None) -> Any:
+  """The JSON in `path`, or `default` when there is no such file. A file that
+  is not valid JSON is a `UserError` naming it (our writes are atomic, so that
+  is damage or a hand edit, never a half-written file)."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return default
+  except ValueError as e:
+    raise UserError(f'{path} is not valid JSON: {e}') from None
+  except OSError as e:
+    raise UserError(f'cannot read {path}: {e.strerror or e}') from None
+
+
+def _metric_lines(path: str) -> list[tuple[str, dict | None]]:
+  """Each non-empty line of a metrics file with its row, or None for a line
+  that is not a row (one cut short when a run was killed)."""
+  if not os.path.exists(path):
+    return []
+  lines = []
+  with open(path) as f:
+    for line in filter(str.strip, f):
+      try:
+        row = json.loads(line)
+      except ValueError:
+        row = None
+      lines.append((line, row if isinstance(row, dict) and 'step' in row else None))
+  return lines
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The rows of WORKDIR/metrics.jsonl; a line cut short by a kill is skipped."""
+  return [row for _, row in _metric_lines(os.path.join(workdir, METRICS))
+          if row is not None]
+
+
+def truncate_metrics(workdir: str, step: int) -> int:
+  """Drop the metrics rows logged after `step` (a resumed run logs them again)
+  and lines cut short; returns how many were dropped."""
+  path = os.path.join(workdir, METRICS)
+  lines = _metric_lines(path)
+  if not lines:
+    return 0
+  keep = [line if line.endswith('\n') else line + '\n'
+          for line, row in lines if row is not None and row['step'] <= step]
+  write_text(path, ''.join(keep))
+  return len(lines) - len(keep)
+
+
+# --- Configs -------------------------------------------------------------------
+
+def flatten(tree: Mapping, prefix: str = '') -> dict[str, Any]:
+  """Nested mappings → {'optim.learning_rate': 0.045, ...}; other values as they are."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def scalars(flat: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+  """Values that are not bool, int, float or str as strings (for HParams)."""
+  return {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+          for k, v in flat.items()}
+
+
+def changed_keys(a: Mapping, b: Mapping, *, ignore: Iterable[str] = ()) -> list[str]:
+  """Flattened keys whose JSON values differ between two nested mappings, less
+  those matching `ignore` (exact keys, or 'prefix.*')."""
+  fa, fb = flatten(jsonable(a)), flatten(jsonable(b))
+  ignore = tuple(ignore)
+  skip = lambda k: any(k == i or (i.endswith('.*') and k.startswith(i[:-1]))
+                       for i in ignore)
+  return sorted(k for k in fa.keys() | fb.keys()
+                if fa.get(k, '<missing>') != fb.get(k, '<missing>') and not skip(k))
