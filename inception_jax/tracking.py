@@ -1,4 +1,4 @@
-"""Metric writers for the run directory (contract in ARCHITECTURE.md).
+"""Metric writers for the run directory (contract in docs/ARCHITECTURE.md).
 
 Only process 0 writes. Always: `config.json`, `metrics.jsonl` (one JSON
 object a line, appended and flushed as it goes) and, at the end,
