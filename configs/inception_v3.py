@@ -81,7 +81,7 @@ def get_config(arg=None):
   if arg.scale == 'tiny':
     config.data.update(num_train=256, num_eval=100, num_threads=2)
 
-  # The paper's recipe (Section 8; facts §1.8, §3).
+  # The paper's recipe (Section 8; docs/paper_notes.md#training-recipe).
   config.batch_size = 1600            # 50 replicas × 32
   config.num_epochs = 100.0
   config.total_steps = 0              # > 0 overrides num_epochs

@@ -1,7 +1,8 @@
 """The paper's factorized blocks, the stems, the auxiliary head, and a registry.
 
-Filter counts are those of the released Inception-v3 (TF-slim, facts §2); the
-branch names follow the figures. Each block is a `Parallel` of named branches,
+Filter counts are those of the released Inception-v3 (TF-slim
+`nets/inception_v3.py`; docs/paper_notes.md#filter-counts); the branch names
+follow the figures. Each block is a `Parallel` of named branches,
 concatenated in the released code's order, so weights map one to one.
 
 A new block registers under a name and is chosen from the config, e.g.::

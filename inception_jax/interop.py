@@ -2,9 +2,10 @@
 
 `from_keras` reads a Keras 3 `keras.applications.InceptionV3` (any backend;
 only `get_weights()` is used) into our `inception_v3` preset. The two share
-the TF-slim topology (facts §2.11), so the 94 ConvBN layers correspond one to
-one: Keras creates them in the order our blocks concatenate their branches,
-which `layers.iter_layers` reproduces.
+the TF-slim topology (Keras's `inception_v3.py` has TF-slim's filter
+counts; docs/paper_notes.md#other-implementations), so the 94 ConvBN layers
+correspond one to one: Keras creates them in the order our blocks concatenate
+their branches, which `layers.iter_layers` reproduces.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Layers shared by every block: ConvBN, pooling, and the two containers.
 
-Conventions follow the released TF-slim Inception-v3 (facts §2.8): convolutions
-have no bias, BatchNorm has a learned offset but no scale (epsilon 0.001,
-moving-average decay 0.9997), ReLU follows. Average pooling with SAME padding
+Conventions follow TF-slim's `inception_arg_scope`
+(docs/paper_notes.md#batchnorm-conventions): convolutions have no bias,
+BatchNorm has a learned offset but no scale (epsilon 0.001, moving-average
+decay 0.9997), ReLU follows. Average pooling with SAME padding
 divides by the number of real pixels in the window, as TensorFlow does, so
 imported weights give identical outputs.
 """

@@ -1,5 +1,6 @@
 """The training loss: label-smoothed cross entropy on the logits plus 0.4 × the
-same on the auxiliary logits (Sections 4 and 7; facts §1.7, §3).
+same on the auxiliary logits (the paper, Sections 4 and 7; Google's
+`inception_train.py`).
 
 Google's code is `softmax_cross_entropy(..., label_smoothing=0.1)` on both
 heads, weights 1.0 and 0.4, which smooths uniformly over all K logits.
@@ -35,7 +36,7 @@ def _mean(values, mask):
 
 def inception_loss(logits, aux_logits, labels, *, smoothing: float = 0.1,
                    aux_weight: float = 0.4, mask=None):
-  """Mean main loss + `aux_weight` × mean aux loss (facts §3).
+  """Mean main loss + `aux_weight` × mean aux loss (docs/paper_notes.md#loss).
 
   `aux_logits` may be None (no aux head, or evaluation). `mask` (1 for a real
   example, 0 for padding) averages over the real examples only; an all-zero

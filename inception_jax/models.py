@@ -3,8 +3,10 @@
 One class, `Inception`, builds every variant: the stem, three 35×35 blocks,
 a grid reduction, four 17×17 blocks, a grid reduction, two 8×8 blocks, the
 auxiliary head on the last 17×17 block, and the classifier (Table 1 as
-released; facts §1.6, §2). Which block fills each slot comes from the block
-registry, so a new factorization is a config change, not an edit here.
+released in TF-slim `nets/inception_v3.py`; see
+docs/paper_notes.md#table-1-and-the-released-code). Which block fills each
+slot comes from the block registry, so a new factorization is a config
+change, not an edit here.
 
 Presets (`PRESETS`):
   inception_v3                 the released architecture (= Table 3's last row,
@@ -38,7 +40,8 @@ DEFAULT_BLOCKS = {
     'grid_8': 'inception_c',
 }
 
-# (endpoint, slot, slot kwargs at full width) — Table 1 as released (facts §2).
+# (endpoint, slot, slot kwargs at full width) — Table 1 as released (TF-slim
+# `nets/inception_v3.py`; docs/paper_notes.md#filter-counts).
 LAYOUT = (
     ('Mixed_5b', 'grid_35', dict(pool_features=32)),
     ('Mixed_5c', 'grid_35', dict(pool_features=64)),

@@ -1,9 +1,11 @@
-"""The paper's optimizer (Section 8; facts §1.8, §3, §5) as an Optax chain.
+"""The paper's optimizer as an Optax chain (Section 8;
+docs/paper_notes.md#training-recipe).
 
 `make_optimizer(config.optim, ...)` returns, in this order:
 
   1. coupled L2 weight decay: g ← g + wd·w on conv/dense kernels only. Google's
-     code adds wd·Σ‖w‖²/2 to the loss (facts §3, §4), whose gradient this is;
+     code adds wd·Σ‖w‖²/2 to the loss (TF-slim's `l2_regularizer`), whose
+     gradient this is;
   2. clipping by global norm (`grad_clip_norm`, the paper's "threshold 2.0";
      0 turns it off) of that total gradient, as TF would clip the gradient of
      the regularized loss;
@@ -39,7 +41,7 @@ def _check(ok: bool, message: str):
 
 def base_learning_rate(optim_cfg, global_batch: int) -> float:
   """`learning_rate`, × global_batch / base_batch_size when base_batch_size > 0
-  (the TPU recipe's 0.165 per 256 images; facts §4)."""
+  (the Cloud TPU recipe's 0.165 per 256 images, tensorflow/tpu `inception_v3.py`)."""
   base = int(optim_cfg.get('base_batch_size', 0))
   _check(base >= 0, f'optim.base_batch_size must be >= 0, got {base}')
   if base == 0:
@@ -61,7 +63,7 @@ def learning_rate_schedule(optim_cfg, *, steps_per_epoch: float,
 
   so the decay is counted from the end of the warm-up, lr is continuous at W,
   and W = 0 is exactly Google's `exponential_decay(0.045, global_step,
-  decay_steps, 0.94, staircase=True)` (facts §3, §5).
+  decay_steps, 0.94, staircase=True)` (`inception_distributed_train.py`).
   """
   _check(steps_per_epoch > 0, f'steps_per_epoch must be > 0, got {steps_per_epoch}')
   _check(optim_cfg.decay_epochs > 0,
@@ -92,7 +94,8 @@ def _is_kernel(path) -> bool:
 
 def weight_decay_mask(params) -> Any:
   """True for conv and dense kernels (leaves named `kernel`), False for
-  biases and BatchNorm offsets — Google decays "weights" only (facts §3, §4).
+  biases and BatchNorm offsets — Google decays "weights" only
+  (docs/paper_notes.md#weight-decay).
 
   `params` is an `nnx.State` of `nnx.Param` (or any nested dict); the mask
   has the same structure with bool leaves, as `optax.masked` expects.
@@ -102,9 +105,10 @@ def weight_decay_mask(params) -> Any:
 
 def tf_rmsprop(learning_rate, *, decay: float, epsilon: float,
                momentum: float) -> optax.GradientTransformation:
-  """`tf.compat.v1.train.RMSPropOptimizer` (facts §3): ms ← ρ·ms + (1−ρ)·g²
+  """`tf.compat.v1.train.RMSPropOptimizer` (TF's `rmsprop.py`): ms ← ρ·ms + (1−ρ)·g²
   with ms initialised to ones; mom ← μ·mom + lr·g/√(ms+ε); w ← w − mom.
-  Optax's rmsprop is exactly this with these options (facts §5)."""
+  Optax's rmsprop is exactly this with these options (its docstring: TF1's
+  `initial_scale` is 1; docs/paper_notes.md#rmsprop)."""
   return optax.rmsprop(learning_rate, decay=decay, eps=epsilon,
                        initial_scale=1.0, eps_in_sqrt=True, momentum=momentum)
 

@@ -3,7 +3,7 @@
 One auxiliary head sits on the last 17×17 block (Mixed_6e). The paper finds
 it does not speed up early training but helps near the end, acting as a
 regularizer: "the main classifier of the network performs better if the side
-branch is batch-normalized or has a dropout layer" (facts §1.4).
+branch is batch-normalized or has a dropout layer" (Section 4).
   aux_bn     inception_v3: aux head, its 768-wide "FC" layer batch-normalized
              ("BN-auxiliary", Table 3's last row)
   aux_no_bn  model.aux_bn=false: the FC layer is conv + bias + ReLU, no BN;

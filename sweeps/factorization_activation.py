@@ -4,7 +4,7 @@ When a large convolution is factorized into a sequence of smaller ones (the
 two 3×3 in place of a 5×5, the 1×n then n×1 pairs), should the first layer of
 each pair be linear, since only the linear part of the big convolution is
 being factorized? The paper finds "linear activation was always inferior to
-using rectified linear units in all stages of the factorization" (facts §1.2).
+using rectified linear units in all stages of the factorization" (Section 3.1).
   relu     inception_v3: every layer is conv → BN → ReLU (the released model)
   linear   inception_v3 with model.factorized_activation=linear: the first
            layer of each factorized pair is conv → BN, no ReLU

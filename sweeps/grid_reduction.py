@@ -1,7 +1,7 @@
 """Section 5: how to shrink the grid (35→17 at Mixed_6a, 17→8 at Mixed_7a).
 
 Fig. 9 shows the two naive ways to halve the grid while widening the filter
-bank; Fig. 10 the paper's efficient one, used in Inception-v3 (facts §1.5):
+bank; Fig. 10 the paper's efficient one, used in Inception-v3 (Section 5):
   efficient   inception_v3: parallel stride-2 pooling and stride-2 conv
               branches, concatenated (Fig. 10; Mixed_6a/Mixed_7a as released)
   pool_conv   max-pool 3×3/2, then a 3×3 conv to the block's output width

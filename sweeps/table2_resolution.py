@@ -3,7 +3,7 @@
 Section 9 trains three networks that differ only in their stem, each fed the
 input size its stem needs to reach the same 35×35 grid at Mixed_5b, so
 everything after the stem is the same network and the compute is almost the
-same (facts §1.9):
+same (Section 9):
   rf299   inception_v3         299×299; stride 2 and max pooling after the first layer
   rf151   inception_v3_rf151   151×151; stride 1 and max pooling after the first layer
   rf79    inception_v3_rf79     79×79; stride 1 and no pooling after the first layer
@@ -12,8 +12,8 @@ Paper figures, Table 2 (top-1 accuracy, single frame): 76.6% / 76.4% / 75.2%
 for 299 / 151 / 79, given below as top-1 error. The paper gives no top-5
 error and no cost for these rows; it only says the costs are "almost
 identical" (see `launch.py cost` below: 5.71 / 5.71 / 5.25 G multiply-adds).
-One transcription prints 75.2% for 151×151; the facts file reads that as a
-typo for 76.4%.
+Some transcriptions of Table 2 print 75.2% for 151×151 too; the paper's table
+has 76.4% (docs/paper_notes.md#table-2-resolutions).
 
 Input sizes. The config fixes image_size=75 at demo and tiny scale for every
 preset, which would feed the low-resolution stems a 75×75 image and so undo

@@ -12,8 +12,9 @@ from inception_jax.cost import jaxpr_macs
 
 ROOT = config_lib.ROOT
 
-# Published figures (facts §2.10): Keras InceptionV3 count_params() and
-# torchvision's 5.713 G multiply-adds, both at 299×299, 1000 classes, no aux.
+# Published figures: Keras InceptionV3 count_params() and torchvision's 5.713 G
+# multiply-adds, both at 299×299, 1000 classes, no aux
+# (docs/paper_notes.md#parameter-and-multiply-add-counts).
 KERAS_PARAMS = 23_851_784
 KERAS_TRAINABLE = 23_817_352
 V3_MACS = 5_713_216_096

@@ -67,7 +67,8 @@ def total_grad(g, p, wd, clip):
 
 
 def numpy_reference(name, params, grads, wd, clip, momentum=0.9, rho=0.9, eps=1.0):
-  """TF1's update equations written out (facts §3), in float64."""
+  """TF1's update equations written out (TF's `rmsprop.py` and `momentum.py`;
+  docs/paper_notes.md#rmsprop), in float64."""
   p = {k: v.astype(np.float64) for k, v in params['dense'].items()}
   ms = {k: np.ones_like(v) for k, v in p.items()}
   mom = {k: np.zeros_like(v) for k, v in p.items()}

@@ -1,4 +1,5 @@
-"""Inception preprocessing, as in Google's reference (facts §3, §4).
+"""Inception preprocessing, as in Google's `image_processing.py` and the Cloud TPU
+`inception_preprocessing.py` (docs/paper_notes.md#preprocessing).
 
 Training: a distorted bounding-box crop (area 5–100% of the image, aspect
 ratio 3/4–4/3, 10 attempts, falling back to a central crop), bilinear resize
