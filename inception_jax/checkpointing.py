@@ -73,7 +73,6 @@ class CheckpointManager:
   def __init__(self, workdir: str, *, every_steps: int, keep: int):
     self.workdir, self.every_steps = workdir, every_steps
     self.path = directory(workdir)
-    logging.getLogger('absl').setLevel(logging.WARNING)   # Orbax's INFO is a flood
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True,
         enable_async_checkpointing=jax.process_count() == 1,

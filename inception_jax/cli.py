@@ -146,6 +146,15 @@ def _cost_table(rows) -> str:
   return '\n'.join(report.aligned(header, cells, left=('run',)))
 
 
+def _configure_logging() -> None:
+  """The application's log levels (a library call leaves them alone)."""
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
+                      datefmt='%H:%M:%S')
+  logging.getLogger('absl').setLevel(logging.WARNING)      # Orbax's INFO is a flood
+  # Without SLURM accounting (sacct), submitit warns at every poll.
+  logging.getLogger('submitit').setLevel(logging.ERROR)
+
+
 def train_job(args: list[str]) -> dict:
   """What a SLURM task runs: `train ARGS` in this process. The exit status
   comes back as data ({'exit_code': N}), so the sweep tells an interrupted
@@ -156,8 +165,7 @@ def train_job(args: list[str]) -> dict:
 def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   """Run one command; returns its exit status (documented above)."""
   argv = sys.argv[1:] if argv is None else list(argv)
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
-                      datefmt='%H:%M:%S')
+  _configure_logging()
   parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)

@@ -30,6 +30,8 @@ import ml_collections
 from inception_jax import config_lib, rundir
 from inception_jax.errors import ConfigError, UserError
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -104,7 +106,7 @@ class Record:
     try:
       previous = rundir.read_json(self.path, {}).get('status', {})
     except UserError as e:     # rebuilt from the run directories' own files
-      logging.getLogger(__name__).warning('%s; starting a new record', e)
+      log.warning('%s; starting a new record', e)
       previous = {}
     self.data = {
         'sweep': path_arg, 'name': sweep_name(path_arg),
@@ -239,8 +241,6 @@ class SlurmLauncher:
   def launch(self, jobs: list[tuple[Run, str]], group: str,
              on_start: Callable, on_end: Callable) -> None:
     import submitit
-    # Without SLURM accounting (sacct), submitit warns at every poll.
-    logging.getLogger('submitit').setLevel(logging.ERROR)
     submitted = []
     for resources, batch in _group_by_resources(jobs).items():
       executor = submitit.AutoExecutor(folder=self.folder, cluster='slurm')

@@ -12,12 +12,40 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
     os.environ.get('TMPDIR', '/tmp'), 'inception_jax_test_jax_cache'))
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from inception_jax import models  # noqa: E402
+from inception_jax import cli, config_lib, models  # noqa: E402
 
+ROOT = config_lib.ROOT
+TINY_CONFIG = 'configs/inception_v3.py:scale=tiny'    # 6 steps of a 4-channel network
 TINY = dict(width_multiplier=0.05, min_depth=4)
+
+
+def run_cli(*args, devices=8, env=None, cwd=ROOT, timeout=900):
+  """`python -m inception_jax ARGS` in a new process on `devices` simulated CPU
+  devices: for what needs a process of its own (a device count, a signal, a
+  kill, the exit of the interpreter)."""
+  environ = dict(os.environ, **(env or {}))
+  environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  environ['PYTHONPATH'] = os.pathsep.join(filter(None, (ROOT, environ.get('PYTHONPATH'))))
+  return subprocess.run([sys.executable, '-m', 'inception_jax', *map(str, args)],
+                        cwd=cwd, env=environ, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+@pytest.fixture
+def cli_main(capsys):
+  """`cli.main(ARGS)` in this process (8 devices): (exit status, stdout, stderr)."""
+  def call(*args):
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+  return call
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import ROOT, TINY_CONFIG, run_cli
 
-from inception_jax import checkpointing, config_lib, rundir
+from inception_jax import checkpointing, rundir
 
-ROOT = config_lib.ROOT
-TINY = 'configs/inception_v3.py:scale=tiny'
+TINY = TINY_CONFIG
 # Bitwise tests (same device count) run the default float32 recipe at a
 # small rate; the device-count tests run in float64 (see EXACT).
 ARGS = ['--config.total_steps=30', '--config.checkpoint_every_steps=5',
@@ -28,24 +28,18 @@ EXACT_STEPS = 10
 PREEMPTED = 4     # launch.py's documented exit status
 
 
-def command(workdir, *extra):
-  return [sys.executable, 'launch.py', 'train', '--config', TINY,
-          '--workdir', str(workdir), *ARGS, *extra]
-
-
-def environ(devices):
-  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-
-
 def train(workdir, *extra, devices=8):
-  result = subprocess.run(command(workdir, *extra), cwd=ROOT, env=environ(devices),
-                          capture_output=True, text=True, timeout=900)
-  return result
+  """A `train` process: these tests kill it, signal it, or change its device count."""
+  return run_cli('train', '--config', TINY, '--workdir', workdir, *ARGS, *extra,
+                 devices=devices)
 
 
-def start(workdir, devices=8):
+def start(workdir):
+  """The same in the background, its output in WORKDIR.log."""
   log = open(os.path.join(str(workdir) + '.log'), 'w')
-  return subprocess.Popen(command(workdir), cwd=ROOT, env=environ(devices),
+  environ = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.Popen([sys.executable, '-m', 'inception_jax', 'train', '--config',
+                           TINY, '--workdir', str(workdir), *ARGS], cwd=ROOT, env=environ,
                           stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -1,16 +1,14 @@
 """The cost counter against the published figures and XLA's own count."""
 
 import json
-import subprocess
-import sys
+import os
 
 import jax
 import pytest
+from conftest import ROOT, run_cli
 
-from inception_jax import config_lib, cost, models
+from inception_jax import cost, models
 from inception_jax.cost import jaxpr_macs
-
-ROOT = config_lib.ROOT
 
 # Published figures: Keras InceptionV3 count_params() and torchvision's 5.713 G
 # multiply-adds, both at 299×299, 1000 classes, no aux
@@ -88,14 +86,10 @@ def test_cost_follows_width_and_resolution():
     assert abs(c.macs / base.macs - 1) < 0.1, preset
 
 
-def _launch(*args):
-  result = subprocess.run([sys.executable, 'launch.py', *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-  return result
-
-
-def test_cli_cost_json():
-  result = _launch('cost', '--config', 'configs/inception_v3.py', '--json')
+def test_cli_cost_json_from_another_directory(tmp_path):
+  """`python -m inception_jax` from anywhere, the config given by absolute path."""
+  config = os.path.join(ROOT, 'configs', 'inception_v3.py')
+  result = run_cli('cost', '--config', config, '--json', cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   out = json.loads(result.stdout)
   assert out['params'] == KERAS_PARAMS and out['image_size'] == 299
@@ -103,20 +97,22 @@ def test_cli_cost_json():
   assert out['aux_params'] == 3_327_592
 
 
-def test_cli_cost_sweep_prints_one_row_per_run():
-  result = _launch('cost', '--sweep', 'sweeps/table3_ablation.py:scale=paper', '--json')
-  assert result.returncode == 0, result.stderr
-  rows = {r['name']: r for r in json.loads(result.stdout)}
+def test_cli_cost_sweep_prints_one_row_per_run(cli_main):
+  code, out, err = cli_main('cost', '--sweep', 'sweeps/table3_ablation.py:scale=paper',
+                            '--json')
+  assert code == 0, err
+  rows = {r['name']: r for r in json.loads(out)}
   assert list(rows) == ['inception_v2', 'v2_rmsprop', 'v2_label_smoothing',
                         'v2_factorized_7x7', 'inception_v3']
   # The recipe rows share the v2 architecture; factorizing the 7×7 adds compute.
   assert rows['inception_v2']['macs'] == rows['v2_label_smoothing']['macs']
   assert rows['v2_factorized_7x7']['macs'] == rows['inception_v3']['macs'] == V3_MACS
   assert rows['inception_v2']['macs'] < V3_MACS
-  text = _launch('cost', '--sweep', 'sweeps/table3_ablation.py:scale=paper')
-  assert text.returncode == 0
-  lines = text.stdout.strip().splitlines()
+  code, out, _ = cli_main('cost', '--sweep', 'sweeps/table3_ablation.py:scale=paper')
+  assert code == 0
+  lines = out.strip().splitlines()
   assert len(lines) == 2 + 5 and '5.713' in lines[-1] and '4.8' in lines[-1]
+  assert lines[0].split() == ['run', 'image', 'params', 'G', 'mult-adds', 'paper', 'Bn', 'ops']
 
 
 @pytest.mark.parametrize('args,message', [
@@ -125,8 +121,8 @@ def test_cli_cost_sweep_prints_one_row_per_run():
     (['--config.data.image_size=big'], "expected int"),
     (['--config.model.stem=5x5'], 'model.stem must be one of'),
 ])
-def test_cli_bad_input_is_one_clear_line(args, message):
-  result = _launch('cost', '--config', 'configs/inception_v3.py', *args)
-  assert result.returncode == 2
-  assert message in result.stderr
-  assert 'Traceback' not in result.stderr and len(result.stderr.splitlines()) == 1
+def test_cli_bad_input_is_one_clear_line(cli_main, args, message):
+  code, _, err = cli_main('cost', '--config', 'configs/inception_v3.py', *args)
+  assert code == 2
+  assert message in err
+  assert err.count('\n') == 1 and err.startswith('error:')

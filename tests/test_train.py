@@ -9,11 +9,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import ROOT, TINY_CONFIG, run_cli
 
 from inception_jax import checkpointing, config_lib, rundir, train
 
-ROOT = config_lib.ROOT
-TINY = 'configs/inception_v3.py:scale=tiny'
+TINY = TINY_CONFIG
 # Runs compared across device counts: float64 at a small rate (see
 # test_one_device_and_eight_devices_agree). test_checkpointing.py uses the
 # same overrides, so the runs share compiled programs through JAX's cache.
@@ -29,13 +29,6 @@ def assert_close_to_scale(actual, desired, rtol, name=''):
   scale = max(float(np.abs(desired).max()), np.finfo(desired.dtype).tiny)
   error = float(np.abs(actual - desired).max()) / scale
   assert error <= rtol, f'{name}: relative difference {error:.2e} > {rtol:.0e}'
-
-
-def launch(*args, devices=8, env=None):
-  environ = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-                 **(env or {}))
-  return subprocess.run([sys.executable, 'launch.py', *args], cwd=ROOT, env=environ,
-                        capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope='module')
@@ -100,8 +93,8 @@ def test_one_device_and_eight_devices_agree(tmp_path):
   runs = {}
   for devices in (1, 8):
     workdir = tmp_path / str(devices)
-    result = launch('train', '--config', TINY, '--workdir', str(workdir), *EXACT,
-                    '--config.total_steps=5', devices=devices)
+    result = run_cli('train', '--config', TINY, '--workdir', workdir, *EXACT,
+                     '--config.total_steps=5', devices=devices)
     assert result.returncode == 0, result.stderr[-3000:]
     runs[devices] = (rundir.read_metrics(str(workdir)),
                      json.load(open(workdir / 'result.json')))
@@ -128,12 +121,12 @@ def test_float64_without_64_bit_jax_is_a_clear_error(tmp_path):
     train.run(config, str(tmp_path))
 
 
-def test_huge_learning_rate_stops_with_a_clear_message(tmp_path):
-  result = launch('train', '--config', TINY, '--workdir', str(tmp_path),
-                  '--config.optim.learning_rate=1e9')
-  assert result.returncode == 3, result.stderr[-3000:]
-  assert 'Traceback' not in result.stderr
-  message = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+def test_huge_learning_rate_stops_with_a_clear_message(tmp_path, cli_main):
+  code, _, err = cli_main('train', '--config', TINY, '--workdir', tmp_path,
+                          '--config.optim.learning_rate=1e9')
+  assert code == 3, err[-3000:]
+  assert 'Traceback' not in err
+  message = [l for l in err.splitlines() if l.startswith('error:')]
   assert len(message) == 1 and 'non-finite' in message[0] and 'at step' in message[0]
   step = int(message[0].split('at step ')[1].split()[0])
   rows = rundir.read_metrics(str(tmp_path))
@@ -152,12 +145,12 @@ def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['.lock']
 
 
-def test_unwritable_workdir_is_a_clear_error(tmp_path):
+def test_unwritable_workdir_is_a_clear_error(tmp_path, cli_main):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
-  result = launch('train', '--config', TINY, '--workdir', str(blocker / 'run'))
-  assert result.returncode == 2
-  assert 'cannot write to workdir' in result.stderr and 'Traceback' not in result.stderr
+  code, _, err = cli_main('train', '--config', TINY, '--workdir', blocker / 'run')
+  assert code == 2
+  assert 'cannot write to workdir' in err and 'Traceback' not in err
 
 
 def test_wandb_runs_offline_without_an_api_key(tmp_path):

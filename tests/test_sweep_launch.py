@@ -1,4 +1,4 @@
-"""`launch.py sweep` and `compare`: failures reported while the others go on,
+"""`sweep` and `compare`: failures reported while the others go on,
 finished runs skipped, interrupted sweeps resumed, TensorBoard HParams and
 wandb groups, and a two-run sweep on a real single-node SLURM cluster."""
 
@@ -12,15 +12,18 @@ import time
 
 import pytest
 
+from conftest import ROOT, TINY_CONFIG
+
 from inception_jax import config_lib, rundir, sweep
 
-ROOT = config_lib.ROOT
-TINY = 'configs/inception_v3.py:scale=tiny'
+TINY = TINY_CONFIG
 
 
-def launch(*args, timeout=900):
-  return subprocess.run([sys.executable, 'launch.py', *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+def launch(*args, timeout=900, cwd=ROOT):
+  """`launch.py ARGS`, the checkout's script (`python -m inception_jax` is
+  the same command line)."""
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), *args],
+                        cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def write_sweep(path, runs):
@@ -44,8 +47,11 @@ def failing_sweep(tmp_path_factory):
       dict(name='third', config=TINY,
            overrides={'total_steps': 3, 'optim.learning_rate': 1e-3}),
   ])
+  # Started from another directory with a relative --workdir: the runs train
+  # in that directory's out/, not in the repository's.
   workdir = str(tmp / 'out')
-  return path, workdir, launch('sweep', path, '--workdir', workdir, '--parallel', '2')
+  return path, workdir, launch('sweep', path, '--workdir', 'out', '--parallel', '2',
+                               cwd=tmp)
 
 
 def test_a_failing_run_is_reported_and_the_others_complete(failing_sweep):
@@ -76,29 +82,28 @@ def test_rerun_skips_finished_runs(failing_sweep):
   assert proc.returncode == 2 and 'no run named nope' in proc.stderr
 
 
-def test_every_compare_format(failing_sweep):
+def test_every_compare_format(failing_sweep, cli_main):
   _, workdir, _ = failing_sweep
   results = {name: json.load(open(os.path.join(workdir, name, 'result.json')))
              for name in ('first', 'third')}
-  text = launch('compare', workdir).stdout
+  _, text, _ = cli_main('compare', workdir)
   assert 'top-1 err' in text and 'broken' in text
-  markdown = launch('compare', workdir, '--format', 'markdown').stdout
+  _, markdown, _ = cli_main('compare', workdir, '--format', 'markdown')
   table_lines = [l for l in markdown.splitlines() if l.startswith('|')]
   assert len(table_lines) == 5             # header, separator, three runs
   assert set(table_lines[1].replace('|', '').split()) <= {'---', '---:'}
-  rows = json.loads(launch('compare', workdir, '--format', 'json').stdout)
+  rows = json.loads(cli_main('compare', workdir, '--format', 'json')[1])
   assert [r['name'] for r in rows] == ['first', 'broken', 'third']
   for row in rows:
     if row['name'] in results:
       accuracy = results[row['name']]['metrics']['eval/top1']
       assert row['top1_error'] == pytest.approx(100 * (1 - accuracy), abs=1e-3)
       assert row['params'] == results[row['name']]['params']
-  proc = launch('compare', workdir, '--format', 'html')
-  assert proc.returncode == 0
+  assert cli_main('compare', workdir, '--format', 'html')[0] == 0
   page = open(os.path.join(workdir, 'report.html')).read()
   assert '<table' in page and 'data:image/png;base64,' in page
-  proc = launch('compare', os.path.join(workdir, 'missing'))
-  assert proc.returncode == 2 and proc.stderr.startswith('error:')
+  code, _, err = cli_main('compare', os.path.join(workdir, 'missing'))
+  assert code == 2 and err.startswith('error:')
 
 
 def test_runs_share_a_wandb_group_and_tensorboard_hparams(failing_sweep):
@@ -213,3 +218,37 @@ def test_a_run_whose_slurm_job_is_still_queued_is_not_resubmitted(slurm_cluster,
   assert proc.returncode == 4, proc.stderr[-3000:]
   assert f'[x] not resubmitted: SLURM job {job} still queued' in proc.stdout
   assert not os.path.exists(workdir / 'x')
+
+
+class _FakeJob:
+  """What `_job_outcome` reads of a finished submitit job."""
+
+  def __init__(self, result=None, crash=None, stderr=''):
+    self.job_id, self._result, self._crash, self._stderr = '7', result, crash, stderr
+
+  def done(self):
+    return True
+
+  def result(self):
+    if self._crash:
+      raise self._crash
+    return self._result
+
+  def stderr(self):
+    return self._stderr
+
+
+def test_a_slurm_job_returns_its_exit_status_as_data(tmp_path):
+  """The job's `train` exit status decides: 0 with a result is done, 4 is
+  interrupted (resumable), anything else (or a crash) failed."""
+  (tmp_path / 'result.json').write_text('{}')
+  assert sweep._job_outcome(_FakeJob({'exit_code': 0}), str(tmp_path)).state == 'done'
+  os.remove(tmp_path / 'result.json')
+  stopped = sweep._job_outcome(_FakeJob({'exit_code': 4}, stderr='error: stopped by '
+                                        'SIGTERM after step 3\n'), str(tmp_path))
+  assert (stopped.state, stopped.exit_code) == ('interrupted', 4)
+  assert stopped.message == 'error: stopped by SIGTERM after step 3'
+  assert sweep._job_outcome(_FakeJob({'exit_code': 2}), str(tmp_path)).state == 'failed'
+  crashed = sweep._job_outcome(_FakeJob(crash=RuntimeError('boom\nKeyError: x')),
+                               str(tmp_path))
+  assert crashed.state == 'failed' and crashed.message == 'KeyError: x'
