@@ -186,6 +186,31 @@ def test_too_small_input_is_a_clear_error():
   assert models.min_image_size(models.preset('inception_v3_rf151')) < 151
 
 
+@pytest.mark.parametrize('stem,minimum', [
+    ('factorized', 75), ('7x7', 75), ('rf151', 39), ('rf79', 23)])
+@pytest.mark.parametrize('grid_reduction', models.GRID_REDUCTIONS)
+def test_min_image_size_is_the_smallest_input_with_a_grid(stem, minimum,
+                                                         grid_reduction):
+  spec = models.preset('inception_v3', stem=stem, grid_reduction=grid_reduction,
+                       width_multiplier=1e-3, min_depth=1, aux_head=False)
+  model = nnx.eval_shape(lambda: models.Inception(spec, rngs=nnx.Rngs(0)))
+  assert model.min_image_size == minimum
+  # The bisection agrees with trying every size in turn.
+  assert next(s for s in range(1, 4096) if model.grid_size(s) >= 1) == minimum
+
+
+def test_smallest_input_bisects_any_monotone_grid():
+  for minimum in (1, 2, 3, 75, 1000, 4097):
+    probes = []
+    def grid(size, minimum=minimum):
+      probes.append(size)
+      return max(0, (size - minimum) // 32 + 1)
+    assert models._smallest_input(grid) == minimum
+    assert len(probes) <= 2 * minimum.bit_length() + 1
+  with pytest.raises(models.ImageSizeError, match='no input'):
+    models._smallest_input(lambda size: 0, limit=64)
+
+
 def test_bad_options_are_clear_errors():
   with pytest.raises(ConfigError, match="unknown model option.*'colour'"):
     models.InceptionSpec.from_config(dict(colour='red'))
