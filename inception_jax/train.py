@@ -263,9 +263,10 @@ def _run(config, workdir: str, start_time: float, allow_config_change: bool) -> 
   eval_source = sources.make_source(config.data, config.data.eval_split)
   steps_per_epoch = len(train_source) / config.batch_size
   total_steps = config.total_steps or math.ceil(config.num_epochs * steps_per_epoch)
+  skipped = pipeline.SkipCounter()     # corrupt images, train and eval together
   train_loader = pipeline.Loader(
       pipeline.train_dataset(train_source, config.data, seed=config.seed,
-                             local_batch=local_batch), data_sharded)
+                             local_batch=local_batch, skipped=skipped), data_sharded)
 
   # --- Model -------------------------------------------------------------------
   spec = models.InceptionSpec.from_config(config.model,
@@ -318,7 +319,8 @@ def _run(config, workdir: str, start_time: float, allow_config_change: bool) -> 
   eval_step = jax.jit(make_eval_step(eval_graphdef), out_shardings=replicated)
 
   def evaluate(state) -> dict[str, float]:
-    dataset, _ = pipeline.eval_dataset(eval_source, config.data, local_batch=local_batch)
+    dataset, _ = pipeline.eval_dataset(eval_source, config.data, local_batch=local_batch,
+                                       skipped=skipped)
     totals = None
     for batch in dataset:
       sums = eval_step(state, pipeline.to_global(batch, data_sharded))
