@@ -21,6 +21,7 @@ Sequential do) and provide `out_size(size)` for the spatial grid it returns.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 from flax import nnx
@@ -43,12 +44,20 @@ SLOT_KWARGS = {
 }
 
 
+def _warn_if_replacing(kind: str, registry: dict, name: str, new) -> None:
+  old = registry.get(name)
+  if old is not None and old is not new:
+    # Re-running a notebook cell defines the class anew: the latest one wins.
+    warnings.warn(f'{kind} {name!r} was registered to {old!r}; replaced by {new!r}',
+                  stacklevel=3)
+
+
 def register(name: str):
   """Decorator for a block class (or a function returning a module): make it
-  selectable as `config.model.blocks.SLOT=name`."""
+  selectable as `config.model.blocks.SLOT=name`. Registering a name again
+  replaces the entry, with a warning."""
   def wrap(cls):
-    if name in BLOCKS and BLOCKS[name] is not cls:
-      raise ValueError(f'block {name!r} is already registered to {BLOCKS[name]}')
+    _warn_if_replacing('block', BLOCKS, name, cls)
     BLOCKS[name] = cls
     return cls
   return wrap
@@ -56,8 +65,10 @@ def register(name: str):
 
 def register_stem(name: str, image_size: int):
   """Function decorator: make a stem selectable as `config.model.stem=name`;
-  `image_size` is the input it is designed for."""
+  `image_size` is the input it is designed for. Registering a name again
+  replaces the entry, with a warning."""
   def wrap(fn):
+    _warn_if_replacing('stem', STEMS, name, fn)
     STEMS[name] = fn
     STEM_IMAGE_SIZE[name] = image_size
     return fn

@@ -173,6 +173,29 @@ class ImageSizeError(ConfigError):
   """An input too small for the network's stride-2 layers."""
 
 
+def _smallest_input(grid_size, limit: int = 1 << 20) -> int:
+  """The smallest size s with grid_size(s) >= 1, in O(log s) probes.
+
+  Every layer's `out_size` is non-decreasing in its input (SAME: ⌈n/s⌉,
+  VALID: ⌊(n−k)/s⌋+1), so their composition is too: double until the grid is
+  non-empty, then bisect. Exact, and it needs nothing of a registered block
+  but its `out_size`."""
+  hi = 1
+  while grid_size(hi) < 1:
+    if hi >= limit:
+      raise ImageSizeError(f'no input up to {limit}×{limit} leaves a grid after '
+                           'the stem and blocks')
+    hi *= 2
+  lo = hi // 2                 # grid_size(lo) < 1, or lo == 0
+  while hi - lo > 1:           # invariant: grid_size(lo) < 1 <= grid_size(hi)
+    mid = (lo + hi) // 2
+    if grid_size(mid) >= 1:
+      hi = mid
+    else:
+      lo = mid
+  return hi
+
+
 class Inception(nnx.Module):
   """Inception-v2/v3 from an `InceptionSpec`, built for `image_size` inputs.
 
@@ -194,7 +217,7 @@ class Inception(nnx.Module):
       setattr(self, name, block)
       width = block.out_features
     self.num_features = width
-    self.min_image_size = next(s for s in range(1, 4096) if self.grid_size(s) >= 1)
+    self.min_image_size = _smallest_input(self.grid_size)
     if image_size < self.min_image_size:
       raise ImageSizeError(
           f'image size {image_size}×{image_size} is too small for this model '

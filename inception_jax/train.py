@@ -325,6 +325,7 @@ class _Data:
   def __init__(self, config, data_sharded):
     self.config, self.sharding = config, data_sharded
     self.local_batch = pipeline.local_batch_size(config.batch_size)
+    self.skipped = pipeline.SkipCounter()     # corrupt images, train and eval together
     train_source = sources.make_source(config.data, config.data.train_split)
     self.eval_source = sources.make_source(config.data, config.data.eval_split)
     self.num_classes = train_source.num_classes
@@ -333,11 +334,12 @@ class _Data:
         config.num_epochs * self.steps_per_epoch)
     self.loader = pipeline.Loader(
         pipeline.train_dataset(train_source, config.data, seed=config.seed,
-                               local_batch=self.local_batch), data_sharded)
+                               local_batch=self.local_batch, skipped=self.skipped),
+        data_sharded)
 
   def eval_batches(self):
     dataset, _ = pipeline.eval_dataset(self.eval_source, self.config.data,
-                                       local_batch=self.local_batch)
+                                       local_batch=self.local_batch, skipped=self.skipped)
     for batch in dataset:
       yield pipeline.to_global(batch, self.sharding)
 

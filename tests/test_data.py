@@ -3,6 +3,7 @@ the three sources and the Inception preprocessing."""
 
 import io
 import os
+import pickle
 
 import jax
 import ml_collections
@@ -253,15 +254,20 @@ def test_folder_skip_corrupt_skips_and_counts(tmp_path, caplog):
   cfg = data_cfg(name='folder', path=str(tmp_path), skip_corrupt=True)
   src = sources.make_source(cfg, 'train')
   assert len(src) == 11
-  before = pipeline.SKIPPED.count
+  skipped, eval_skipped = pipeline.SkipCounter(), pipeline.SkipCounter()
   with caplog.at_level('WARNING'):
-    batches = take(pipeline.train_dataset(src, cfg, seed=0, local_batch=5), 2)
-    ds, _ = pipeline.eval_dataset(src, cfg, local_batch=4)
+    batches = take(pipeline.train_dataset(src, cfg, seed=0, local_batch=5,
+                                          skipped=skipped), 2)
+    ds, _ = pipeline.eval_dataset(src, cfg, local_batch=4, skipped=skipped)
     seen = sum(int(b['mask'].sum()) for b in ds)
+    ds, _ = pipeline.eval_dataset(src, cfg, local_batch=4, skipped=eval_skipped)
+    list(ds)
   assert seen == 10                                     # the broken one is masked
   assert sorted(np.concatenate([b['index'] for b in batches]).tolist()) == sorted(
       i for i, (p, _) in enumerate(src.files) if 'broken' not in p)
-  assert pipeline.SKIPPED.count - before == 2          # once in train, once in eval
+  assert skipped.count == 2                   # once in train, once in eval
+  assert eval_skipped.count == 1              # each counter counts its own datasets
+  assert pickle.loads(pickle.dumps(skipped)).count == 2   # travels to Grain workers
   assert 'broken.jpg' in caplog.text and 'skipped corrupt image' in caplog.text
 
 

@@ -1,6 +1,8 @@
 """The model zoo: every preset and option builds, runs forward and backward;
 shapes, widths and errors follow the paper and the released code."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -186,6 +188,31 @@ def test_too_small_input_is_a_clear_error():
   assert models.min_image_size(models.preset('inception_v3_rf151')) < 151
 
 
+@pytest.mark.parametrize('stem,minimum', [
+    ('factorized', 75), ('7x7', 75), ('rf151', 39), ('rf79', 23)])
+@pytest.mark.parametrize('grid_reduction', models.GRID_REDUCTIONS)
+def test_min_image_size_is_the_smallest_input_with_a_grid(stem, minimum,
+                                                         grid_reduction):
+  spec = models.preset('inception_v3', stem=stem, grid_reduction=grid_reduction,
+                       width_multiplier=1e-3, min_depth=1, aux_head=False)
+  model = nnx.eval_shape(lambda: models.Inception(spec, rngs=nnx.Rngs(0)))
+  assert model.min_image_size == minimum
+  # The bisection agrees with trying every size in turn.
+  assert next(s for s in range(1, 4096) if model.grid_size(s) >= 1) == minimum
+
+
+def test_smallest_input_bisects_any_monotone_grid():
+  for minimum in (1, 2, 3, 75, 1000, 4097):
+    probes = []
+    def grid(size, minimum=minimum):
+      probes.append(size)
+      return max(0, (size - minimum) // 32 + 1)
+    assert models._smallest_input(grid) == minimum
+    assert len(probes) <= 2 * minimum.bit_length() + 1
+  with pytest.raises(models.ImageSizeError, match='no input'):
+    models._smallest_input(lambda size: 0, limit=64)
+
+
 def test_bad_options_are_clear_errors():
   with pytest.raises(ConfigError, match="unknown model option.*'colour'"):
     models.InceptionSpec.from_config(dict(colour='red'))
@@ -244,6 +271,40 @@ def test_registered_block_is_selected_from_the_config():
     assert kernel.shape[:2] == (3, 3) and np.any(np.asarray(kernel))
   finally:
     del blocks.BLOCKS['test_plain_17']
+
+
+def test_registering_a_name_again_replaces_it_with_a_warning():
+  # A notebook cell run twice defines the block anew under the same name.
+  def make_block(kernel):
+    def block(in_features, *, b, mid_features):
+      return b.tower(in_features, layers.conv(mid_features, kernel))
+    return block
+
+  first, second = make_block(3), make_block(1)
+  try:
+    blocks.register('test_twice_17')(first)
+    with warnings.catch_warnings():
+      warnings.simplefilter('error')
+      blocks.register('test_twice_17')(first)         # the same object: silent
+    with pytest.warns(UserWarning, match="block 'test_twice_17'.*replaced"):
+      blocks.register('test_twice_17')(second)
+    assert blocks.get_block('test_twice_17') is second
+    spec = models.preset('inception_v3', width_multiplier=0.05, min_depth=4,
+                         blocks=dict(models.DEFAULT_BLOCKS, grid_17='test_twice_17'))
+    model = nnx.eval_shape(lambda: models.Inception(spec, image_size=75,
+                                                    rngs=nnx.Rngs(0)))
+    assert model.Mixed_6c.layer_names == ('Conv2d_0a_1x1',)   # the second one
+  finally:
+    del blocks.BLOCKS['test_twice_17']
+
+  try:
+    blocks.register_stem('test_stem', 299)(blocks.factorized_stem)
+    with pytest.warns(UserWarning, match="stem 'test_stem'.*replaced"):
+      blocks.register_stem('test_stem', 151)(blocks.stem_rf151)
+    assert blocks.STEMS['test_stem'] is blocks.stem_rf151
+    assert blocks.STEM_IMAGE_SIZE['test_stem'] == 151
+  finally:
+    del blocks.STEMS['test_stem'], blocks.STEM_IMAGE_SIZE['test_stem']
 
 
 def test_bfloat16_computes_in_bfloat16():

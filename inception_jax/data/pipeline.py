@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 from typing import Any
 
 import grain
@@ -45,18 +46,27 @@ def local_batch_size(global_batch: int, process_count: int | None = None) -> int
   return global_batch // process_count
 
 
-@dataclasses.dataclass
-class _Skipped:
-  """Counts corrupt images skipped in this process (`data.skip_corrupt`)."""
-  count: int = 0
+class SkipCounter:
+  """Corrupt images skipped (`data.skip_corrupt`) by the datasets given it;
+  each one is logged. Grain's worker processes (`data.num_workers` > 0) count
+  in their own copy; threads share this one."""
+
+  def __init__(self):
+    self.count = 0
+    self._lock = threading.Lock()
 
   def note(self, error: Exception) -> None:
-    self.count += 1
-    log.warning('skipped corrupt image (%d so far in this process): %s',
-                self.count, error)
+    with self._lock:
+      self.count += 1
+      count = self.count
+    log.warning('skipped corrupt image (%d so far): %s', count, error)
 
+  def __getstate__(self):                 # picklable for Grain's workers
+    return {'count': self.count}
 
-SKIPPED = _Skipped()
+  def __setstate__(self, state):
+    self.count = state['count']
+    self._lock = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +77,7 @@ class _TrainExample:
   seed: int
   epoch_length: int
   skip_corrupt: bool
+  skipped: SkipCounter = dataclasses.field(compare=False)
 
   def __call__(self, position: int, index: int):
     epoch = position // self.epoch_length
@@ -77,7 +88,7 @@ class _TrainExample:
     except preprocess.CorruptImageError as e:
       if not self.skip_corrupt:
         raise
-      SKIPPED.note(e)
+      self.skipped.note(e)
       return None
     return {'image': image, 'label': np.int32(record['label']),
             'index': np.int32(index)}
@@ -90,6 +101,7 @@ class _EvalExample:
   opts: preprocess.Options
   indices: range
   skip_corrupt: bool
+  skipped: SkipCounter = dataclasses.field(compare=False)
 
   def __call__(self, position: int):
     size = self.opts.image_size
@@ -102,7 +114,7 @@ class _EvalExample:
       except preprocess.CorruptImageError as e:
         if not self.skip_corrupt:
           raise
-        SKIPPED.note(e)
+        self.skipped.note(e)
     return {'image': np.zeros((size, size, 3), np.float32),
             'label': np.int32(0), 'index': np.int32(-1), 'mask': np.float32(0)}
 
@@ -123,9 +135,10 @@ def _prefetch(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
 
 def train_dataset(source, data_cfg, *, seed: int, local_batch: int,
                   process_index: int | None = None,
-                  process_count: int | None = None) -> grain.IterDataset:
+                  process_count: int | None = None,
+                  skipped: SkipCounter | None = None) -> grain.IterDataset:
   """This process's endless stream of training batches ({'image', 'label',
-  'index'})."""
+  'index'}); corrupt images it skips are counted in `skipped`."""
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   shard = grain.MapDataset.range(len(source))[index::count]
@@ -134,7 +147,8 @@ def train_dataset(source, data_cfg, *, seed: int, local_batch: int,
                       f'one batch per process ({local_batch})')
   ds = shard.shuffle(seed=seed).repeat(None)
   ds = ds.map_with_index(_TrainExample(source, options(data_cfg), seed, len(shard),
-                                       data_cfg.skip_corrupt))
+                                       data_cfg.skip_corrupt,
+                                       SkipCounter() if skipped is None else skipped))
   ds = ds.to_iter_dataset(_read_options(data_cfg))   # drops skipped (None) examples
   # Workers prepare examples round-robin and batches form afterwards, so the
   # stream is the same whatever data.num_workers is.
@@ -143,15 +157,18 @@ def train_dataset(source, data_cfg, *, seed: int, local_batch: int,
 
 def eval_dataset(source, data_cfg, *, local_batch: int,
                  process_index: int | None = None,
-                 process_count: int | None = None) -> tuple[grain.IterDataset, int]:
+                 process_count: int | None = None,
+                 skipped: SkipCounter | None = None) -> tuple[grain.IterDataset, int]:
   """This process's evaluation batches ({'image', 'label', 'index', 'mask'}) and their
-  number, the same on every process."""
+  number, the same on every process; corrupt images it skips are counted in
+  `skipped`."""
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   indices = range(index, len(source), count)
   num_batches = math.ceil(math.ceil(len(source) / count) / local_batch)
   ds = grain.MapDataset.range(num_batches * local_batch)
-  ds = ds.map(_EvalExample(source, options(data_cfg), indices, data_cfg.skip_corrupt))
+  ds = ds.map(_EvalExample(source, options(data_cfg), indices, data_cfg.skip_corrupt,
+                           SkipCounter() if skipped is None else skipped))
   ds = _prefetch(ds.to_iter_dataset(_read_options(data_cfg)), data_cfg)
   return ds.batch(local_batch), num_batches
 
