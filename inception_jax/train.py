@@ -298,25 +298,29 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     checkpoints.close()                 # every save complete before result.json
 
     # --- Result ----------------------------------------------------------------
-    c = cost.count(spec, image_size)
-    result = {
-        'metrics': {**loop.eval_metrics,
-                    'train/loss': last.get('train/loss', float('nan'))},
-        'steps': data.total_steps,
-        'epochs': data.total_steps / data.steps_per_epoch,
-        'batch_size': config.batch_size,
-        'image_size': image_size,
-        'params': c.params,
-        'macs': c.macs,
-        'train_images_per_sec': ((data.total_steps - start_step) * config.batch_size
-                                 / max(loop.train_time, 1e-9)),
-        'wall_time_sec': time.time() - start_time,
-        'devices': jax.device_count(),
-        'processes': jax.process_count(),
-        'resumed_from_step': start_step,
-    }
+    result = _result(config, spec, data, loop, last, start_step, start_time)
     tracker.finish(result)
     return result
+
+
+def _result(config, spec, data, loop, last, start_step, start_time) -> dict:
+  """result.json: the final evaluation, the cost, the speed, where it ran."""
+  c = cost.count(spec, config.data.image_size)
+  return {
+      'metrics': {**loop.eval_metrics, 'train/loss': last.get('train/loss', float('nan'))},
+      'steps': data.total_steps,
+      'epochs': data.total_steps / data.steps_per_epoch,
+      'batch_size': config.batch_size,
+      'image_size': config.data.image_size,
+      'params': c.params,
+      'macs': c.macs,
+      'train_images_per_sec': ((data.total_steps - start_step) * config.batch_size
+                               / max(loop.train_time, 1e-9)),
+      'wall_time_sec': time.time() - start_time,
+      'devices': jax.device_count(),
+      'processes': jax.process_count(),
+      'resumed_from_step': start_step,
+  }
 
 
 class _Data:
