@@ -30,7 +30,7 @@ demo: $(VENV)/.runtime
 	$(BIN)/python launch.py compare $(DEMO_DIR) --format html
 
 test: $(VENV)/.test
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 --durations=15 tests
 
 clean:
 	rm -rf $(VENV)

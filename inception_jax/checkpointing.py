@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -141,37 +141,64 @@ class CheckpointManager:
     if bad:
       raise ValueError(f'{len(bad)} file(s) differ from their checksums, e.g. {bad[0]}')
 
-  def restore(self, abstract_state) -> tuple[Any, Mapping, Mapping] | None:
+  def restore(self, abstract_state, check_config: Callable[[Mapping], None] = None
+              ) -> tuple[Any, Mapping, Mapping] | None:
     """The latest good checkpoint as (state, data state, config), or None when
     there is none. `abstract_state` holds the target shapes and shardings (of
-    the current mesh). Damaged checkpoints are moved aside with a warning."""
+    the current mesh).
+
+    Only evidence of damage — files that differ from their checksums, a state
+    that holds another step — moves a checkpoint aside (to
+    WORKDIR/checkpoints_damaged/, with a warning) and falls back to the one
+    before. `check_config(saved_config)` runs first and may refuse the resume;
+    a checkpoint that cannot be read into this run's state (a changed model or
+    optimizer, an I/O or memory error) is an error that leaves every
+    checkpoint in place."""
     steps = self.all_steps()
     if not steps:
       return None
-    errors = []
+    damaged = []
     for step in reversed(steps):
       try:
         self._verify(step)
+      except ValueError as e:
+        damaged.append(self._set_aside(step, e))
+        continue
+      config = self._manager.restore(step, args=ocp.args.Composite(
+          config=ocp.args.JsonRestore()))['config']
+      if check_config is not None:
+        check_config(config)
+      try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
-        state = restored['state']
-        if int(jax.device_get(state.step)) != step:
-          raise ValueError(f'holds step {int(jax.device_get(state.step))}')
-      except Exception as e:     # noqa: BLE001 — any failure means damaged
-        errors.append(f'step {step}: {type(e).__name__}: {str(e)[:300]}')
-        log.warning('checkpoint at step %d is damaged (%s); trying an earlier one',
-                    step, errors[-1])
-        self._move_aside(step)
+      except Exception as e:     # noqa: BLE001 — reported, nothing moved
+        raise CheckpointError(
+            f'cannot restore the checkpoint at step {step} into this run '
+            f'({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); its '
+            f'checksums are good, so it was left in {self.path}. If the model or '
+            f'optimizer changed, use the config it was written with or a new '
+            f'--workdir; if this was an I/O or memory error, rerun.') from None
+      state = restored['state']
+      if int(jax.device_get(state.step)) != step:
+        damaged.append(self._set_aside(
+            step, ValueError(f'holds step {int(jax.device_get(state.step))}')))
         continue
-      if errors:
+      if damaged:
         log.warning('resuming from step %d; damaged checkpoints were moved to %s',
                     step, os.path.join(self.workdir, 'checkpoints_damaged'))
       return state, restored['data'], restored['config']
     raise CheckpointError(
-        f'no checkpoint in {self.path} can be restored ({"; ".join(errors)}); they '
+        f'no checkpoint in {self.path} can be restored ({"; ".join(damaged)}); they '
         f'were moved to {os.path.join(self.workdir, "checkpoints_damaged")}. Delete '
         f'the run directory or pass a new --workdir to start afresh.')
+
+  def _set_aside(self, step: int, error: Exception) -> str:
+    reason = f'step {step}: {type(error).__name__}: {str(error)[:300]}'
+    log.warning('checkpoint at step %d is damaged (%s); trying an earlier one',
+                step, reason)
+    self._move_aside(step)
+    return reason
 
   def _move_aside(self, step: int) -> None:
     if jax.process_index() == 0:

@@ -11,8 +11,9 @@
 
 `train` on a workdir that holds checkpoints resumes from the latest good one
 (a config that differs in more than harmless keys is refused, unless
---allow_config_change). SIGTERM or SIGINT finishes the current step, saves a
-checkpoint and exits; rerun the same command to resume.
+--allow_config_change). SIGTERM, SIGINT or SIGUSR2 (SLURM's warning before a
+time limit) finishes the current step, saves a checkpoint and exits; rerun the
+same command to resume. `train` on a finished run changes nothing.
 
 `sweep` trains each run of a sweep file in DIR/NAME (skipping finished runs,
 resuming interrupted ones), prints a summary and the comparison table;
@@ -20,7 +21,7 @@ resuming interrupted ones), prints a summary and the comparison table;
 
 Exit status: 0 done; 1 a sweep run failed (the others went on); 2 an error a
 user can cause (one line on stderr); 3 the loss or gradient became
-non-finite; 4 stopped by SIGTERM/SIGINT after saving checkpoints (rerun the
+non-finite; 4 stopped by SIGTERM/SIGINT/SIGUSR2 after saving checkpoints (rerun the
 same command to resume).
 """
 
@@ -151,6 +152,9 @@ def _configure_logging() -> None:
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
                       datefmt='%H:%M:%S')
   logging.getLogger('absl').setLevel(logging.WARNING)      # Orbax's INFO is a flood
+  # "Unable to initialize backend 'tpu'" and the like: JAX probing for
+  # accelerators, not a problem.
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   # Without SLURM accounting (sacct), submitit warns at every poll.
   logging.getLogger('submitit').setLevel(logging.ERROR)
 

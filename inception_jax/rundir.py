@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 from inception_jax.errors import UserError
 
 METRICS = 'metrics.jsonl'
+RESULT = 'result.json'
 
 
 # --- Writing -------------------------------------------------------------------

@@ -243,9 +243,8 @@ class SlurmLauncher:
     import submitit
     submitted = []
     for resources, batch in _group_by_resources(jobs).items():
-      executor = submitit.AutoExecutor(folder=self.folder, cluster='slurm')
-      executor.update_parameters(slurm_job_name=group,
-                                 **_executor_parameters(dict(resources)))
+      executor = submitit.SlurmExecutor(folder=self.folder)
+      executor.update_parameters(job_name=group, **_executor_parameters(dict(resources)))
       with executor.batch():
         pending = [(executor.submit(self.train_job, run.train_args(workdir, group)),
                     run, workdir)
@@ -274,19 +273,31 @@ class SlurmLauncher:
     if status.get('state') != 'running' or not detail.startswith('SLURM job '):
       return None
     job_id = detail.split()[-1]
-    return job_id if _in_queue(job_id) else None
+    # Unknown (squeue failed): assume it is still there rather than start a second.
+    return job_id if _in_queue(job_id) is not False else None
 
 
-def _in_queue(job_id: str) -> bool:
-  """Whether SLURM still lists the job (pending or running)."""
-  return bool(subprocess.run(['squeue', '-h', '-j', str(job_id)], capture_output=True,
-                             text=True).stdout.strip())
+def _in_queue(job_id: str) -> bool | None:
+  """Whether SLURM still lists the job (pending or running); None when squeue
+  cannot tell (the controller restarting, a timeout)."""
+  try:
+    proc = subprocess.run(['squeue', '-h', '-j', str(job_id)], capture_output=True,
+                          text=True, timeout=60)
+  except (OSError, subprocess.TimeoutExpired):
+    return None
+  if proc.returncode == 0:
+    return bool(proc.stdout.strip())
+  return False if 'invalid job id' in proc.stderr.lower() else None
 
 
 def _vanished(job, grace_seconds: float = 60.0) -> bool:
   """A job that left the queue without writing its result (cancelled, killed
-  with its node): submitit alone would wait for it forever without `sacct`."""
-  if _in_queue(job.job_id):
+  with its node): submitit alone would wait for it forever without `sacct`.
+  A failing squeue says nothing: the job is not counted as gone."""
+  listed = _in_queue(job.job_id)
+  if listed is None:
+    return False
+  if listed:
     job._left_queue = None
     return False
   first = getattr(job, '_left_queue', None) or time.time()
@@ -306,17 +317,14 @@ def _group_by_resources(jobs) -> dict[tuple, list]:
 
 
 def _executor_parameters(slurm: dict) -> dict:
-  """config.slurm → submitit parameters (0 or '' leaves SLURM's default)."""
-  nodes = slurm.get('nodes', 1)
-  params = dict(nodes=nodes, tasks_per_node=1, timeout_min=slurm.get('time_minutes', 60),
-                cpus_per_task=slurm.get('cpus_per_task', 1))
-  if slurm.get('partition'):
-    params['slurm_partition'] = slurm['partition']
-  if slurm.get('gpus_per_node'):
-    params['gpus_per_node'] = slurm['gpus_per_node']
-  if slurm.get('mem_gb'):
-    params['mem_gb'] = slurm['mem_gb']
-  return params
+  """config.slurm → sbatch options of submitit's SlurmExecutor. 0 or '' leaves
+  the cluster's default: the option is not passed at all (None), so
+  `time_minutes=0` is the partition's limit, not `--time=0` ("no limit")."""
+  given = lambda key: slurm.get(key) or None
+  return dict(nodes=slurm.get('nodes') or 1, ntasks_per_node=1,
+              time=given('time_minutes'), cpus_per_task=given('cpus_per_task'),
+              partition=given('partition'), gpus_per_node=given('gpus_per_node'),
+              mem=f"{slurm['mem_gb']}GB" if slurm.get('mem_gb') else None)
 
 
 def _job_outcome(job, workdir: str) -> Outcome:

@@ -42,14 +42,16 @@ class NonFiniteError(UserError):
 
 
 class Preempted(UserError):
-  """SIGTERM or SIGINT: the run saved a checkpoint and stopped."""
+  """SIGTERM, SIGINT or SIGUSR2: the run saved a checkpoint and stopped."""
   exit_code = 4
 
 
 class _StopSignal:
-  """Turns SIGTERM and SIGINT into a flag that the loop checks after each step."""
+  """Turns SIGTERM, SIGINT and SIGUSR2 into a flag that the loop checks after each step."""
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  # SIGUSR2: what SLURM sends ahead of a job's time limit (submitit's
+  # --signal=USR2@90), so a run saves before it is killed.
+  SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
   def __init__(self):
     self.received, self._previous = None, {}
@@ -271,9 +273,15 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     state = _init_or_restore(config, workdir, spec, image_size, tx, checkpoints,
                              data.loader, shardings[0], allow_config_change)
     start_step = int(state.step)
+    finished = rundir.read_json(os.path.join(workdir, rundir.RESULT))
+    if finished is not None and start_step >= data.total_steps:
+      log.info('the run in %s has finished already (result.json); nothing to do', workdir)
+      return finished
     last = {}
-    if start_step and is_chief:
-      rundir.truncate_metrics(workdir, start_step)     # a resumed run logs them again
+    if is_chief:
+      # Rows after the restored step (or all rows, when no checkpoint was
+      # written before a kill) are logged again by this run.
+      rundir.truncate_metrics(workdir, start_step)
       rows = [r for r in rundir.read_metrics(workdir) if 'train/loss' in r]
       last = rows[-1] if rows else {}
 
@@ -373,11 +381,13 @@ def _init_or_restore(config, workdir, spec, image_size, tx, checkpoints, loader,
   abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(init))
-  restored = checkpoints.restore(abstract_state)
+  # The config is checked before the state is read: a changed model or
+  # optimizer is refused by name, and no good checkpoint is set aside for it.
+  restored = checkpoints.restore(abstract_state, check_config=lambda saved: _check_resume(
+      saved, config, allow_config_change))
   if restored is None:
     return jax.jit(init, out_shardings=replicated)()
-  state, data_state, saved_config = restored
-  _check_resume(saved_config, config, allow_config_change)
+  state, data_state, _ = restored
   loader.set_state(data_state)
   log.info('resumed from the checkpoint at step %d', int(state.step))
   return state
@@ -442,6 +452,10 @@ class _Loop:
       metrics['train/images_per_sec'] = clock.images_per_sec(step, self.config.batch_size)
       self.tracker.log(step, metrics)
       self.progress.update(step, metrics)
+      # A line per interval in train.log and SLURM's logs (no terminal there).
+      log.info('step %d/%d  loss %.4f  %.1f images/s  %s left', step,
+               self.data.total_steps, loss, metrics['train/images_per_sec'],
+               _duration(clock.seconds_left(step, self.data.total_steps)))
 
   def evaluate(self, state) -> dict[str, float]:
     totals = None
@@ -458,7 +472,8 @@ class _Clock:
 
   def __init__(self, step: int):
     self.start = self.mark = time.time()
-    self.mark_step, self.paused_seconds = step, 0.0
+    self.start_step = self.mark_step = step
+    self.paused_seconds = 0.0
 
   @contextlib.contextmanager
   def paused(self):
@@ -475,3 +490,13 @@ class _Clock:
 
   def train_seconds(self) -> float:
     return time.time() - self.start - self.paused_seconds
+
+  def seconds_left(self, step: int, total: int) -> float:
+    done = step - self.start_step
+    return self.train_seconds() / max(done, 1) * (total - step)
+
+
+def _duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'

@@ -16,10 +16,11 @@ from conftest import ROOT, TINY_CONFIG, run_cli
 from inception_jax import checkpointing, rundir
 
 TINY = TINY_CONFIG
-# Bitwise tests (same device count) run the default float32 recipe at a
-# small rate; the device-count tests run in float64 (see EXACT).
+# Bitwise tests (same device count) run the default float32 recipe (the same
+# program as test_train's, shared through JAX's cache); the device-count tests
+# run in float64 (see EXACT).
 ARGS = ['--config.total_steps=30', '--config.checkpoint_every_steps=5',
-        '--config.optim.learning_rate=1e-4', '--config.tracking.tensorboard=false']
+        '--config.tracking.tensorboard=false']
 # As in test_train.py (the same overrides share compiled programs through JAX's
 # cache): float64 at rate 1e-3, where runs on 1 and 8 devices agree to ≤ 1e-12.
 EXACT = ['--config.model.dtype=float64', '--config.optim.learning_rate=1e-3',

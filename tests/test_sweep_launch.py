@@ -45,7 +45,7 @@ def failing_sweep(tmp_path_factory):
       dict(name='first', config=TINY, overrides={'total_steps': 2}),
       dict(name='broken', config=TINY, overrides={'optim.no_such_key': 1}),
       dict(name='third', config=TINY,
-           overrides={'total_steps': 3, 'optim.learning_rate': 1e-3}),
+           overrides={'total_steps': 3}),
   ])
   # Started from another directory with a relative --workdir: the runs train
   # in that directory's out/, not in the repository's.
@@ -110,7 +110,7 @@ def test_runs_share_a_wandb_group_and_tensorboard_hparams(failing_sweep):
   from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
   from tensorboard.plugins.hparams import plugin_data_pb2
   _, workdir, _ = failing_sweep
-  learning_rates = {}
+  recorded = {}
   for name in ('first', 'third'):
     config = json.load(open(os.path.join(workdir, name, 'config.json')))
     assert config['tracking']['wandb_group'] == 'three'
@@ -123,8 +123,9 @@ def test_runs_share_a_wandb_group_and_tensorboard_hparams(failing_sweep):
                 value.metadata.plugin_data.content)
             if data.HasField('session_start_info'):
               hparams = data.session_start_info.hparams
-    learning_rates[name] = hparams['optim.learning_rate'].number_value
-  assert learning_rates == {'first': pytest.approx(0.045), 'third': pytest.approx(1e-3)}
+    recorded[name] = (hparams['total_steps'].number_value,
+                      hparams['optim.learning_rate'].number_value)
+  assert recorded == {'first': (2, pytest.approx(0.045)), 'third': (3, pytest.approx(0.045))}
 
 
 def test_an_interrupted_sweep_resumes(tmp_path):
@@ -194,9 +195,9 @@ def test_slurm_resources_come_from_the_config():
   config = config_lib.load('configs/inception_v3.py', {'slurm.nodes': 4,
                                                        'slurm.partition': 'gpu'})
   params = sweep._executor_parameters(config.slurm.to_dict())
-  assert params['nodes'] == 4 and params['tasks_per_node'] == 1
-  assert params['gpus_per_node'] == 8 and params['slurm_partition'] == 'gpu'
-  assert params['timeout_min'] == 72 * 60
+  assert params['nodes'] == 4 and params['ntasks_per_node'] == 1
+  assert params['gpus_per_node'] == 8 and params['partition'] == 'gpu'
+  assert params['time'] == 72 * 60 and params['cpus_per_task'] == 16
 
 
 def test_a_run_whose_slurm_job_is_still_queued_is_not_resubmitted(slurm_cluster, tmp_path):

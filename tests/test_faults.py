@@ -1,0 +1,134 @@
+"""Ordinary events that must lose nothing: a time limit, a kill before the first
+checkpoint, a rerun of a finished run, SLURM options left to the cluster, a
+SLURM controller that does not answer."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, TINY_CONFIG
+
+from inception_jax import checkpointing, config_lib, rundir, sweep, train
+
+PREEMPTED = 4
+
+
+def train_steps(workdir):
+  return [r['step'] for r in rundir.read_metrics(str(workdir)) if 'train/loss' in r]
+
+
+def test_slurm_time_limit_signal_saves_and_exits_4(tmp_path):
+  """SLURM warns a job with SIGUSR2 before its time limit (submitit asks for
+  --signal=USR2@90): the run finishes its step, saves and exits 4 — resumable
+  and reported as interrupted, not lost."""
+  workdir = tmp_path / 'run'
+  environ = dict(os.environ, PYTHONPATH=ROOT)
+  with open(tmp_path / 'log', 'w') as log:
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'inception_jax', 'train', '--config', TINY_CONFIG,
+         '--workdir', str(workdir), '--config.total_steps=200',
+         '--config.checkpoint_every_steps=0', '--config.tracking.tensorboard=false'],
+        cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
+    try:
+      deadline = time.time() + 600
+      while len(train_steps(workdir)) < 2:
+        assert proc.poll() is None and time.time() < deadline, open(tmp_path / 'log').read()
+        time.sleep(0.05)
+      proc.send_signal(signal.SIGUSR2)
+      proc.wait(timeout=300)
+    finally:
+      proc.kill()
+  output = open(tmp_path / 'log').read()
+  assert proc.returncode == PREEMPTED, output[-3000:]
+  message = [l for l in output.splitlines() if l.startswith('error:')]
+  assert len(message) == 1 and 'stopped by SIGUSR2 after step' in message[0]
+  step = int(message[0].split('after step ')[1].split()[0])
+  manager = checkpointing.CheckpointManager(str(workdir), every_steps=0, keep=3)
+  assert manager.latest_step() == step < 200
+  manager.close()
+  assert train_steps(workdir) == list(range(1, step + 1))
+
+
+def test_a_kill_before_the_first_checkpoint_logs_each_step_once(tmp_path):
+  """Rows of a run killed before its first checkpoint (one cut short) are not
+  kept beside the rows of the rerun, which starts again at step 1."""
+  (tmp_path / 'metrics.jsonl').write_text(
+      '{"step": 1, "train/loss": 9.0}\n{"step": 2, "train/loss": 9.0}\n{"step": 3, "tr')
+  result = train.run(config_lib.load(TINY_CONFIG, ['tracking.tensorboard=false']),
+                     str(tmp_path))
+  assert train_steps(tmp_path) == list(range(1, result['steps'] + 1))
+  assert 9.0 not in [r['train/loss'] for r in rundir.read_metrics(str(tmp_path))]
+
+
+def test_rerunning_a_finished_run_keeps_its_result(tmp_path):
+  config = config_lib.load(TINY_CONFIG, ['tracking.tensorboard=false', 'total_steps=2'])
+  first = train.run(config, str(tmp_path))
+  written = (tmp_path / 'result.json').read_bytes()
+  assert first['train_images_per_sec'] > 0
+  again = train.run(config, str(tmp_path))
+  assert (tmp_path / 'result.json').read_bytes() == written
+  assert again == rundir.read_json(str(tmp_path / 'result.json'))
+  assert train_steps(tmp_path) == [1, 2]
+
+
+def test_zero_slurm_resources_leave_the_cluster_default():
+  """`time_minutes=0` must not become `--time=0` (no limit at all), nor
+  `cpus_per_task=0` an option: neither is passed to sbatch."""
+  from submitit.slurm import slurm
+  params = sweep._executor_parameters(dict(nodes=1, time_minutes=0, cpus_per_task=0,
+                                           partition='', gpus_per_node=0, mem_gb=0))
+  lines = slurm._make_sbatch_string(command='true', folder='/tmp/x', **params)
+  options = [l.split()[1].split('=')[0] for l in lines.splitlines()
+             if l.startswith('#SBATCH')]
+  for option in ('--time', '--cpus-per-task', '--partition', '--mem'):
+    assert option not in options
+  params = sweep._executor_parameters(dict(nodes=2, time_minutes=90, cpus_per_task=4,
+                                           partition='gpu', gpus_per_node=8, mem_gb=64))
+  lines = slurm._make_sbatch_string(command='true', folder='/tmp/x', **params)
+  for line in ('--time=90', '--cpus-per-task=4', '--partition=gpu', '--nodes=2',
+               '--mem=64GB', '--ntasks-per-node=1'):
+    assert f'#SBATCH {line}' in lines
+
+
+@pytest.mark.parametrize('returncode,stderr,listed', [
+    (1, 'slurm_load_jobs error: Unable to contact slurm controller', None),
+    (1, 'slurm_load_jobs error: Invalid job id specified', False),
+])
+def test_a_failing_squeue_does_not_count_a_job_as_gone(monkeypatch, returncode,
+                                                       stderr, listed):
+  """A controller restart makes squeue fail: that says nothing about the job,
+  which must not be marked failed (nor resubmitted beside itself)."""
+  answer = subprocess.CompletedProcess([], returncode, stdout='', stderr=stderr)
+  monkeypatch.setattr(sweep.subprocess, 'run', lambda *a, **k: answer)
+  assert sweep._in_queue('42') is listed
+
+  class Job:
+    job_id, _left_queue = '42', time.time() - 3600     # "gone" for an hour
+  assert sweep._vanished(Job()) is (listed is False)
+  status = {'state': 'running', 'message': 'SLURM job 42'}
+  assert sweep.SlurmLauncher.queued_job(status) == (None if listed is False else '42')
+
+
+def test_a_shape_changing_override_is_refused_and_no_checkpoint_is_set_aside(
+    tmp_path, cli_main):
+  """A wider model (or another optimizer) cannot resume these checkpoints: the
+  config check names the key before anything is read, and even with
+  --allow_config_change the failed restore leaves every checkpoint in place.
+  The same command without the override then resumes."""
+  base = ['train', '--config', TINY_CONFIG, '--workdir', tmp_path,
+          '--config.tracking.tensorboard=false', '--config.checkpoint_every_steps=2']
+  assert cli_main(*base, '--config.total_steps=4')[0] == 0
+  wider = '--config.model.width_multiplier=0.1'
+  code, _, err = cli_main(*base, '--config.total_steps=6', wider)
+  assert code == 2 and 'model.width_multiplier' in err and err.startswith('error:')
+  code, _, err = cli_main(*base, '--config.total_steps=6', wider, '--allow_config_change')
+  assert code == 2 and 'cannot restore the checkpoint at step 4' in err
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+  assert not os.path.exists(tmp_path / 'checkpoints_damaged')
+  code, _, err = cli_main(*base, '--config.total_steps=6')
+  assert code == 0, err
+  assert train_steps(tmp_path) == [1, 2, 3, 4, 5, 6]
+  assert rundir.read_json(str(tmp_path / 'result.json'))['resumed_from_step'] == 4
