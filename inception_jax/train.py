@@ -240,8 +240,9 @@ def _check_resume(saved: dict, config, allow_config_change: bool) -> None:
 def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
   """Train `config` in `workdir`; returns (and writes) the result.
 
-  A workdir holding checkpoints resumes from the latest good one. SIGTERM or
-  SIGINT finishes the current step, saves a checkpoint and raises `Preempted`.
+  A workdir holding checkpoints resumes from the latest good one; a finished
+  one returns its result.json untouched. SIGTERM, SIGINT or SIGUSR2 finishes
+  the current step, saves a checkpoint and raises `Preempted`.
   """
   start_time = time.time()
   check_config(config)
