@@ -92,6 +92,8 @@ class TrainState:
 
 def check_config(config) -> None:
   """Values a config can hold but a run cannot use: clear errors up front."""
+  if not 0 <= config.seed < 2**32:
+    raise ConfigError(f'seed must be in [0, 2**32), got {config.seed}')
   if config.batch_size < 1:
     raise ConfigError(f'batch_size must be >= 1, got {config.batch_size}')
   if config.batch_size % jax.device_count():

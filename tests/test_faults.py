@@ -132,3 +132,26 @@ def test_a_shape_changing_override_is_refused_and_no_checkpoint_is_set_aside(
   assert code == 0, err
   assert train_steps(tmp_path) == [1, 2, 3, 4, 5, 6]
   assert rundir.read_json(str(tmp_path / 'result.json'))['resumed_from_step'] == 4
+
+
+def test_hidden_folders_are_not_classes(tmp_path):
+  """A notebook's .ipynb_checkpoints in train/ would become class 0 and shift
+  every label; hidden folders are skipped."""
+  from PIL import Image
+  from inception_jax.data import sources
+  for split in ('train', 'validation'):
+    for name in ('cat', 'dog', '.ipynb_checkpoints'):
+      os.makedirs(tmp_path / split / name)
+      Image.new('RGB', (8, 8)).save(tmp_path / split / name / 'a.png')
+  cfg = config_lib.load(TINY_CONFIG, {'data.name': 'folder', 'data.path': str(tmp_path)})
+  source = sources.make_source(cfg.data, 'train')
+  assert source.classes == ['cat', 'dog'] and source.num_classes == 2
+  assert len(source) == 2
+
+
+@pytest.mark.parametrize('seed', [-1, 2**32])
+def test_a_seed_out_of_range_is_one_clear_line(tmp_path, cli_main, seed):
+  code, _, err = cli_main('train', '--config', TINY_CONFIG, '--workdir', tmp_path,
+                          f'--config.seed={seed}')
+  assert code == 2 and err.startswith('error: seed must be in') and 'Traceback' not in err
+  assert not os.listdir(tmp_path)

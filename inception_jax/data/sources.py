@@ -77,8 +77,10 @@ def _class_folders(root: str, split: str) -> list[str]:
   if not os.path.isdir(split_dir):
     raise ConfigError(f'data.path: {split_dir} does not exist '
                       f'(expected ROOT/{split}/<class>/*.jpg)')
+  # Hidden folders (.ipynb_checkpoints, .DS_Store, .git) are not classes:
+  # one would shift every label after it.
   classes = sorted(d for d in os.listdir(split_dir)
-                   if os.path.isdir(os.path.join(split_dir, d)))
+                   if not d.startswith('.') and os.path.isdir(os.path.join(split_dir, d)))
   if not classes:
     raise ConfigError(f'{split_dir} has no class folders')
   return classes
