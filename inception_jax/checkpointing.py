@@ -170,8 +170,7 @@ class CheckpointManager:
         check_config(config)
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
       except Exception as e:     # noqa: BLE001 — reported, nothing moved
         raise CheckpointError(
             f'cannot restore the checkpoint at step {step} into this run '
@@ -187,7 +186,7 @@ class CheckpointManager:
       if damaged:
         log.warning('resuming from step %d; damaged checkpoints were moved to %s',
                     step, os.path.join(self.workdir, 'checkpoints_damaged'))
-      return state, restored['data'], restored['config']
+      return state, restored['data'], config
     raise CheckpointError(
         f'no checkpoint in {self.path} can be restored ({"; ".join(damaged)}); they '
         f'were moved to {os.path.join(self.workdir, "checkpoints_damaged")}. Delete '

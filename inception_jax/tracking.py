@@ -66,7 +66,7 @@ class Tracker:
     """Write result.json and the HParams summary; close the writers."""
     if not self.enabled:
       return
-    rundir.write_json(os.path.join(self.workdir, 'result.json'), dict(result))
+    rundir.write_json(os.path.join(self.workdir, rundir.RESULT), dict(result))
     if self._tb is not None:
       final = {k: float(v) for k, v in result.get('metrics', {}).items()
                if isinstance(v, (int, float)) and math.isfinite(v)}

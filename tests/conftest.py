@@ -29,6 +29,17 @@ TINY_CONFIG = 'configs/inception_v3.py:scale=tiny'    # 6 steps of a 4-channel n
 TINY = dict(width_multiplier=0.05, min_depth=4)
 
 
+def assert_close_to_scale(actual, desired, rtol, name=''):
+  """max |actual − desired| ≤ rtol · max |desired|: relative to the array's
+  scale, so entries that pass near zero do not need an absolute tolerance."""
+  import numpy as np
+  actual, desired = np.asarray(actual), np.asarray(desired)
+  assert actual.shape == desired.shape and actual.dtype == desired.dtype, name
+  scale = max(float(np.abs(desired).max()), np.finfo(desired.dtype).tiny)
+  error = float(np.abs(actual - desired).max()) / scale
+  assert error <= rtol, f'{name}: relative difference {error:.2e} > {rtol:.0e}'
+
+
 def run_cli(*args, devices=8, env=None, cwd=ROOT, timeout=900):
   """`python -m inception_jax ARGS` in a new process on `devices` simulated CPU
   devices: for what needs a process of its own (a device count, a signal, a

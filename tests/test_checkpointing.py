@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_CONFIG, run_cli
+from conftest import ROOT, TINY_CONFIG, assert_close_to_scale, run_cli
 
 from inception_jax import checkpointing, rundir
 
@@ -161,9 +161,7 @@ def assert_continues(workdir, reference):
   assert mine.keys() == theirs.keys()
   for key in mine:
     assert mine[key].dtype == np.float64, key
-    scale = float(np.abs(theirs[key]).max())
-    error = float(np.abs(mine[key] - theirs[key]).max()) / max(scale, 1e-300)
-    assert error <= 1e-9, f'{key}: relative difference {error:.1e}'
+    assert_close_to_scale(mine[key], theirs[key], 1e-9, key)
 
 
 def test_resume_from_eight_devices_onto_one(reference64, tmp_path):

@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_CONFIG, run_cli
+from conftest import ROOT, TINY_CONFIG, assert_close_to_scale, run_cli
 
 from inception_jax import checkpointing, config_lib, rundir, train
 
@@ -19,16 +19,6 @@ TINY = TINY_CONFIG
 # same overrides, so the runs share compiled programs through JAX's cache.
 EXACT = ['--config.model.dtype=float64', '--config.optim.learning_rate=1e-3',
          '--config.tracking.tensorboard=false']
-
-
-def assert_close_to_scale(actual, desired, rtol, name=''):
-  """max |actual − desired| ≤ rtol · max |desired|: relative to the array's
-  scale, so entries that pass near zero do not need an absolute tolerance."""
-  actual, desired = np.asarray(actual), np.asarray(desired)
-  assert actual.shape == desired.shape and actual.dtype == desired.dtype, name
-  scale = max(float(np.abs(desired).max()), np.finfo(desired.dtype).tiny)
-  error = float(np.abs(actual - desired).max()) / scale
-  assert error <= rtol, f'{name}: relative difference {error:.2e} > {rtol:.0e}'
 
 
 @pytest.fixture(scope='module')
