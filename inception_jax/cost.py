@@ -112,14 +112,21 @@ def _forward(model: models.Inception, image_size: int, return_aux: bool):
   return forward, state, x
 
 
+def abstract_model(spec: models.InceptionSpec, image_size: int) -> models.Inception:
+  """`spec` at `image_size` with shapes in place of weights (nothing computed)."""
+  return nnx.eval_shape(lambda: models.Inception(
+      spec, image_size=image_size, rngs=nnx.Rngs(0)))
+
+
 def count(spec: models.InceptionSpec | Mapping[str, Any],
-          image_size: int | None = None) -> Cost:
-  """Parameters and multiply-adds of `spec` at `image_size` (default: the stem's)."""
+          image_size: int | None = None, *, model: models.Inception | None = None) -> Cost:
+  """Parameters and multiply-adds of `spec` at `image_size` (default: the
+  stem's). `model`: the abstract model (`abstract_model`) when the caller has
+  built it already."""
   if not isinstance(spec, models.InceptionSpec):
     spec = models.InceptionSpec.from_config(spec)
   image_size = image_size or spec.default_image_size
-  model = nnx.eval_shape(lambda: models.Inception(
-      spec, image_size=image_size, rngs=nnx.Rngs(0)))
+  model = model or abstract_model(spec, image_size)
   size = lambda state: sum(int(x.size) for x in jax.tree.leaves(state))
   aux_params = size(nnx.state(model.AuxLogits)) if spec.aux_head else 0
   aux_trainable = size(nnx.state(model.AuxLogits, nnx.Param)) if spec.aux_head else 0

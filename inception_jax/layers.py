@@ -82,8 +82,10 @@ class BatchNorm(nnx.Module):
     var = jnp.square(xg - mean).mean(axis=axes, keepdims=True)
     y = (xg - mean) * jax.lax.rsqrt(var + self.epsilon) + bias
     m = self.momentum
-    self.mean[...] = m * self.mean[...] + (1 - m) * mean.reshape(groups, -1).mean(0)
-    self.var[...] = m * self.var[...] + (1 - m) * var.reshape(groups, -1).mean(0)
+    # set_value, not `[...] =`: the latter compares shardings, which costs a
+    # formatted error message per statistic while tracing.
+    self.mean.set_value(m * self.mean[...] + (1 - m) * mean.reshape(groups, -1).mean(0))
+    self.var.set_value(m * self.var[...] + (1 - m) * var.reshape(groups, -1).mean(0))
     return y.reshape(x.shape).astype(self.dtype)
 
 

@@ -266,7 +266,8 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     spec = models.InceptionSpec.from_config(config.model,
                                             dataset_classes=data.num_classes)
     image_size = config.data.image_size
-    graphdef, eval_graphdef = _graphdefs(spec, image_size)
+    abstract = cost.abstract_model(spec, image_size)
+    graphdef, eval_graphdef = _graphdefs(abstract)
     tx = optim.make_optimizer(config.optim, steps_per_epoch=data.steps_per_epoch,
                               global_batch=config.batch_size)
     schedule = optim.learning_rate_schedule(
@@ -309,14 +310,14 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     checkpoints.close()                 # every save complete before result.json
 
     # --- Result ----------------------------------------------------------------
-    result = _result(config, spec, data, loop, last, start_step, start_time)
+    result = _result(config, cost.count(spec, image_size, model=abstract), data, loop,
+                     last, start_step, start_time)
     tracker.finish(result)
     return result
 
 
-def _result(config, spec, data, loop, last, start_step, start_time) -> dict:
+def _result(config, c: cost.Cost, data, loop, last, start_step, start_time) -> dict:
   """result.json: the final evaluation, the cost, the speed, where it ran."""
-  c = cost.count(spec, config.data.image_size)
   return {
       'metrics': {**loop.eval_metrics, 'train/loss': last.get('train/loss', float('nan'))},
       'steps': data.total_steps,
@@ -359,10 +360,9 @@ class _Data:
       yield pipeline.to_global(batch, self.sharding)
 
 
-def _graphdefs(spec, image_size):
+def _graphdefs(abstract):
   """The model's structure in training and in evaluation mode (no weights)."""
-  abstract = nnx.eval_shape(lambda: models.Inception(
-      spec, image_size=image_size, rngs=nnx.Rngs(0)))
+  abstract.train()
   graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
   abstract.eval()
   eval_graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
@@ -381,15 +381,13 @@ def _init_or_restore(config, workdir, spec, image_size, tx, checkpoints, loader,
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=batch_stats, opt_state=tx.init(params),
                       ema_params=copy(params), ema_batch_stats=copy(batch_stats))
-  abstract_state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      jax.eval_shape(init))
+  init = jax.jit(init, out_shardings=replicated).trace()    # traced once
   # The config is checked before the state is read: a changed model or
   # optimizer is refused by name, and no good checkpoint is set aside for it.
-  restored = checkpoints.restore(abstract_state, check_config=lambda saved: _check_resume(
+  restored = checkpoints.restore(init.out_info, check_config=lambda saved: _check_resume(
       saved, config, allow_config_change))
   if restored is None:
-    return jax.jit(init, out_shardings=replicated)()
+    return init.lower().compile()()
   state, data_state, _ = restored
   loader.set_state(data_state)
   log.info('resumed from the checkpoint at step %d', int(state.step))
