@@ -36,11 +36,6 @@ log = logging.getLogger(__name__)
 
 CHECKSUMS = 'checksums.json'
 
-# Keys whose change does not alter the trajectory of a resumed run.
-HARMLESS_KEYS = ('total_steps', 'num_epochs', 'log_every_steps', 'eval_every_steps',
-                 'checkpoint_every_steps', 'keep_checkpoints', 'tracking.*', 'slurm.*',
-                 'data.num_workers', 'data.num_threads', 'data.prefetch')
-
 
 class CheckpointError(UserError):
   """No checkpoint in the run directory can be restored."""
@@ -226,9 +221,9 @@ class CheckpointManager:
 
 
 def config_changes(saved: Mapping, current: Mapping) -> list[str]:
-  """Flattened keys whose values differ between two config dicts, except the
-  harmless ones (HARMLESS_KEYS)."""
-  return rundir.changed_keys(saved, current, ignore=HARMLESS_KEYS)
+  """Flattened keys whose values differ between two config dicts, except
+  those a resumed run may change (`rundir.RESUMABLE_KEYS`)."""
+  return rundir.changed_keys(saved, current, ignore=rundir.RESUMABLE_KEYS)
 
 
 def restore_params(workdir: str, step: int | None = None) -> dict[str, np.ndarray]:

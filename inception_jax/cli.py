@@ -6,7 +6,7 @@
   python launch.py cost --config configs/inception_v3.py[:ARG] [--json] [--config.KEY=VALUE ...]
   python launch.py cost --sweep sweeps/table3_ablation.py[:ARG] [--json]
   python launch.py sweep sweeps/table3_ablation.py[:ARG] --workdir DIR
-      [--launcher local|slurm] [--parallel N] [--only NAME,...]
+      [--launcher local|slurm] [--parallel N] [--only NAME,...] [--rerun-stale]
   python launch.py compare DIR [--format text|markdown|json|html]
 
 `train` on a workdir that holds checkpoints resumes from the latest good one
@@ -16,13 +16,17 @@ time limit) finishes the current step, saves a checkpoint and exits; rerun the
 same command to resume. `train` on a finished run changes nothing.
 
 `sweep` trains each run of a sweep file in DIR/NAME (skipping finished runs,
-resuming interrupted ones), prints a summary and the comparison table;
-`compare` prints the table of a sweep directory (html: writes DIR/report.html).
+resuming interrupted ones), prints a summary and the comparison table; one
+sweep at a time per DIR. A run that finished or saved a checkpoint under
+another config than the sweep file now gives it is stale: reported, not
+retrained; --rerun-stale moves its directory to DIR/NAME.stale-TIME and
+trains it again. `compare` prints the table of a sweep directory (html:
+writes DIR/report.html).
 
 Exit status: 0 done; 1 a sweep run failed (the others went on); 2 an error a
 user can cause (one line on stderr); 3 the loss or gradient became
 non-finite; 4 stopped by SIGTERM/SIGINT/SIGUSR2 after saving checkpoints (rerun the
-same command to resume).
+same command to resume); 5 a sweep holds stale runs (--rerun-stale retrains them).
 """
 
 from __future__ import annotations
@@ -100,16 +104,21 @@ def cmd_sweep(args, overrides):
   else:
     launcher = sweep.LocalLauncher(args.parallel)
   outcomes = sweep.run_sweep(args.sweep, args.workdir, launcher=launcher,
-                             only=args.only)
+                             only=args.only, rerun_stale=args.rerun_stale)
   print('\n' + sweep.summary(outcomes))
   print('\n' + report.render(args.workdir, 'text'))
   code = sweep.exit_code(outcomes.values())
+  count = lambda state: sum(o.state == state for o in outcomes.values())
   if code == 4:
     print('error: the sweep was stopped; rerun the same command to resume it',
           file=sys.stderr)
-  elif code:
-    print(f'error: {sum(o.state == "failed" for o in outcomes.values())} run(s) '
-          f'failed; see {args.workdir}/NAME/train.log', file=sys.stderr)
+  elif code == 1:
+    print(f'error: {count("failed")} run(s) failed; see {args.workdir}/NAME/train.log',
+          file=sys.stderr)
+  if count('stale'):
+    print(f'error: {count("stale")} run(s) stale: they ran under another config than '
+          f'the sweep file gives them; rerun with --rerun-stale to train them again '
+          f'(their directories are kept as NAME.stale-TIME)', file=sys.stderr)
   return code
 
 
@@ -191,6 +200,8 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   p.add_argument('--parallel', type=int, default=1,
                  help='local launcher: runs at a time')
   p.add_argument('--only', help='comma-separated run names')
+  p.add_argument('--rerun-stale', action='store_true',
+                 help='move stale runs aside (NAME.stale-TIME) and train them again')
   p.set_defaults(fn=cmd_sweep)
   p = sub.add_parser('compare', help='the table of a sweep directory')
   p.add_argument('workdir', help='sweep directory')

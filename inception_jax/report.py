@@ -3,7 +3,9 @@
 A sweep directory holds `sweep.json` (runs in order, paper figures, states)
 and one run directory per run (`config.json`, `metrics.jsonl`, and
 `result.json` once finished). Without `sweep.json`, every subdirectory with a
-`config.json` or `result.json` is a run, sorted by name.
+`config.json` or `result.json` is a run, sorted by name. A run the last sweep
+found stale (run under another config than the sweep file's) keeps its
+figures, with a note saying so.
 
   report = collect('runs/table3')
   print(format_text(report))          # or format_markdown / format_json
@@ -163,8 +165,12 @@ def table(report: Report) -> tuple[list[str], list[list[str]]]:
           [[cell(row) for _, cell, _ in columns] for row in report.rows])
 
 
+STALE = 'its figures are those of the old config; `sweep --rerun-stale` trains it again'
+
+
 def _notes(report: Report) -> list[str]:
   return [f'{row.name}: {row.state}: {row.message}'
+          + (f'; {STALE}' if row.state == 'stale' else '')
           for row in report.rows if row.message and row.state != 'done']
 
 
@@ -227,6 +233,7 @@ th:first-child, td:first-child, th:last-child, td:last-child { text-align: left;
 th { background: #f4f4f4; }
 th.paper, td.paper { color: #777; }
 tr.failed td { background: #fdecea; }
+tr.stale td { background: #fff4d6; color: #777; }
 img { max-width: 100%; margin-top: 1.5em; }
 """
 
@@ -254,8 +261,11 @@ def write_html(report: Report, directory: str) -> str:
       else '<p>No learning curves yet.</p>',
       '</body></html>', '']
   path = os.path.join(directory, 'report.html')
-  with open(path, 'w') as f:
-    f.write('\n'.join(parts))
+  try:
+    rundir.write_text(path, '\n'.join(parts))
+  except OSError as e:
+    raise UserError(f'cannot write {path}: {e.strerror or e} (--format text, markdown '
+                    f'or json print to the terminal instead)') from None
   return path
 
 

@@ -5,19 +5,30 @@ sweep directory `sweep.json` (docs/ARCHITECTURE.md has the whole contract).
 Writes are atomic (a temporary file renamed over the old one), so a reader —
 a report, a rerun, a user — sees the old file or the new one, never half.
 Reads say what is wrong: a missing file is a default, an invalid one a
-clear error; a metrics line cut short by a kill is skipped.
+clear error; a metrics line cut short by a kill is skipped. `lock` is the
+exclusive lock a trainer holds on its run directory and a sweep on its own.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from typing import Any, Iterable, Mapping
+from typing import IO, Any, Iterable, Mapping
 
 from inception_jax.errors import UserError
 
+CONFIG = 'config.json'
 METRICS = 'metrics.jsonl'
 RESULT = 'result.json'
+
+# Config keys that never change what a run computes: logging, evaluation and
+# checkpoint intervals, tracking, scheduling, input-pipeline throughput.
+NEUTRAL_KEYS = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+                'keep_checkpoints', 'tracking.*', 'slurm.*', 'data.num_workers',
+                'data.num_threads', 'data.prefetch')
+# Keys a resumed run may change besides: its length.
+RESUMABLE_KEYS = NEUTRAL_KEYS + ('total_steps', 'num_epochs')
 
 
 # --- Writing -------------------------------------------------------------------
@@ -37,11 +48,16 @@ def jsonable(tree: Any) -> Any:
 
 
 def write_text(path: str, text: str) -> None:
-  """Replace `path` atomically with `text`."""
+  """Replace `path` atomically with `text` (on failure, `path` is as it was)."""
   tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError:
+    if os.path.isfile(tmp):
+      os.remove(tmp)
+    raise
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -129,3 +145,47 @@ def changed_keys(a: Mapping, b: Mapping, *, ignore: Iterable[str] = ()) -> list[
                        for i in ignore)
   return sorted(k for k in fa.keys() | fb.keys()
                 if fa.get(k, '<missing>') != fb.get(k, '<missing>') and not skip(k))
+
+
+def config_differences(a: Mapping, b: Mapping, *,
+                       ignore: Iterable[str] = ()) -> list[str]:
+  """`changed_keys` as 'key: value in a -> value in b' lines."""
+  fa, fb = flatten(jsonable(a)), flatten(jsonable(b))
+  show = lambda flat, k: json.dumps(flat[k]) if k in flat else 'missing'
+  return [f'{k}: {show(fa, k)} -> {show(fb, k)}'
+          for k in changed_keys(a, b, ignore=ignore)]
+
+
+# --- Locks ---------------------------------------------------------------------
+
+class LockHeld(UserError):
+  """Another process holds the lock; `pid` is the one it wrote into the file."""
+
+  def __init__(self, path: str, pid: str):
+    super().__init__(f'{path} is held by process {pid}')
+    self.pid = pid
+
+
+def lock(path: str) -> IO:
+  """Take an exclusive lock (flock, not waiting) on `path` and write this
+  process's id into it. Returns the open file: closing it, or the end of the
+  process however it ends, releases the lock. Held elsewhere: `LockHeld`; a
+  filesystem without locks (some network filesystems): a `UserError`."""
+  f = open(path, 'a+')
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    pid = f.read().strip() or 'unknown'
+    f.close()
+    raise LockHeld(path, pid) from None
+  except OSError as e:
+    f.close()
+    raise UserError(f'cannot lock {path}: its filesystem does not support file locks '
+                    f'({e.strerror or e}); use a directory on one that does, such as '
+                    f'a local disk') from None
+  f.seek(0)
+  f.truncate()
+  f.write(f'{os.getpid()}\n')
+  f.flush()
+  return f

@@ -9,12 +9,16 @@ figures to print beside ours ({'top1_error': 23.4, 'cost_bn_ops': 3.8}).
 (`LocalLauncher`) or as a SLURM job array through submitit (`SlurmLauncher`).
 A run whose `result.json` exists is skipped; one that was interrupted resumes
 from its checkpoint (the trainer does that by itself); one that fails is
-reported and the others go on. `DIR/sweep.json` records the runs, their
-paper figures and their states, for `report.py`.
+reported and the others go on. A run that finished (or saved a checkpoint)
+under another config than the sweep file now gives it is stale: reported,
+not retrained, unless asked to (its directory is then moved aside).
+`DIR/sweep.json` records the runs, their paper figures and their states, for
+`report.py`; `DIR/.sweep.lock` keeps a second sweep out of the directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -131,14 +135,82 @@ class Record:
 
 
 def finished(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, 'result.json'))
+  return os.path.exists(os.path.join(workdir, rundir.RESULT))
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  path = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path))
+
+
+def config_changes(workdir: str, config: dict) -> list[str]:
+  """How `config` differs from the config the run in `workdir` recorded, in
+  what would make its result stale ('key: old -> new' each): for a finished
+  run anything but `rundir.NEUTRAL_KEYS`, for one with a checkpoint what the
+  trainer would refuse to resume under. [] for a run that has neither (it
+  starts afresh) or recorded no config."""
+  if finished(workdir):
+    ignore = rundir.NEUTRAL_KEYS
+  elif _has_checkpoint(workdir):
+    ignore = rundir.RESUMABLE_KEYS
+  else:
+    return []
+  recorded = rundir.read_json(os.path.join(workdir, rundir.CONFIG))
+  return [] if recorded is None else rundir.config_differences(recorded, config,
+                                                               ignore=ignore)
+
+
+def stale_message(workdir: str, changes: list[str], shown: int = 5) -> str:
+  """'finished with a different config (key: old -> new, ...)'."""
+  listed = ', '.join(changes[:shown])
+  if len(changes) > shown:
+    listed += f' and {len(changes) - shown} more'
+  how = 'finished' if finished(workdir) else 'interrupted'
+  return f'{how} with a different config ({listed})'
+
+
+def move_aside(workdir: str) -> str:
+  """Rename a stale run's directory to WORKDIR.stale-YYYYmmdd-HHMMSS (never
+  deleted); returns the new path. Refused while a process trains in it."""
+  try:
+    held = rundir.lock(os.path.join(workdir, '.lock'))
+  except rundir.LockHeld as e:
+    raise UserError(f'another process is training in {workdir} (pid {e.pid}); '
+                    f'stop it before --rerun-stale') from None
+  with held:
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    target, n = f'{workdir}.stale-{stamp}', 1
+    while os.path.exists(target):
+      n += 1
+      target = f'{workdir}.stale-{stamp}-{n}'
+    try:
+      os.rename(workdir, target)
+    except OSError as e:
+      raise UserError(f'cannot move {workdir} aside: {e.strerror or e}') from None
+  return target
+
+
+@contextlib.contextmanager
+def lock_directory(directory: str):
+  """Create the sweep directory and hold DIR/.sweep.lock while inside: a
+  second sweep on the same directory stops at once, naming the first's pid."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    held = rundir.lock(os.path.join(directory, '.sweep.lock'))
+  except rundir.LockHeld as e:
+    raise UserError(f'another sweep is running in {directory} (pid {e.pid})') from None
+  except OSError as e:
+    raise UserError(f'cannot write the sweep directory {directory}: '
+                    f'{e.strerror or e}') from None
+  with held:
+    yield
 
 
 # --- Launchers -----------------------------------------------------------------
 
 @dataclasses.dataclass
 class Outcome:
-  state: str                 # 'done' | 'failed' | 'interrupted'
+  state: str     # 'done' | 'failed' | 'interrupted' | 'stale' | 'skipped' | 'pending'
   exit_code: int | None = None
   message: str = ''
 
@@ -347,25 +419,69 @@ def _job_outcome(job, workdir: str) -> Outcome:
 # --- The sweep -----------------------------------------------------------------
 
 def run_sweep(path_arg: str, directory: str, *, launcher, only: str | None = None,
+              rerun_stale: bool = False,
               echo: Callable[[str], None] = print) -> dict[str, Outcome]:
-  """Train the sweep's runs in DIRECTORY/NAME; returns each run's outcome."""
+  """Train the sweep's runs in DIRECTORY/NAME, holding DIRECTORY/.sweep.lock
+  throughout; returns each selected run's outcome. A stale run is reported,
+  or with `rerun_stale` moved aside and trained again."""
   all_runs = load_sweep(path_arg)
   runs = select(all_runs, only)
-  os.makedirs(directory, exist_ok=True)
-  record = Record(directory, path_arg, all_runs)
-  group = sweep_name(path_arg)
+  with lock_directory(directory):
+    record = Record(directory, path_arg, all_runs)
+    for run in all_runs:
+      if run.name not in {r.name for r in runs}:
+        _record_stale(record, run, os.path.join(directory, run.name), echo)
+    return _train(runs, directory, record, launcher, rerun_stale, sweep_name(path_arg),
+                  echo)
+
+
+def _changes(run: Run, workdir: str) -> list[str] | None:
+  """`config_changes` of the run, or None when the sweep file's config for it
+  cannot be built (the trainer then reports why)."""
+  try:
+    config = run.build_config().to_dict()
+  except UserError:
+    return None
+  return config_changes(workdir, config)
+
+
+def _record_stale(record: Record, run: Run, workdir: str, echo) -> None:
+  """A run left out by --only is not trained, but whether it is stale is
+  recorded (a finished one the sweep file has been restored for is done)."""
+  changes = _changes(run, workdir)
+  if changes:
+    record.set(run.name, 'stale', stale_message(workdir, changes))
+    echo(f'[{run.name}] stale: {record.state(run.name)["message"]}')
+  elif (changes == [] and finished(workdir)
+        and record.state(run.name).get('state') == 'stale'):
+    record.set(run.name, 'done', 'finished earlier', 0)
+
+
+def _train(runs, directory, record, launcher, rerun_stale, group, echo):
   outcomes, jobs = {}, []
   for run in runs:
     workdir = os.path.join(directory, run.name)
-    queued = getattr(launcher, 'queued_job', lambda _: None)(record.state(run.name))
-    if finished(workdir):
-      outcomes[run.name] = Outcome('skipped', 0, 'result.json exists')
-      record.set(run.name, 'done', 'finished earlier', 0)
-      echo(f'[{run.name}] skipped: finished earlier')
-    elif queued:
+    done = finished(workdir)
+    queued = None if done else getattr(launcher, 'queued_job', lambda _: None)(
+        record.state(run.name))
+    changes = [] if queued else _changes(run, workdir)
+    if queued:
       outcomes[run.name] = Outcome('pending', None, f'SLURM job {queued} still queued '
                                    f'or running; rerun the sweep when it ends')
       echo(f'[{run.name}] not resubmitted: {outcomes[run.name].message}')
+    elif changes and rerun_stale:
+      message = stale_message(workdir, changes)
+      echo(f'[{run.name}] stale: {message}; moved to {move_aside(workdir)}, '
+           f'training it again')
+      jobs.append((run, workdir))
+    elif changes:
+      outcomes[run.name] = Outcome('stale', None, stale_message(workdir, changes))
+      record.set(run.name, 'stale', outcomes[run.name].message)
+      echo(f'[{run.name}] stale: {outcomes[run.name].message}')
+    elif done and changes is not None:
+      outcomes[run.name] = Outcome('skipped', 0, 'result.json exists')
+      record.set(run.name, 'done', 'finished earlier', 0)
+      echo(f'[{run.name}] skipped: finished earlier')
     else:
       jobs.append((run, workdir))
   started = {}
@@ -406,8 +522,11 @@ def summary(outcomes: dict[str, Outcome]) -> str:
 
 def exit_code(outcomes: Iterable[Outcome]) -> int:
   """0 when every run finished; 1 if any failed; 4 when the sweep was stopped
-  (rerun it to resume)."""
+  (rerun it to resume); 5 when runs are stale (they ran under another config
+  than the sweep file's; `--rerun-stale` trains them again)."""
   states = {o.state for o in outcomes}
   if 'failed' in states:
     return 1
-  return 4 if states & {'interrupted', 'pending'} else 0
+  if states & {'interrupted', 'pending'}:
+    return 4
+  return 5 if 'stale' in states else 0

@@ -133,18 +133,12 @@ class _WorkdirLock:
 
   def __enter__(self):
     if self.enabled:
-      import fcntl
-      self._file = open(self.path, 'a+')
       try:
-        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except OSError:
-        self._file.close()
-        raise UserError(f'another process is training in {os.path.dirname(self.path)!r}; '
-                        f'wait for it to finish or stop it first') from None
-      self._file.seek(0)
-      self._file.truncate()
-      self._file.write(f'{os.getpid()}\n')
-      self._file.flush()
+        self._file = rundir.lock(self.path)
+      except rundir.LockHeld as e:
+        raise UserError(f'another process is training in '
+                        f'{os.path.dirname(self.path)!r} (pid {e.pid}); wait for it to '
+                        f'finish or stop it first') from None
     return self
 
   def __exit__(self, *exc):

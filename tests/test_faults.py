@@ -2,6 +2,8 @@
 checkpoint, a rerun of a finished run, SLURM options left to the cluster, a
 SLURM controller that does not answer."""
 
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -155,3 +157,22 @@ def test_a_seed_out_of_range_is_one_clear_line(tmp_path, cli_main, seed):
                           f'--config.seed={seed}')
   assert code == 2 and err.startswith('error: seed must be in') and 'Traceback' not in err
   assert not os.listdir(tmp_path)
+
+
+def test_a_filesystem_without_locks_is_one_line(tmp_path, cli_main, monkeypatch):
+  """flock failing with ENOLCK (some network filesystems) is not "another
+  process is training": one line saying what is wrong and what to do."""
+  def no_locks(file, operation):
+    raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+  monkeypatch.setattr(fcntl, 'flock', no_locks)     # as rundir.lock calls it
+  workdir = tmp_path / 'run'
+  code, out, err = cli_main('train', '--config', TINY_CONFIG, '--workdir', workdir)
+  assert code == 2 and err.count('\n') == 1, err
+  assert err == (f'error: cannot lock {workdir / ".lock"}: its filesystem does not '
+                 f'support file locks (No locks available); use a directory on one '
+                 f'that does, such as a local disk\n')
+  assert os.listdir(workdir) == ['.lock']
+  (tmp_path / 'one.py').write_text(f'def get_sweep(arg=None):\n'
+                                   f'  return [dict(name="a", config="{TINY_CONFIG}")]\n')
+  code, _, err = cli_main('sweep', tmp_path / 'one.py', '--workdir', tmp_path / 'sweep')
+  assert code == 2 and err.startswith('error: cannot lock ') and err.count('\n') == 1

@@ -162,6 +162,31 @@ def test_html(table3):
   assert '<link' not in page and '<script' not in page  # self-contained
 
 
+def test_html_that_cannot_be_written_is_one_line(table3, cli_main):
+  os.mkdir(os.path.join(table3, 'report.html'))      # in the way: not a file
+  code, out, err = cli_main('compare', table3, '--format', 'html')
+  assert (code, out) == (2, '')
+  assert err.startswith(f'error: cannot write {table3}/report.html: Is a directory')
+  assert err.count('\n') == 1
+  assert not os.path.exists(os.path.join(table3, 'report.html.tmp'))
+
+
+def test_a_stale_row_says_its_figures_are_the_old_configs(table3):
+  path = os.path.join(table3, 'sweep.json')
+  sweep = json.load(open(path))
+  sweep['status']['inception_v3'] = {'state': 'stale', 'message': 'finished with '
+                                     'a different config (seed: 0 -> 1)'}
+  write(path, sweep)
+  text = report.render(table3)
+  row = [l for l in text.splitlines() if l.startswith('inception_v3 ')][0]
+  assert row.split()[-1] == 'stale'
+  assert ('inception_v3: stale: finished with a different config (seed: 0 -> 1); '
+          'its figures are those of the old config; `sweep --rerun-stale` trains '
+          'it again') in text
+  page = open(report.write_html(report.collect(table3), table3)).read()
+  assert '<tr class="stale">' in page and 'tr.stale td' in page
+
+
 def test_render(table3):
   assert report.render(table3, 'text') == report.format_text(report.collect(table3))
   line = report.render(table3, 'html')

@@ -1,6 +1,7 @@
 """`sweep` and `compare`: failures reported while the others go on,
-finished runs skipped, interrupted sweeps resumed, TensorBoard HParams and
-wandb groups, and a two-run sweep on a real single-node SLURM cluster."""
+finished runs skipped, interrupted sweeps resumed, one sweep per directory,
+stale runs reported and retrained on request, TensorBoard HParams and wandb
+groups, and a two-run sweep on a real single-node SLURM cluster."""
 
 import glob
 import json
@@ -160,6 +161,101 @@ def test_an_interrupted_sweep_resumes(tmp_path):
            if 'train/loss' in r]
   assert steps == list(range(1, 41))
   assert states(workdir) == {'a': 'done', 'b': 'done'}
+
+
+def fake_finished(directory, run):
+  """`run` finished in DIRECTORY/NAME without training: its config.json (what
+  the sweep file builds) and a result.json."""
+  workdir = os.path.join(directory, run.name)
+  os.makedirs(workdir)
+  rundir.write_json(os.path.join(workdir, 'config.json'), run.build_config().to_dict())
+  rundir.write_json(os.path.join(workdir, 'result.json'),
+                    {'steps': 2, 'metrics': {'eval/top1': 0.5, 'eval/top5': 0.9}})
+  return workdir
+
+
+def test_a_second_sweep_on_the_same_directory_stops_at_once(tmp_path, cli_main):
+  path = write_sweep(tmp_path / 'one.py', [dict(name='a', config=TINY)])
+  workdir = tmp_path / 'out'
+  fake_finished(workdir, sweep.load_sweep(path)[0])
+  with sweep.lock_directory(str(workdir)):
+    assert (workdir / '.sweep.lock').read_text() == f'{os.getpid()}\n'
+    code, out, err = cli_main('sweep', path, '--workdir', workdir)
+    assert (code, out) == (2, '')
+    assert err == f'error: another sweep is running in {workdir} (pid {os.getpid()})\n'
+    assert sorted(os.listdir(workdir)) == ['.sweep.lock', 'a']     # no sweep.json
+    assert cli_main('compare', workdir)[0] == 0                     # reading needs no lock
+  code, out, _ = cli_main('sweep', path, '--workdir', workdir)
+  assert code == 0 and '[a] skipped: finished earlier' in out
+
+
+def test_an_unwritable_sweep_directory_is_one_line(tmp_path, cli_main):
+  path = write_sweep(tmp_path / 'one.py', [dict(name='a', config=TINY)])
+  (tmp_path / 'afile').write_text('a file, not a directory')
+  target = tmp_path / 'afile' / 'sweep'
+  code, out, err = cli_main('sweep', path, '--workdir', target)
+  assert (code, out) == (2, '')
+  assert err == f'error: cannot write the sweep directory {target}: Not a directory\n'
+
+
+def test_an_edited_finished_run_is_stale_until_rerun(tmp_path, cli_main):
+  """A finished run whose overrides change in the sweep file: reported stale
+  (exit 5), not retrained, marked in the table; `--rerun-stale` moves its
+  directory aside and trains it again. Keys that cannot change the result
+  (logging, tracking) do not make it stale."""
+  runs = [dict(name='a', config=TINY, overrides={'total_steps': 2})]
+  path = write_sweep(tmp_path / 'one.py', runs)
+  workdir = tmp_path / 'out'
+  old_result = open(os.path.join(fake_finished(workdir, sweep.load_sweep(path)[0]),
+                                 'result.json')).read()
+
+  runs[0]['overrides'].update({'log_every_steps': 5, 'tracking.tensorboard': False})
+  write_sweep(tmp_path / 'one.py', runs)
+  code, out, _ = cli_main('sweep', path, '--workdir', workdir)
+  assert code == 0 and '[a] skipped: finished earlier' in out
+
+  runs[0]['overrides']['optim.learning_rate'] = 0.01
+  write_sweep(tmp_path / 'one.py', runs)
+  code, out, err = cli_main('sweep', path, '--workdir', workdir)
+  assert code == 5
+  assert ('[a] stale: finished with a different config '
+          '(optim.learning_rate: 0.045 -> 0.01)\n') in out
+  assert err.startswith('error: 1 run(s) stale') and '--rerun-stale' in err
+  assert states(workdir) == {'a': 'stale'}
+  assert sorted(os.listdir(workdir / 'a')) == ['config.json', 'result.json']  # not started
+  _, table, _ = cli_main('compare', workdir)
+  assert 'a: stale: finished with a different config' in table
+  assert 'its figures are those of the old config' in table
+
+  code, out, err = cli_main('sweep', path, '--workdir', workdir, '--rerun-stale')
+  assert code == 0, err
+  moved = glob.glob(str(workdir / 'a.stale-*'))
+  assert len(moved) == 1 and f'moved to {moved[0]}' in out
+  assert open(os.path.join(moved[0], 'result.json')).read() == old_result
+  assert json.load(open(workdir / 'a' / 'config.json'))['optim']['learning_rate'] == 0.01
+  assert json.load(open(workdir / 'a' / 'result.json'))['steps'] == 2
+  assert states(workdir) == {'a': 'done'}
+  code, out, _ = cli_main('sweep', path, '--workdir', workdir)   # what it recorded matches
+  assert code == 0 and '[a] skipped: finished earlier' in out
+
+
+def test_an_interrupted_run_under_a_changed_config_is_stale(tmp_path, cli_main):
+  """A run with a checkpoint (no result) is stale for what the trainer would
+  refuse to resume under, not for its length; --rerun-stale is the remedy."""
+  runs = [dict(name='a', config=TINY, overrides={'total_steps': 8})]
+  path = write_sweep(tmp_path / 'one.py', runs)
+  workdir = tmp_path / 'out' / 'a'
+  os.makedirs(workdir / 'checkpoints' / '4')
+  rundir.write_json(str(workdir / 'config.json'),
+                    sweep.load_sweep(path)[0].build_config().to_dict())
+  longer = config_lib.load(TINY, {'total_steps': 20}).to_dict()
+  assert sweep.config_changes(str(workdir), longer) == []
+  runs[0]['overrides']['seed'] = 3
+  write_sweep(tmp_path / 'one.py', runs)
+  code, out, err = cli_main('sweep', path, '--workdir', workdir.parent, '--only', 'a')
+  assert code == 5, err
+  assert '[a] stale: interrupted with a different config (seed: 0 -> 3)\n' in out
+  assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json']
 
 
 @pytest.fixture(scope='module')
