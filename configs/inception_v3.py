@@ -109,7 +109,9 @@ def get_config(arg=None):
   ))
   config.tracking = ml_collections.ConfigDict(dict(
       tensorboard=True,
-      wandb=True,                     # when installed; offline without an API key
+      wandb=True,                     # when installed; False: no wandb at all
+      wandb_mode='offline',           # offline | online | disabled (WANDB_MODE overrides)
+      wandb_init_timeout=30.0,        # seconds; then the run goes on without wandb
       wandb_project='inception_jax',
       wandb_group='',                 # sweeps set this to the sweep's name
       progress=True,                  # progress bar on a terminal

@@ -2,11 +2,13 @@
 
 Only process 0 writes. Always: `config.json`, `metrics.jsonl` (one JSON
 object a line, appended and flushed as it goes) and, at the end,
-`result.json` (written atomically). TensorBoard event files under `tb/`
-(with the HParams summary, so TensorBoard's HParams tab compares a sweep),
-unless `tracking.tensorboard=False`. wandb under `wandb/` when installed and
-`tracking.wandb=True`: online with an API key, offline otherwise (sync later
-with `wandb sync WORKDIR/wandb/offline-run-*`).
+`result.json` (written atomically). TensorBoard event files under `tb/`,
+unless `tracking.tensorboard=False`, with the HParams session written when
+the run starts (so running and failed runs show in the HParams tab) and
+ended when it finishes. wandb under `wandb/` when installed and
+`tracking.wandb=True`, in `tracking.wandb_mode` (`offline` by default, or
+WANDB_MODE when set); one log line says where it logs, and a wandb that
+cannot start is one warning, not the end of the run.
 """
 
 from __future__ import annotations
@@ -15,11 +17,52 @@ import json
 import logging
 import math
 import os
+import time
 from typing import Any, Mapping
 
 from inception_jax import rundir
+from inception_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+WANDB_MODES = ('offline', 'online', 'disabled')
+_WANDB_ALIASES = {'dryrun': 'offline', 'run': 'online'}     # wandb's older names
+
+# The metrics the HParams session declares: result.json's final metrics,
+# logged as scalars under these tags.
+FINAL_METRICS = ('eval/top1', 'eval/top5', 'eval/loss', 'eval_raw/top1',
+                 'eval_raw/top5', 'eval_raw/loss', 'train/loss')
+# The HParams session's own event file in tb/, replaced as a whole: it sorts
+# before the writer's files, so TensorBoard meets the session first.
+HPARAMS_EVENTS = 'events.out.tfevents.0.hparams'
+
+
+def check_config(tracking) -> None:
+  """`tracking.*` values a run cannot use (and a bad WANDB_MODE): ConfigErrors."""
+  _check_mode('tracking.wandb_mode', tracking.wandb_mode)
+  if tracking.wandb:
+    resolve_wandb_mode(tracking.wandb_mode)       # a bad WANDB_MODE
+  if not tracking.wandb_init_timeout > 0:
+    raise ConfigError(f'tracking.wandb_init_timeout must be > 0 seconds, '
+                      f'got {tracking.wandb_init_timeout}')
+
+
+def resolve_wandb_mode(configured: str) -> str:
+  """The mode wandb runs in: WANDB_MODE when set (wandb's own variable),
+  otherwise `tracking.wandb_mode`."""
+  _check_mode('tracking.wandb_mode', configured)
+  env = os.environ.get('WANDB_MODE')
+  if not env:
+    return configured
+  mode = _WANDB_ALIASES.get(env, env)
+  _check_mode('WANDB_MODE', mode, env)
+  return mode
+
+
+def _check_mode(where: str, mode: str, raw: str | None = None) -> None:
+  if mode not in WANDB_MODES:
+    raise ConfigError(f'{where} must be one of {", ".join(WANDB_MODES)}; '
+                      f'got {raw or mode!r}')
 
 
 class Tracker:
@@ -27,11 +70,13 @@ class Tracker:
 
   def __init__(self, workdir: str, config: Mapping, *, enabled: bool = True,
                tensorboard: bool = True, wandb: bool = False,
+               wandb_mode: str = 'offline', wandb_init_timeout: float = 30.0,
                wandb_project: str = 'inception_jax', wandb_group: str = '',
                run_name: str = ''):
     self.workdir, self.enabled = workdir, enabled
     self.config = dict(config)
     self._tb = self._wandb = None
+    self._tb_logged = {}              # tag -> (step, value) last written
     if not enabled:
       return
     rundir.write_json(os.path.join(workdir, 'config.json'), self.config)
@@ -39,10 +84,12 @@ class Tracker:
     if tensorboard:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, 'tb'), flush_secs=30)
+      _write_hparams(self._tb.logdir, self.config, ended=False)
     if wandb:
-      self._wandb = _start_wandb(workdir, self.config, wandb_project,
-                                 wandb_group, run_name or os.path.basename(
-                                     os.path.abspath(workdir)))
+      self._wandb = _start_wandb(
+          workdir, self.config, mode=wandb_mode, init_timeout=wandb_init_timeout,
+          project=wandb_project, group=wandb_group,
+          name=run_name or os.path.basename(os.path.abspath(workdir)))
 
   def __enter__(self):
     return self
@@ -59,18 +106,23 @@ class Tracker:
     if self._tb is not None:
       for key, value in metrics.items():
         self._tb.add_scalar(key, float(value), int(step))
+        self._tb_logged[key] = (int(step), float(value))
     if self._wandb is not None:
       self._wandb.log(dict(metrics), step=int(step))
 
   def finish(self, result: Mapping[str, Any]) -> None:
-    """Write result.json and the HParams summary; close the writers."""
+    """Write result.json, the final metrics and the HParams session's end;
+    close the writers."""
     if not self.enabled:
       return
     rundir.write_json(os.path.join(self.workdir, rundir.RESULT), dict(result))
     if self._tb is not None:
-      final = {k: float(v) for k, v in result.get('metrics', {}).items()
-               if isinstance(v, (int, float)) and math.isfinite(v)}
-      self._tb.add_hparams(rundir.scalars(rundir.flatten(self.config)), final, name='.')
+      step = int(result.get('steps', 0))
+      for key, value in result.get('metrics', {}).items():
+        value = float(value)
+        if math.isfinite(value) and self._tb_logged.get(key) != (step, value):
+          self._tb.add_scalar(key, value, step)
+      _write_hparams(self._tb.logdir, self.config, ended=True)
     if self._wandb is not None:
       self._wandb.summary.update(dict(result.get('metrics', {})))
     self.close()
@@ -84,28 +136,75 @@ class Tracker:
       self._tb.close()
       self._tb = None
     if self._wandb is not None:
-      self._wandb.finish()
+      try:
+        self._wandb.finish()
+      except Exception as e:      # an upload that fails at the end
+        log.warning('wandb did not finish cleanly: %s', _one_line(e))
       self._wandb = None
 
 
-def _start_wandb(workdir, config, project, group, name):
+def _write_hparams(directory: str, config: Mapping, *, ended: bool) -> None:
+  """TensorBoard's HParams session for the run in `directory`: the experiment
+  (config keys, FINAL_METRICS), the session start (the flattened config) and,
+  once the run has finished, the session end. One file, replaced as a whole,
+  so a resumed run keeps one session and its current config."""
+  from tensorboardX.proto.event_pb2 import Event
+  from tensorboardX.record_writer import RecordWriter
+  from tensorboardX.summary import hparams
+  summaries = hparams(rundir.scalars(rundir.flatten(config)), dict.fromkeys(FINAL_METRICS))
+  now, temporary = time.time(), os.path.join(directory, '.hparams.tmp')
+  writer = RecordWriter(temporary)
+  writer.write(Event(wall_time=now, file_version='brain.Event:2').SerializeToString())
+  for summary in summaries[:3 if ended else 2]:
+    writer.write(Event(wall_time=now, summary=summary).SerializeToString())
+  writer.flush()
+  writer.close()
+  os.replace(temporary, os.path.join(directory, HPARAMS_EVENTS))
+
+
+def _start_wandb(workdir, config, *, mode, init_timeout, project, group, name):
+  """A wandb run in `mode` (WANDB_MODE overrides it), or None. One log line
+  says where the run is logged, or one warning why wandb did not start."""
+  effective = resolve_wandb_mode(mode)
+  if effective != mode:
+    log.warning('WANDB_MODE=%s overrides tracking.wandb_mode=%s',
+                os.environ['WANDB_MODE'], mode)
+  if effective == 'disabled':
+    return None
   try:
     import wandb
   except ImportError:
     log.info('wandb is not installed; not logging to wandb')
     return None
-  online = bool(os.environ.get('WANDB_API_KEY')) or _has_netrc_key()
-  mode = os.environ.get('WANDB_MODE') or ('online' if online else 'offline')
-  os.makedirs(os.path.join(workdir, 'wandb'), exist_ok=True)
-  return wandb.init(project=project, group=group or None, name=name,
-                    dir=workdir, config=config, mode=mode,
-                    id=_wandb_id(workdir), resume='allow',
-                    settings=wandb.Settings(silent=True))
+  directory = os.path.abspath(workdir)
+  os.makedirs(os.path.join(directory, 'wandb'), exist_ok=True)
+  try:
+    # silent: wandb's own banner would repeat the line below, and asks the
+    # server for the user name first (seconds, or a timeout offline).
+    run = wandb.init(project=project, group=group or None, name=name,
+                     dir=directory, config=config, mode=effective,
+                     id=_wandb_id(workdir), resume='allow',
+                     settings=wandb.Settings(silent=True, init_timeout=init_timeout,
+                                             login_timeout=init_timeout))
+  except Exception as e:         # no network, a bad key, a timeout
+    log.warning('wandb did not start (%s); training goes on without it '
+                '(tracking.wandb_mode=offline logs locally for `wandb sync`)',
+                _one_line(e))
+    return None
+  if run.disabled:               # a login prompt that timed out
+    log.warning('wandb did not start (no login); training goes on without it')
+    return None
+  if run.offline:
+    log.info('wandb: logging offline to %s; upload with `wandb sync %s`',
+             run.settings.sync_dir, run.settings.sync_dir)
+  else:
+    log.info('wandb: logging online to %s', run.url)
+  return run
 
 
-def _has_netrc_key() -> bool:
-  path = os.path.expanduser('~/.netrc')
-  return os.path.exists(path) and 'api.wandb.ai' in open(path).read()
+def _one_line(error: Exception) -> str:
+  first = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {first[0]}' if first else type(error).__name__
 
 
 def _wandb_id(workdir: str) -> str:

@@ -109,6 +109,7 @@ def check_config(config) -> None:
   if config.checkpoint_every_steps < 0 or config.keep_checkpoints < 1:
     raise ConfigError('checkpoint_every_steps must be >= 0 (0: at the end only) '
                       'and keep_checkpoints >= 1')
+  tracking.check_config(config.tracking)
 
 
 def _check_writable(workdir: str) -> None:
@@ -287,6 +288,8 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     tracker = resources.enter_context(tracking.Tracker(
         workdir, config.to_dict(), enabled=is_chief,
         tensorboard=config.tracking.tensorboard, wandb=config.tracking.wandb,
+        wandb_mode=config.tracking.wandb_mode,
+        wandb_init_timeout=config.tracking.wandb_init_timeout,
         wandb_project=config.tracking.wandb_project,
         wandb_group=config.tracking.wandb_group))
     progress = resources.enter_context(_Progress(

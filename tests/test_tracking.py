@@ -1,0 +1,189 @@
+"""Tracking: TensorBoard's HParams session from the start of a run (running,
+failed, resumed and finished runs), wandb's mode and where it logs."""
+
+import glob
+import logging
+import os
+
+import pytest
+from conftest import TINY_CONFIG
+
+from inception_jax import config_lib, tracking
+from inception_jax.errors import ConfigError
+
+TINY = TINY_CONFIG
+FAKE_KEY = 'f' * 40
+RESULT = {'metrics': {'eval/top1': 0.25, 'eval/top5': 0.75, 'eval/loss': 2.0,
+                      'eval_raw/top1': 0.2, 'eval_raw/top5': 0.7, 'eval_raw/loss': 2.1,
+                      'train/loss': 1.5},
+          'steps': 6}
+
+
+def tensorboard_events(workdir):
+  """Every event in WORKDIR/tb/, file by file in TensorBoard's (name) order."""
+  from tensorboard.backend.event_processing.event_file_loader import (
+      LegacyEventFileLoader)
+  for path in sorted(glob.glob(os.path.join(workdir, 'tb', '*tfevents*'))):
+    yield from LegacyEventFileLoader(path).Load()
+
+
+def hparams_records(workdir):
+  """The HParams plugin's records in WORKDIR/tb/: (kind, data) in file order,
+  kind one of 'experiment', 'session_start_info', 'session_end_info'."""
+  from tensorboard.plugins.hparams import plugin_data_pb2
+  records = []
+  for event in tensorboard_events(workdir):
+    for value in event.summary.value:
+      if value.metadata.plugin_data.plugin_name == 'hparams':
+        data = plugin_data_pb2.HParamsPluginData.FromString(
+            value.metadata.plugin_data.content)
+        records.append((data.WhichOneof('data'), data))
+  return records
+
+
+def the_session(workdir):
+  """WORKDIR's one HParams session: (flattened config, metric names, ended);
+  fails unless there is exactly one experiment, one start and at most one end."""
+  records = hparams_records(workdir)
+  kinds = [kind for kind, _ in records]
+  assert kinds.count('experiment') == 1 and kinds.count('session_start_info') == 1, kinds
+  assert kinds.count('session_end_info') <= 1, kinds
+  data = dict(records)
+  hparams = data['session_start_info'].session_start_info.hparams
+  metrics = [m.name.tag for m in data['experiment'].experiment.metric_infos]
+  ended = 'session_end_info' in data
+  return hparams, metrics, ended
+
+
+def scalars(workdir):
+  """{tag: [(step, value), ...]} of every scalar in WORKDIR/tb/."""
+  out = {}
+  for event in tensorboard_events(workdir):
+    for value in event.summary.value:
+      if value.HasField('simple_value'):
+        out.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return out
+
+
+def test_hparams_session_starts_with_the_tracker_and_ends_with_the_run(tmp_path):
+  workdir = str(tmp_path)
+  config = {'total_steps': 6, 'optim': {'learning_rate': 0.045}}
+  with tracking.Tracker(workdir, config) as tracker:
+    hparams, metrics, ended = the_session(workdir)     # a running run is in the tab
+    assert hparams['total_steps'].number_value == 6
+    assert hparams['optim.learning_rate'].number_value == pytest.approx(0.045)
+    assert sorted(metrics) == sorted(RESULT['metrics']) and not ended
+    tracker.log(6, {k: v for k, v in RESULT['metrics'].items() if k.startswith('eval')})
+    tracker.finish(RESULT)
+  assert the_session(workdir)[2]
+  written = scalars(workdir)
+  for name in metrics:     # the final values, under the declared names, once each
+    assert written[name] == [(6, pytest.approx(RESULT['metrics'][name]))], name
+
+
+def test_a_resumed_run_keeps_one_session_with_its_current_config(tmp_path):
+  """Interrupted, resumed, finished, then extended (total_steps raised) and
+  finished again: one session all along, holding the config of the latest start."""
+  workdir = str(tmp_path)
+  for total, finish in ((6, False), (6, True), (10, True)):
+    with tracking.Tracker(workdir, {'total_steps': total}) as tracker:
+      hparams, _, ended = the_session(workdir)
+      assert hparams['total_steps'].number_value == total and not ended
+      if finish:
+        tracker.finish({**RESULT, 'steps': total})
+    hparams, _, ended = the_session(workdir)
+    assert hparams['total_steps'].number_value == total and ended == finish
+
+
+def test_a_failed_run_has_its_hparams_session(tmp_path, cli_main):
+  code, _, err = cli_main('train', '--config', TINY, '--workdir', tmp_path,
+                          '--config.optim.learning_rate=1e9')
+  assert code == 3, err[-3000:]
+  hparams, _, ended = the_session(str(tmp_path))
+  assert hparams['optim.learning_rate'].number_value == 1e9 and not ended
+
+
+@pytest.fixture
+def wandb_home(tmp_path, monkeypatch):
+  """A HOME of its own whose ~/.netrc holds a wandb key, WANDB_API_KEY set
+  too and no other WANDB_* variable: wandb would go online if asked to."""
+  import wandb
+  wandb.teardown()                  # wandb reads its environment once per process
+  for name in [n for n in os.environ if n.startswith('WANDB_')]:
+    monkeypatch.delenv(name)
+  home = tmp_path / 'home'
+  home.mkdir()
+  (home / '.netrc').write_text(
+      f'machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n')
+  (home / '.netrc').chmod(0o600)
+  monkeypatch.setenv('HOME', str(home))
+  monkeypatch.setenv('WANDB_API_KEY', FAKE_KEY)
+  yield home
+  wandb.teardown()
+
+
+def offline_run_logged_where(workdir, caplog):
+  """The one offline wandb run of `workdir` (with its data), logged in a line
+  that names its directory and the `wandb sync` command."""
+  runs = glob.glob(os.path.join(workdir, 'wandb', 'offline-run-*'))
+  assert len(runs) == 1 and glob.glob(os.path.join(runs[0], '*.wandb'))
+  assert not glob.glob(os.path.join(workdir, 'wandb', 'run-*'))     # never online
+  lines = [r.getMessage() for r in caplog.records
+           if r.name == tracking.__name__ and runs[0] in r.getMessage()]
+  assert len(lines) == 1 and f'wandb sync {runs[0]}' in lines[0]
+
+
+def test_offline_mode_stays_offline_with_an_api_key(tmp_path, wandb_home, caplog):
+  caplog.set_level(logging.INFO, logger=tracking.__name__)
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  with tracking.Tracker(workdir, {'seed': 0}, tensorboard=False, wandb=True,
+                        wandb_mode='offline') as tracker:
+    tracker.log(1, {'train/loss': 2.0})
+    tracker.finish(RESULT)
+  offline_run_logged_where(workdir, caplog)
+  assert (wandb_home / '.netrc').read_text().count('machine') == 1
+
+
+def test_wandb_mode_variable_wins_over_the_config_with_a_log_line(
+    tmp_path, wandb_home, monkeypatch, caplog):
+  caplog.set_level(logging.INFO, logger=tracking.__name__)
+  monkeypatch.setenv('WANDB_MODE', 'offline')
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  with tracking.Tracker(workdir, {'seed': 0}, tensorboard=False, wandb=True,
+                        wandb_mode='online') as tracker:
+    tracker.finish(RESULT)
+  offline_run_logged_where(workdir, caplog)
+  assert 'WANDB_MODE=offline overrides tracking.wandb_mode=online' in caplog.text
+  monkeypatch.setenv('WANDB_MODE', 'sometimes')
+  with pytest.raises(ConfigError, match='WANDB_MODE must be one of offline, online'):
+    tracking.check_config(config_lib.load(TINY, ['tracking.wandb=true']).tracking)
+
+
+def test_online_without_a_network_is_one_warning_and_a_finished_run(
+    tmp_path, wandb_home, cli_main, caplog):
+  """This machine has no network: wandb cannot start online."""
+  caplog.set_level(logging.INFO, logger=tracking.__name__)
+  code, _, err = cli_main('train', '--config', TINY, '--workdir', tmp_path,
+                          '--config.total_steps=2', '--config.tracking.wandb=true',
+                          '--config.tracking.wandb_mode=online',
+                          '--config.tracking.wandb_init_timeout=2')
+  assert code == 0, err[-3000:]
+  assert os.path.isfile(tmp_path / 'result.json')
+  assert 'Traceback' not in err
+  ours = [r for r in caplog.records if r.name.startswith('inception_jax')]
+  warnings = [r.getMessage() for r in ours if r.levelno >= logging.WARNING]
+  assert len(warnings) == 1 and warnings[0].startswith('wandb did not start'), warnings
+  assert '\n' not in warnings[0] and not any(r.exc_info for r in ours)
+
+
+def test_an_unknown_wandb_mode_is_one_error_line_before_training(tmp_path, cli_main):
+  workdir = tmp_path / 'run'
+  code, _, err = cli_main('train', '--config', TINY, '--workdir', workdir,
+                          '--config.tracking.wandb_mode=sometimes')
+  assert code == 2
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: tracking.wandb_mode')
+  assert 'offline, online, disabled' in lines[0] and "'sometimes'" in lines[0]
+  assert not workdir.exists()
