@@ -20,7 +20,7 @@ TINY = TINY_CONFIG
 # program as test_train's, shared through JAX's cache); the device-count tests
 # run in float64 (see EXACT).
 ARGS = ['--config.total_steps=30', '--config.checkpoint_every_steps=5',
-        '--config.tracking.tensorboard=false']
+        '--config.eval_every_steps=10', '--config.tracking.tensorboard=false']
 # As in test_train.py (the same overrides share compiled programs through JAX's
 # cache): float64 at rate 1e-3, where runs on 1 and 8 devices agree to ≤ 1e-12.
 EXACT = ['--config.model.dtype=float64', '--config.optim.learning_rate=1e-3',
@@ -44,12 +44,12 @@ def start(workdir):
                           stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_for(proc, condition, what, timeout=600):
+def wait_for(proc, condition, what, timeout=600, poll=0.05):
   deadline = time.time() + timeout
   while not condition():
     assert proc.poll() is None, f'the run ended (status {proc.returncode}) before {what}'
     assert time.time() < deadline, f'timed out waiting for {what}'
-    time.sleep(0.05)
+    time.sleep(poll)
 
 
 def logged_steps(workdir):
@@ -93,21 +93,45 @@ def copy_until(reference, target, step):
   os.remove(target / 'result.json')
 
 
-def test_sigkill_at_a_random_moment_then_resume_is_exact(reference, tmp_path):
-  workdir = tmp_path / 'run'
+def kill_when(workdir, condition, what):
+  """Start a run, SIGKILL it as soon as `condition()` holds."""
   proc = start(workdir)
-  saved = lambda: any(n.isdigit() for n in os.listdir(workdir / 'checkpoints'))
   try:
-    wait_for(proc, lambda: os.path.isdir(workdir / 'checkpoints') and saved(),
-             'the first checkpoint')
-    time.sleep(random.uniform(0, 0.25))   # ≥ 3 s of training are left: 25 steps
+    wait_for(proc, condition, what, poll=0.005)
     proc.send_signal(signal.SIGKILL)
   finally:
     proc.wait()
   assert proc.returncode == -signal.SIGKILL
+
+
+def checkpoint_dirs(workdir):
+  path = workdir / 'checkpoints'
+  return os.listdir(path) if os.path.isdir(path) else []
+
+
+def test_sigkill_at_any_moment_then_resume_is_exact(
+    reference, tmp_path):
+  """Killed while the first checkpoint is being written (so before any
+  checkpoint exists), while evaluating at step 10 (after a checkpoint at step
+  5), then at a random step: the rerun logs each step once and ends where an
+  uninterrupted run does, bit for bit."""
+  workdir = tmp_path / 'run'
+  kill_when(workdir, lambda: any('tmp' in n for n in checkpoint_dirs(workdir)),
+            'the first save')
+  assert not [n for n in checkpoint_dirs(workdir) if n.isdigit()], 'killed after the save'
+  assert logged_steps(workdir)[:5] == [1, 2, 3, 4, 5]
+
+  evaluated = lambda: [r for r in rundir.read_metrics(str(workdir)) if 'eval/top1' in r]
+  kill_when(workdir, lambda: 10 in logged_steps(workdir), 'step 10')
+  assert not evaluated(), 'killed after the evaluation at step 10'
+
+  moment = random.randint(11, 28)          # and once more, anywhere
+  kill_when(workdir, lambda: moment in logged_steps(workdir), f'step {moment}')
+
   result = train(workdir)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'resumed from the checkpoint' in result.stderr, 'killed too late'
+  assert 'resumed from the checkpoint at step' in result.stderr
+  assert [r['step'] for r in evaluated()] == [10, 20, 30]
   assert_same_run(workdir, reference)
 
 
