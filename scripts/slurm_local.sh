@@ -138,12 +138,14 @@ all_ours_running() {
 }
 
 foreign_daemon() {  # prints 'NAME (pid N)' of a running daemon this script did not start
-  local dir comm
+  local dir comm pid
   for dir in /proc/[0-9]*; do
     { read -r comm <"$dir/comm"; } 2>/dev/null || continue
     [[ $comm =~ ^(munged|slurmctld|slurmd)$ ]] || continue
-    [[ $(owned_pid "$comm") == "${dir#/proc/}" ]] && continue
-    echo "$comm (pid ${dir#/proc/})"
+    pid=${dir#/proc/}
+    is_process "$pid" "$comm" || continue  # a zombie is not running
+    [[ $(owned_pid "$comm") == "$pid" ]] && continue
+    echo "$comm (pid $pid)"
     return 0
   done
   return 1
@@ -461,7 +463,7 @@ cmd_status() {
     if pid=$(owned_pid "$d"); then
       echo "$d: running (pid $pid, started by this script)"
     else
-      echo "$d: not running (as started by this script)"
+      echo "$d: not running (none started by this script)"
     fi
   done
   command -v sinfo >/dev/null 2>&1 || die "slurm is not installed"
