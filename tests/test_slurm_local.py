@@ -3,8 +3,9 @@ slurm.conf or daemon is refused, `stop` stops only what the script started,
 and packages are installed only with --install.
 
 Every path the script uses points into tmp_path, and PATH holds only basic
-tools and recording stand-ins (no slurm, munge, apt-get or sudo), so no real
-daemon, package manager or system file is reached. The daemons here are
+tools and stand-ins that record their calls (for apt-get, and for slurm and
+munge where a test says they are installed; no sudo), so no real daemon,
+package manager or system file is reached. The daemons here are
 copies of `sleep` and `tail` under a daemon's name."""
 
 import os
