@@ -29,7 +29,10 @@ demo: $(VENV)/.runtime
 	$(BIN)/python launch.py sweep sweeps/table3_ablation.py:scale=demo --workdir $(DEMO_DIR)
 	$(BIN)/python launch.py compare $(DEMO_DIR) --format html
 
+# The SLURM tests use a running cluster: start (as root: install and start) the
+# local one first; without it they fail, naming the command.
 test: $(VENV)/.test
+	bash scripts/slurm_local.sh start --install || echo "warning: the local SLURM cluster did not start; the SLURM tests will say why" >&2
 	$(BIN)/python -m pytest -n 2 --durations=15 tests
 
 clean:

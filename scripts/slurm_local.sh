@@ -1,46 +1,83 @@
 #!/usr/bin/env bash
 # slurm_local.sh -- a real, single-node SLURM cluster on localhost, for tests and CI.
 #
-# Installs (only if missing) the Debian/Ubuntu packages slurm-wlm and munge, writes a
-# minimal /etc/slurm/slurm.conf for this one machine, and starts munged, slurmctld and
+# Writes a minimal slurm.conf for this one machine and starts munged, slurmctld and
 # slurmd directly (no systemd needed, works in containers: no cgroups, no accounting).
 #
 # The cluster: one node named after `hostname -s` (address 127.0.0.1), CPUs = nproc,
 # RealMemory = 90% of MemTotal, one default partition `debug` with no time limit,
 # select/cons_tres + CR_Core so several 1-CPU jobs run side by side. Memory is not a
 # consumable resource and nothing is enforced (proctrack/linuxproc, task/none).
-# There is no slurmdbd, so `sacct` does not work (submitit still gets results, see
-# below); finished jobs stay visible in `squeue`/`scontrol show job` for MinJobAge=300 s.
+# There is no slurmdbd, so `sacct` does not work (submitit still gets results);
+# finished jobs stay visible in `squeue`/`scontrol show job` for MinJobAge=300 s.
 #
-# Usage (as root for start/stop):
-#   scripts/slurm_local.sh start    # idempotent: install if needed, (re)configure, start,
-#                                   # wait (<= 60 s, SLURM_LOCAL_WAIT) until the node is idle
-#   scripts/slurm_local.sh stop     # stop slurmd, slurmctld and munged
-#   scripts/slurm_local.sh restart  # stop + start
-#   scripts/slurm_local.sh status   # print sinfo (and whether the daemons run)
+# Usage:
+#   scripts/slurm_local.sh start [--install] [--sudo]
+#       Makes sure a cluster answers with a usable node in partition `debug`, then
+#       waits (<= 60 s, SLURM_LOCAL_WAIT) until the node is idle. Idempotent.
+#   scripts/slurm_local.sh stop      # stop the daemons this script started
+#   scripts/slurm_local.sh restart [--install] [--sudo]
+#   scripts/slurm_local.sh status    # the daemons this script started, and sinfo
+#
+# It never touches a cluster it did not create:
+#   - A cluster that already answers with a usable `debug` node but was not started
+#     by this script is used as it is: `start` says so and changes nothing.
+#   - Otherwise `start` refuses (exit 1, one line) a slurm.conf whose first line is
+#     not its marker, and a running munged, slurmctld or slurmd it did not start.
+#   - Each daemon it starts is recorded (pid and start time) in SLURM_LOCAL_RUN_DIR;
+#     `stop` stops only those, and only while that pid is still the same process.
+#     Nothing is looked up by name to be stopped.
+#   - A cluster started by an earlier version of this script (marked slurm.conf,
+#     slurmctld and slurmd started with `-f` on it, all three daemons alive in the
+#     pid files it names) is adopted: recorded as started by this script.
+#   - slurm-wlm and munge are installed with apt-get only with --install.
+#   - Starting, stopping and installing need root. Nothing escalates by itself:
+#     --sudo re-runs the script under `sudo -n` (never prompting), for CI runners.
+# If `start` changes the slurm.conf this script wrote, the slurm daemons it started
+# are restarted so the new config applies.
 #
 # Then e.g.: sbatch --wrap hostname; srun -n1 hostname; squeue.
 # submitit (AutoExecutor) works with slurm_partition="debug", timeout_min, cpus_per_task,
 # nodes, tasks_per_node; mem_gb is fine as long as it is <= RealMemory (not enforced).
-# If `start` changes an existing slurm.conf written by this script, the slurm daemons
-# are restarted so the new config applies.
 #
-# Logs: /var/log/slurm/slurmctld.log, /var/log/slurm/slurmd.log, /var/log/munge/munged.log
+# Paths, each overridable by an environment variable (default):
+#   SLURM_LOCAL_CONF           slurm.conf                       (/etc/slurm/slurm.conf)
+#   SLURM_LOCAL_RUN_DIR        what this script started         (/run/slurm_local)
+#   SLURM_LOCAL_STATE_SAVE     slurmctld's StateSaveLocation    (/var/spool/slurmctld)
+#   SLURM_LOCAL_SPOOL          slurmd's SlurmdSpoolDir          (/var/spool/slurmd)
+#   SLURM_LOCAL_LOG_DIR        slurmctld.log, slurmd.log        (/var/log/slurm)
+#   SLURM_LOCAL_CTLD_PID       slurmctld's pid file             (/run/slurmctld.pid)
+#   SLURM_LOCAL_SLURMD_PID     slurmd's pid file                (/run/slurmd.pid)
+#   SLURM_LOCAL_MUNGE_ETC      munge.key                        (/etc/munge)
+#   SLURM_LOCAL_MUNGE_RUN      munge.socket.2, munged.pid       (/run/munge)
+#   SLURM_LOCAL_MUNGE_LIB      munged.seed                      (/var/lib/munge)
+#   SLURM_LOCAL_MUNGE_LOG_DIR  munged.log                       (/var/log/munge)
+#   SLURM_LOCAL_LEGACY_CONF_DIR  slurm < 20.11 reads slurm.conf here (/etc/slurm-llnl)
 
 set -euo pipefail
 
-SLURM_CONF=/etc/slurm/slurm.conf
+CONF=${SLURM_LOCAL_CONF:-/etc/slurm/slurm.conf}
+RUN_DIR=${SLURM_LOCAL_RUN_DIR:-/run/slurm_local}
+STATE_DIR=${SLURM_LOCAL_STATE_SAVE:-/var/spool/slurmctld}
+SPOOL_DIR=${SLURM_LOCAL_SPOOL:-/var/spool/slurmd}
+LOG_DIR=${SLURM_LOCAL_LOG_DIR:-/var/log/slurm}
+CTLD_PID=${SLURM_LOCAL_CTLD_PID:-/run/slurmctld.pid}
+SLURMD_PID=${SLURM_LOCAL_SLURMD_PID:-/run/slurmd.pid}
+MUNGE_ETC=${SLURM_LOCAL_MUNGE_ETC:-/etc/munge}
+MUNGE_RUN=${SLURM_LOCAL_MUNGE_RUN:-/run/munge}
+MUNGE_LIB=${SLURM_LOCAL_MUNGE_LIB:-/var/lib/munge}
+MUNGE_LOG_DIR=${SLURM_LOCAL_MUNGE_LOG_DIR:-/var/log/munge}
+LEGACY_CONF_DIR=${SLURM_LOCAL_LEGACY_CONF_DIR:-/etc/slurm-llnl}
+WAIT_S=${SLURM_LOCAL_WAIT:-60}
+
+MUNGE_KEY=$MUNGE_ETC/munge.key
+MUNGE_SOCKET=$MUNGE_RUN/munge.socket.2
+MUNGE_PID=$MUNGE_RUN/munged.pid
+DEFAULT_MUNGE_SOCKET=/run/munge/munge.socket.2
 CLUSTER_NAME=localcluster
 PARTITION=debug
-STATE_DIR=/var/spool/slurmctld
-SPOOL_DIR=/var/spool/slurmd
-LOG_DIR=/var/log/slurm
-CTLD_PID=/run/slurmctld.pid
-SLURMD_PID=/run/slurmd.pid
-MUNGE_KEY=/etc/munge/munge.key
-MUNGE_PID=/run/munge/munged.pid
-WAIT_S=${SLURM_LOCAL_WAIT:-60}
 MARKER="# Generated by scripts/slurm_local.sh"
+USABLE='idle|mixed|allocated|completing'
 
 NODE=$(hostname -s 2>/dev/null || true)
 [[ -n "$NODE" ]] || NODE=localhost
@@ -48,50 +85,128 @@ NODE=$(hostname -s 2>/dev/null || true)
 log() { echo "[slurm_local] $*" >&2; }
 die() { echo "[slurm_local] ERROR: $*" >&2; exit 1; }
 
-is_root() { [[ $(id -u) -eq 0 ]]; }
+is_root() { [[ $EUID -eq 0 ]]; }
 
-# PID of a running daemon: from its pid file if alive and named right, else by exact name.
-daemon_pid() {  # $1 = process name, $2 = pid file
-  local pid=""
-  if [[ -r "$2" ]]; then
-    pid=$(tr -dc '0-9' <"$2" || true)
-    if [[ -n "$pid" && "$(cat /proc/"$pid"/comm 2>/dev/null || true)" == "$1" ]]; then
-      echo "$pid"; return 0
-    fi
-  fi
-  pid=$(pgrep -x "$1" 2>/dev/null | head -n1 || true)
-  [[ -n "$pid" ]] && { echo "$pid"; return 0; }
+require_root() {  # $1 = what needs it
+  is_root || die "$1 needs root: run it as root, e.g. sudo bash $0 ${ARGS[*]}"
+}
+
+pid_file() {  # the pid file daemon $1 writes
+  case $1 in
+    munged) echo "$MUNGE_PID" ;;
+    slurmctld) echo "$CTLD_PID" ;;
+    slurmd) echo "$SLURMD_PID" ;;
+  esac
+}
+
+# --- processes: identified by pid, command name and start time ------------------
+
+start_time() {  # of running process $1 (field 22 of /proc/PID/stat); fails for a zombie
+  local stat fields
+  { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+  read -ra fields <<<"${stat##*) }"
+  [[ ${fields[0]} != [ZX] ]] && echo "${fields[19]}"
+}
+
+is_process() {  # pid $1 runs and its command name is $2
+  local comm
+  [[ $1 =~ ^[0-9]+$ ]] || return 1
+  { read -r comm <"/proc/$1/comm"; } 2>/dev/null && [[ $comm == "$2" ]] &&
+    start_time "$1" >/dev/null
+}
+
+pid_in_file() {  # the pid in pid file $2, if it names a running $1
+  local pid
+  { read -r pid <"$2"; } 2>/dev/null || return 1
+  is_process "$pid" "$1" && echo "$pid"
+}
+
+record() {  # note that this script started (or adopted) daemon $1 as pid $2
+  mkdir -p "$RUN_DIR"
+  echo "$2 $(start_time "$2")" >"$RUN_DIR/$1.pid"
+}
+
+owned_pid() {  # pid of daemon $1 if this script started it and it still runs
+  local pid started
+  { read -r pid started <"$RUN_DIR/$1.pid"; } 2>/dev/null || return 1
+  is_process "$pid" "$1" && [[ $(start_time "$pid") == "$started" ]] && echo "$pid"
+}
+
+all_ours_running() {
+  local d
+  for d in munged slurmctld slurmd; do owned_pid "$d" >/dev/null || return 1; done
+}
+
+foreign_daemon() {  # prints 'NAME (pid N)' of a running daemon this script did not start
+  local dir comm pid
+  for dir in /proc/[0-9]*; do
+    { read -r comm <"$dir/comm"; } 2>/dev/null || continue
+    [[ $comm =~ ^(munged|slurmctld|slurmd)$ ]] || continue
+    pid=${dir#/proc/}
+    is_process "$pid" "$comm" || continue  # a zombie is not running
+    [[ $(owned_pid "$comm") == "$pid" ]] && continue
+    echo "$comm (pid $pid)"
+    return 0
+  done
   return 1
 }
 
-running() { daemon_pid "$1" "$2" >/dev/null; }
+# --- the cluster -----------------------------------------------------------------
 
-stop_daemon() {  # $1 = name, $2 = pid file
-  local pid i
-  pid=$(daemon_pid "$1" "$2") || { log "$1 not running"; return 0; }
-  log "stopping $1 (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$1 (pid $pid) did not exit after 20 s, sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$2"
+conf_is_ours() {
+  local first
+  { read -r first <"$CONF"; } 2>/dev/null && [[ $first == "$MARKER"* ]]
 }
 
-slurm_up() {  # controller answers and our node is in a usable state
+cluster_usable() {  # a cluster answers with a usable node in $PARTITION
   command -v sinfo >/dev/null 2>&1 || return 1
-  local st
-  st=$(sinfo -h -N -n "$NODE" -o '%T' 2>/dev/null | head -n1) || return 1
-  [[ "$st" =~ ^(idle|mixed|allocated|completing)$ ]]
+  sinfo -h -p "$PARTITION" -o '%T' 2>/dev/null | grep -qxE "$USABLE"
+}
+
+adopt_earlier_cluster() {  # started by an earlier version of this script: record it
+  [[ -e $RUN_DIR ]] && return 0
+  conf_is_ours || return 0
+  local munged ctld slurmd
+  munged=$(pid_in_file munged "$MUNGE_PID") || return 0
+  ctld=$(pid_in_file slurmctld "$CTLD_PID") && started_on_conf "$ctld" || return 0
+  slurmd=$(pid_in_file slurmd "$SLURMD_PID") && started_on_conf "$slurmd" || return 0
+  mkdir -p "$RUN_DIR" 2>/dev/null || return 0  # not root: left unrecorded
+  record munged "$munged"
+  record slurmctld "$ctld"
+  record slurmd "$slurmd"
+  log "adopted the cluster an earlier version of this script started" \
+      "(munged $munged, slurmctld $ctld, slurmd $slurmd)"
+}
+
+started_on_conf() {  # process $1 was started with `-f $CONF`
+  local args
+  args=$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") && [[ " $args" == *" -f $CONF "* ]]
+}
+
+refuse_foreign_conf() {
+  [[ -e $CONF ]] || return 0
+  conf_is_ours || die "$CONF was not written by this script (its first line is not" \
+    "'$MARKER'); refusing to touch it or the cluster it configures"
+}
+
+refuse_foreign_daemons() {
+  local found
+  if found=$(foreign_daemon); then
+    die "$found is running and was not started by this script; refusing to touch that cluster"
+  fi
+}
+
+packages_missing() {
+  local c
+  for c in sbatch sinfo scontrol slurmctld slurmd munged munge unmunge; do
+    command -v "$c" >/dev/null 2>&1 || return 0
+  done
+  return 1
 }
 
 show_logs() {
   local f
-  for f in "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmd.log" /var/log/munge/munged.log; do
+  for f in "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmd.log" "$MUNGE_LOG_DIR/munged.log"; do
     [[ -r "$f" ]] || continue
     echo "----- tail -n 25 $f -----" >&2
     tail -n 25 "$f" >&2 || true
@@ -99,10 +214,6 @@ show_logs() {
 }
 
 install_packages() {
-  if command -v sbatch >/dev/null 2>&1 && command -v slurmctld >/dev/null 2>&1 \
-     && command -v slurmd >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then
-    return 0
-  fi
   command -v apt-get >/dev/null 2>&1 || die "slurm is not installed and apt-get is not available"
   log "installing slurm-wlm and munge with apt-get (one-time, takes a minute or two)"
   # Keep package scripts from trying to start services (no init system in containers).
@@ -121,13 +232,28 @@ install_packages() {
   } || rc=$?
   [[ $made_policy -eq 1 ]] && rm -f /usr/sbin/policy-rc.d
   [[ $rc -eq 0 ]] || die "apt-get install slurm-wlm munge failed (rc=$rc)"
-  command -v slurmctld >/dev/null 2>&1 || die "slurmctld still missing after install"
+  ! packages_missing || die "slurm or munge commands still missing after apt-get install"
+}
+
+launch_and_record() {  # $1 = daemon, rest = command that starts it in the background
+  local name=$1 pid i
+  shift
+  log "starting $name"
+  rm -f "$(pid_file "$name")"
+  "$@" || { show_logs; die "$name failed to start"; }
+  for ((i = 0; i < 50; i++)); do
+    pid=$(pid_in_file "$name" "$(pid_file "$name")") && { record "$name" "$pid"; return 0; }
+    sleep 0.2
+  done
+  show_logs
+  die "$name did not write its pid file $(pid_file "$name")"
 }
 
 start_munge() {
-  local user=root
+  owned_pid munged >/dev/null && return 0
+  local user=root f
   id munge >/dev/null 2>&1 && user=munge
-  mkdir -p /etc/munge /var/lib/munge /var/log/munge /run/munge
+  mkdir -p "$MUNGE_ETC" "$MUNGE_LIB" "$MUNGE_LOG_DIR" "$MUNGE_RUN"
   if [[ ! -s "$MUNGE_KEY" ]]; then
     log "creating munge key $MUNGE_KEY"
     if command -v mungekey >/dev/null 2>&1; then
@@ -136,38 +262,38 @@ start_munge() {
       dd if=/dev/urandom of="$MUNGE_KEY" bs=1024 count=1 status=none
     fi
   fi
-  chown -R "$user:" /etc/munge /var/lib/munge /var/log/munge /run/munge
-  chmod 0700 /etc/munge /var/lib/munge /var/log/munge
-  chmod 0755 /run/munge
+  chown "$user:" "$MUNGE_ETC" "$MUNGE_LIB" "$MUNGE_LOG_DIR" "$MUNGE_RUN" "$MUNGE_KEY"
+  for f in "$MUNGE_LIB/munged.seed" "$MUNGE_LOG_DIR/munged.log"; do
+    [[ -e $f ]] && chown "$user:" "$f"
+  done
+  chmod 0700 "$MUNGE_ETC" "$MUNGE_LIB" "$MUNGE_LOG_DIR"
+  chmod 0755 "$MUNGE_RUN"
   chmod 0400 "$MUNGE_KEY"
-  if running munged "$MUNGE_PID"; then
-    return 0
-  fi
-  log "starting munged (as $user)"
-  rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock "$MUNGE_PID"
+  rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
+  local args=(--key-file="$MUNGE_KEY" --socket="$MUNGE_SOCKET" --pid-file="$MUNGE_PID"
+              --seed-file="$MUNGE_LIB/munged.seed" --log-file="$MUNGE_LOG_DIR/munged.log")
   if [[ $user == root ]]; then
-    munged --force
+    launch_and_record munged munged --force "${args[@]}"
   else
-    runuser -u munge -- munged
+    launch_and_record munged runuser -u munge -- munged "${args[@]}"
   fi
   local i
   for ((i = 0; i < 50; i++)); do
-    munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && return 0
+    munge -n -S "$MUNGE_SOCKET" </dev/null 2>/dev/null |
+      unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1 && return 0
     sleep 0.2
   done
   show_logs
   die "munged does not work (munge -n | unmunge fails)"
 }
 
-write_conf() {  # prints "changed" if the file was (re)written
-  local cpus mem_kb mem_mb tmp
+render_conf() {
+  local cpus mem_kb mem_mb
   cpus=$(nproc)
   mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
   mem_mb=$((mem_kb / 1024 * 9 / 10))
   ((mem_mb >= 256)) || mem_mb=256
-  mkdir -p /etc/slurm
-  tmp=$(mktemp)
-  cat >"$tmp" <<EOF
+  cat <<EOF
 $MARKER -- single-node local cluster; rerun 'start' to regenerate.
 ClusterName=$CLUSTER_NAME
 SlurmctldHost=$NODE(127.0.0.1)
@@ -205,21 +331,26 @@ JobCompType=jobcomp/none
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
-  if [[ -f "$SLURM_CONF" ]] && cmp -s "$tmp" "$SLURM_CONF"; then
+  [[ $MUNGE_SOCKET == "$DEFAULT_MUNGE_SOCKET" ]] || echo "AuthInfo=socket=$MUNGE_SOCKET"
+}
+
+write_conf() {  # prints "changed" if the file was (re)written; never a foreign one
+  local tmp
+  refuse_foreign_conf
+  mkdir -p "$(dirname "$CONF")"
+  tmp=$(mktemp)
+  render_conf >"$tmp"
+  if [[ -f "$CONF" ]] && cmp -s "$tmp" "$CONF"; then
     rm -f "$tmp"
     return 0
   fi
-  if [[ -f "$SLURM_CONF" ]] && ! grep -qF "$MARKER" "$SLURM_CONF"; then
-    cp -p "$SLURM_CONF" "$SLURM_CONF.bak.$(date +%s)"
-    log "backed up existing $SLURM_CONF"
-  fi
-  install -m 0644 "$tmp" "$SLURM_CONF"
+  install -m 0644 "$tmp" "$CONF"
   rm -f "$tmp"
-  # Old packages (slurm < 20.11, e.g. Ubuntu 20.04) read /etc/slurm-llnl/slurm.conf.
-  if [[ -d /etc/slurm-llnl && ! -L /etc/slurm-llnl ]]; then
-    ln -sf "$SLURM_CONF" /etc/slurm-llnl/slurm.conf
+  # Old packages (slurm < 20.11, e.g. Ubuntu 20.04) read $LEGACY_CONF_DIR/slurm.conf.
+  if [[ -d $LEGACY_CONF_DIR && ! -e $LEGACY_CONF_DIR/slurm.conf && ! -L $LEGACY_CONF_DIR/slurm.conf ]]; then
+    ln -s "$CONF" "$LEGACY_CONF_DIR/slurm.conf"
   fi
-  log "wrote $SLURM_CONF (node $NODE, CPUs=$cpus, RealMemory=${mem_mb}M, partition $PARTITION)"
+  log "wrote $CONF (node $NODE, partition $PARTITION)"
   echo changed
 }
 
@@ -227,16 +358,12 @@ wait_for_node() {
   local deadline=$((SECONDS + WAIT_S)) st="" last_resume=-100
   while ((SECONDS < deadline)); do
     st=$(sinfo -h -N -n "$NODE" -o '%T' 2>/dev/null | head -n1 || true)
-    case "$st" in
-      idle | mixed | allocated | completing)
-        return 0 ;;
-      *down* | *drain* | *fail*)
-        if ((SECONDS - last_resume >= 5)); then
-          log "node $NODE is '$st', resuming it"
-          scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true
-          last_resume=$SECONDS
-        fi ;;
-    esac
+    [[ $st =~ ^($USABLE)$ ]] && return 0
+    if [[ $st =~ down|drain|fail ]] && ((SECONDS - last_resume >= 5)); then
+      log "node $NODE is '$st', resuming it"
+      scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true
+      last_resume=$SECONDS
+    fi
     sleep 1
   done
   echo "[slurm_local] ERROR: node $NODE not idle after ${WAIT_S}s (state: '${st:-no answer}')" >&2
@@ -246,73 +373,124 @@ wait_for_node() {
   exit 1
 }
 
-cmd_start() {
-  if ! is_root; then
-    if slurm_up; then
-      log "slurm is already running (not root, so config is left as is)"
-      sinfo
-      return 0
-    fi
-    die "must run as root to install/start slurm (and slurm is not running on this machine)"
+stop_daemon() {  # $1 = name; only if this script started it
+  local pid i
+  if ! pid=$(owned_pid "$1"); then
+    rm -f "$RUN_DIR/$1.pid"
+    return 0
   fi
-  install_packages
+  kill -0 "$pid" 2>/dev/null ||
+    die "cannot signal $1 (pid $pid): run it as root, e.g. sudo bash $0 stop"
+  log "stopping $1 (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    owned_pid "$1" >/dev/null || break
+    sleep 0.2
+  done
+  if owned_pid "$1" >/dev/null; then
+    log "$1 (pid $pid) did not exit after 20 s, sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$RUN_DIR/$1.pid"
+}
+
+start_slurm_daemons() {
+  owned_pid slurmctld >/dev/null ||
+    launch_and_record slurmctld slurmctld -f "$CONF"
+  # wait for the controller before starting slurmd (it registers with it)
+  local i
+  for ((i = 0; i < 30; i++)); do
+    owned_pid slurmctld >/dev/null || { show_logs; die "slurmctld exited right after it started"; }
+    scontrol ping 2>/dev/null | grep -q 'UP' && break
+    sleep 0.5
+  done
+  owned_pid slurmd >/dev/null ||
+    launch_and_record slurmd slurmd -f "$CONF" -N "$NODE"
+}
+
+# --- commands --------------------------------------------------------------------
+
+cmd_start() {  # $1 = 1 to install missing packages
+  adopt_earlier_cluster
+  if cluster_usable && { ! all_ours_running || ! is_root; }; then
+    if all_ours_running; then
+      log "the cluster this script started is up (not root, so its config is left as it is)"
+    else
+      log "a SLURM cluster is already running (not started by this script); using it as it is"
+    fi
+    sinfo
+    return 0
+  fi
+  export SLURM_CONF=$CONF  # the script's own sinfo and scontrol talk to its cluster
+  refuse_foreign_conf
+  if packages_missing && [[ $1 != 1 ]]; then
+    die "slurm-wlm or munge is not installed; 'scripts/slurm_local.sh start --install'" \
+        "installs them with apt-get"
+  fi
+  refuse_foreign_daemons
+  require_root "starting the cluster"
+  if packages_missing; then install_packages; fi
   start_munge
   local changed
   changed=$(write_conf)
   mkdir -p "$STATE_DIR" "$SPOOL_DIR" "$LOG_DIR"
   chown root: "$STATE_DIR" "$SPOOL_DIR" "$LOG_DIR"
   chmod 0755 "$STATE_DIR" "$SPOOL_DIR" "$LOG_DIR"
-  if [[ -n "$changed" ]] && { running slurmctld "$CTLD_PID" || running slurmd "$SLURMD_PID"; }; then
-    log "config changed, restarting slurm daemons"
-    stop_daemon slurmd "$SLURMD_PID"
-    stop_daemon slurmctld "$CTLD_PID"
+  if [[ -n "$changed" ]]; then
+    stop_daemon slurmd
+    stop_daemon slurmctld
   fi
-  if ! running slurmctld "$CTLD_PID"; then
-    log "starting slurmctld"
-    slurmctld -f "$SLURM_CONF" || { show_logs; die "slurmctld failed to start"; }
-  fi
-  # wait for the controller before starting slurmd (it registers with it)
-  local i
-  for ((i = 0; i < 30; i++)); do
-    scontrol ping 2>/dev/null | grep -q 'UP' && break
-    sleep 0.5
-  done
-  if ! running slurmd "$SLURMD_PID"; then
-    log "starting slurmd -N $NODE"
-    slurmd -f "$SLURM_CONF" -N "$NODE" || { show_logs; die "slurmd failed to start"; }
-  fi
+  start_slurm_daemons
   wait_for_node
   log "cluster up: node $NODE, partition $PARTITION"
   sinfo
 }
 
 cmd_stop() {
-  is_root || die "must run as root to stop slurm"
-  stop_daemon slurmd "$SLURMD_PID"
-  stop_daemon slurmctld "$CTLD_PID"
-  stop_daemon munged "$MUNGE_PID"
+  adopt_earlier_cluster
+  local d any=0
+  for d in munged slurmctld slurmd; do owned_pid "$d" >/dev/null && any=1; done
+  ((any)) || log "nothing to stop: no daemon started by this script is running"
+  stop_daemon slurmd
+  stop_daemon slurmctld
+  stop_daemon munged
 }
 
 cmd_status() {
-  local d
-  for d in "munged $MUNGE_PID" "slurmctld $CTLD_PID" "slurmd $SLURMD_PID"; do
-    set -- $d
-    if running "$1" "$2"; then echo "$1: running (pid $(daemon_pid "$1" "$2"))"; else echo "$1: not running"; fi
+  local d pid
+  export SLURM_CONF=$CONF
+  for d in munged slurmctld slurmd; do
+    if pid=$(owned_pid "$d"); then
+      echo "$d: running (pid $pid, started by this script)"
+    else
+      echo "$d: not running (none started by this script)"
+    fi
   done
   command -v sinfo >/dev/null 2>&1 || die "slurm is not installed"
   sinfo || exit 1
 }
 
-# Not root but allowed to sudo without a password (a CI runner): do it as root.
-if [[ "${1:-}" =~ ^(start|stop|restart)$ ]] && ! is_root && command -v sudo >/dev/null 2>&1 \
-    && sudo -n true 2>/dev/null; then
-  exec sudo -n -E bash "$0" "$@"
+ARGS=("$@")
+COMMAND=${1:-}
+INSTALL=0
+SUDO=0
+shift || true
+for arg in "$@"; do
+  case $arg in
+    --install) INSTALL=1 ;;
+    --sudo) SUDO=1 ;;
+    *) echo "usage: $0 {start|stop|restart|status} [--install] [--sudo]" >&2; exit 2 ;;
+  esac
+done
+if ((SUDO)) && ! is_root; then
+  command -v sudo >/dev/null 2>&1 || die "--sudo: sudo is not installed; run it as root"
+  exec sudo -n -E bash "$0" "${ARGS[@]}"
 fi
 
-case "${1:-}" in
-  start) cmd_start ;;
+case "$COMMAND" in
+  start) cmd_start "$INSTALL" ;;
   stop) cmd_stop ;;
-  restart) cmd_stop; cmd_start ;;
+  restart) cmd_stop; cmd_start "$INSTALL" ;;
   status) cmd_status ;;
-  *) echo "usage: $0 {start|stop|restart|status}" >&2; exit 2 ;;
+  *) echo "usage: $0 {start|stop|restart|status} [--install] [--sudo]" >&2; exit 2 ;;
 esac

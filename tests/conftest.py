@@ -52,6 +52,22 @@ def run_cli(*args, devices=8, env=None, cwd=ROOT, timeout=900):
                         timeout=timeout)
 
 
+def slurm_cluster_problem(partition='debug'):
+  """Why the SLURM tests cannot run, or None: they need a running cluster with a
+  usable node in `partition` (`make test` starts one); they never start one."""
+  try:
+    proc = subprocess.run(['sinfo', '-h', '-p', partition, '-o', '%T'],
+                          capture_output=True, text=True, timeout=60)
+    answer = (proc.stdout + proc.stderr).strip()
+  except (OSError, subprocess.TimeoutExpired) as e:
+    answer = str(e)
+  if {'idle', 'mixed', 'allocated', 'completing'} & set(answer.split()):
+    return None
+  return (f'no SLURM cluster answers with a usable node in partition {partition} '
+          f'(sinfo: {answer or "no nodes"}); start one as root: '
+          'bash scripts/slurm_local.sh start --install')
+
+
 @pytest.fixture
 def cli_main(capsys):
   """`cli.main(ARGS)` in this process (8 devices): (exit status, stdout, stderr)."""

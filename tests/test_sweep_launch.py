@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY_CONFIG
+from conftest import ROOT, TINY_CONFIG, slurm_cluster_problem
 
 from inception_jax import config_lib, rundir, sweep
 
@@ -260,11 +260,11 @@ def test_an_interrupted_run_under_a_changed_config_is_stale(tmp_path, cli_main):
 
 @pytest.fixture(scope='module')
 def slurm_cluster():
-  """A real single-node SLURM cluster on localhost (installed if missing)."""
-  proc = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'slurm_local.sh'), 'start'],
-                        capture_output=True, text=True, timeout=900)
-  if proc.returncode:
-    pytest.fail(f'could not start the local SLURM cluster:\n{proc.stdout}\n{proc.stderr}')
+  """A running SLURM cluster (`make test` starts one on localhost); without
+  one the SLURM tests fail, naming the command that starts it."""
+  problem = slurm_cluster_problem()
+  if problem:
+    pytest.fail(problem)
 
 
 def test_sweep_on_slurm(slurm_cluster, tmp_path):
