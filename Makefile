@@ -29,11 +29,13 @@ demo: $(VENV)/.runtime
 	$(BIN)/python launch.py sweep sweeps/table3_ablation.py:scale=demo --workdir $(DEMO_DIR)
 	$(BIN)/python launch.py compare $(DEMO_DIR) --format html
 
+# Two workers; tests that share a module's expensive runs are grouped
+# (xdist_group) so that each such run is made once, by one worker.
 # The SLURM tests use a running cluster: start (as root: install and start) the
 # local one first; without it they fail, naming the command.
 test: $(VENV)/.test
 	bash scripts/slurm_local.sh start --install || echo "warning: the local SLURM cluster did not start; the SLURM tests will say why" >&2
-	$(BIN)/python -m pytest -n 2 --durations=15 tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15 tests
 
 clean:
 	rm -rf $(VENV)

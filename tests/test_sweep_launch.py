@@ -55,6 +55,7 @@ def failing_sweep(tmp_path_factory):
                                cwd=tmp)
 
 
+@pytest.mark.xdist_group('failing_sweep')
 def test_a_failing_run_is_reported_and_the_others_complete(failing_sweep):
   _, workdir, proc = failing_sweep
   assert proc.returncode == 1, proc.stderr[-3000:]
@@ -71,6 +72,7 @@ def test_a_failing_run_is_reported_and_the_others_complete(failing_sweep):
   assert [line.split()[0] for line in table.splitlines()[4:7]] == ['first', 'broken', 'third']
 
 
+@pytest.mark.xdist_group('failing_sweep')
 def test_rerun_skips_finished_runs(failing_sweep):
   path, workdir, _ = failing_sweep
   start = time.time()
@@ -83,6 +85,7 @@ def test_rerun_skips_finished_runs(failing_sweep):
   assert proc.returncode == 2 and 'no run named nope' in proc.stderr
 
 
+@pytest.mark.xdist_group('failing_sweep')
 def test_every_compare_format(failing_sweep, cli_main):
   _, workdir, _ = failing_sweep
   results = {name: json.load(open(os.path.join(workdir, name, 'result.json')))
@@ -107,6 +110,7 @@ def test_every_compare_format(failing_sweep, cli_main):
   assert code == 2 and err.startswith('error:')
 
 
+@pytest.mark.xdist_group('failing_sweep')
 def test_runs_share_a_wandb_group_and_tensorboard_hparams(failing_sweep):
   from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
   from tensorboard.plugins.hparams import plugin_data_pb2
