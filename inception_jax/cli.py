@@ -6,7 +6,7 @@
   python launch.py cost --config configs/inception_v3.py[:ARG] [--json] [--config.KEY=VALUE ...]
   python launch.py cost --sweep sweeps/table3_ablation.py[:ARG] [--json]
   python launch.py sweep sweeps/table3_ablation.py[:ARG] --workdir DIR
-      [--launcher local|slurm] [--parallel N] [--only NAME,...] [--rerun-stale]
+      [--launcher local|slurm] [--parallel N] [--only NAME,...] [--seeds N] [--rerun-stale]
   python launch.py compare DIR [--format text|markdown|json|html]
 
 `train` on a workdir that holds checkpoints resumes from the latest good one
@@ -15,13 +15,16 @@
 time limit) finishes the current step, saves a checkpoint and exits; rerun the
 same command to resume. `train` on a finished run changes nothing.
 
-`sweep` trains each run of a sweep file in DIR/NAME (skipping finished runs,
-resuming interrupted ones), prints a summary and the comparison table; one
-sweep at a time per DIR. A run that finished or saved a checkpoint under
+`sweep` trains each run of a sweep file in DIR/NAME, or each of its seeds in
+DIR/NAME/seed_K when the run has seeds (--seeds N: seeds 0 … N-1 for every
+run), skipping finished runs and resuming interrupted ones; it prints a
+summary and the comparison table; one sweep at a time per DIR. A run that finished or saved a checkpoint under
 another config than the sweep file now gives it is stale: reported, not
 retrained; --rerun-stale moves its directory to DIR/NAME.stale-TIME and
-trains it again. `compare` prints the table of a sweep directory (html:
-writes DIR/report.html).
+trains it again. `compare` prints the table of a sweep directory, one row
+per run: mean ± standard deviation over its seeds and the difference to the
+previous and the first row, marked where Welch's t-test finds it significant
+(html: writes DIR/report.html).
 
 Exit status: 0 done; 1 a sweep run failed (the others went on); 2 an error a
 user can cause (one line on stderr); 3 the loss or gradient became
@@ -104,7 +107,8 @@ def cmd_sweep(args, overrides):
   else:
     launcher = sweep.LocalLauncher(args.parallel)
   outcomes = sweep.run_sweep(args.sweep, args.workdir, launcher=launcher,
-                             only=args.only, rerun_stale=args.rerun_stale)
+                             only=args.only, rerun_stale=args.rerun_stale,
+                             seeds=sweep.parse_seeds(args.seeds))
   print('\n' + sweep.summary(outcomes))
   print('\n' + report.render(args.workdir, 'text'))
   code = sweep.exit_code(outcomes.values())
@@ -113,7 +117,8 @@ def cmd_sweep(args, overrides):
     print('error: the sweep was stopped; rerun the same command to resume it',
           file=sys.stderr)
   elif code == 1:
-    print(f'error: {count("failed")} run(s) failed; see {args.workdir}/NAME/train.log',
+    print(f'error: {count("failed")} run(s) failed; see their train.log in '
+          f'{args.workdir}/NAME/ (or NAME/seed_K/)',
           file=sys.stderr)
   if count('stale'):
     print(f'error: {count("stale")} run(s) stale: they ran under another config than '
@@ -199,7 +204,9 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   p.add_argument('--launcher', choices=('local', 'slurm'), default='local')
   p.add_argument('--parallel', type=int, default=1,
                  help='local launcher: runs at a time')
-  p.add_argument('--only', help='comma-separated run names')
+  p.add_argument('--only', help='comma-separated run names (all their seeds)')
+  p.add_argument('--seeds', metavar='N',
+                 help="train every run with seeds 0 … N-1 (replaces the sweep file's)")
   p.add_argument('--rerun-stale', action='store_true',
                  help='move stale runs aside (NAME.stale-TIME) and train them again')
   p.set_defaults(fn=cmd_sweep)

@@ -2,8 +2,11 @@
 the launchers that train them.
 
 Each run is a dict (or `Run`) with a `name`, a `config` (`FILE.py[:ARG]`),
-optional `overrides` ({'optim.name': 'momentum', ...}) and optional `paper`
-figures to print beside ours ({'top1_error': 23.4, 'cost_bn_ops': 3.8}).
+optional `overrides` ({'optim.name': 'momentum', ...}), optional `paper`
+figures to print beside ours ({'top1_error': 23.4, 'cost_bn_ops': 3.8}) and
+optional `seeds` ([0, 1, 2]): the run is repeated once per seed, each seed an
+ordinary run in DIR/NAME/seed_K with `config.seed` = K. A run without seeds
+is one run of its config's seed in DIR/NAME, as sweeps have always been.
 
 `run_sweep` trains every run in DIR/NAME, N at a time on this machine
 (`LocalLauncher`) or as a SLURM job array through submitit (`SlurmLauncher`).
@@ -12,8 +15,8 @@ from its checkpoint (the trainer does that by itself); one that fails is
 reported and the others go on. A run that finished (or saved a checkpoint)
 under another config than the sweep file now gives it is stale: reported,
 not retrained, unless asked to (its directory is then moved aside).
-`DIR/sweep.json` records the runs, their paper figures and their states, for
-`report.py`; `DIR/.sweep.lock` keeps a second sweep out of the directory.
+`DIR/sweep.json` records the runs, their paper figures and the state of each
+seed's run directory (keyed NAME or NAME/seed_K), for `report.py`; `DIR/.sweep.lock` keeps a second sweep out of the directory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +47,16 @@ class Run:
   config: str
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   paper: dict[str, Any] = dataclasses.field(default_factory=dict)
+  seeds: list[int] | None = None
+
+  def per_seed(self) -> list[Run]:
+    """One run per seed, named after its directory (NAME/seed_K) and training
+    with `seed` K; a run without seeds is itself (DIR/NAME)."""
+    if self.seeds is None:
+      return [self]
+    return [dataclasses.replace(self, name=seed_name(self.name, k), seeds=None,
+                                overrides={**self.overrides, 'seed': k})
+            for k in self.seeds]
 
   def build_config(self) -> ml_collections.ConfigDict:
     return config_lib.load(self.config, self.overrides)
@@ -70,13 +84,66 @@ def sweep_name(path_arg: str) -> str:
   return os.path.splitext(os.path.basename(path_arg.partition(':')[0]))[0]
 
 
-def load_sweep(path_arg: str) -> list[Run]:
-  """Expand `sweeps/NAME.py[:ARG]` into its runs; names must be unique."""
+def seed_name(name: str, seed: int) -> str:
+  """The directory of a run's seed, relative to the sweep's: NAME/seed_K."""
+  return f'{name}/seed_{seed}'
+
+
+SEED_DIR = re.compile(r'seed_(\d+)')
+
+
+def seed_dirs(path: str) -> list[int]:
+  """The seeds K of the seed_K run directories in `path`, sorted."""
+  try:
+    names = os.listdir(path)
+  except OSError:
+    return []
+  return sorted(int(m.group(1)) for m in map(SEED_DIR.fullmatch, names)
+                if m and holds_run(os.path.join(path, m.group(0))))
+
+
+def holds_run(path: str) -> bool:
+  """Whether `path` is a run directory that has started (config, result or checkpoints)."""
+  return any(os.path.exists(os.path.join(path, f))
+             for f in (rundir.CONFIG, rundir.RESULT, 'checkpoints'))
+
+
+def parse_seeds(value: str | None) -> list[int] | None:
+  """`--seeds N` → [0, ..., N-1]; None when not given."""
+  if value is None:
+    return None
+  if not value.strip().isdigit() or int(value) < 1:
+    raise UserError(f'--seeds takes a number of seeds >= 1, got {value!r}')
+  return list(range(int(value)))
+
+
+def _check_seeds(path: str, run: Run) -> Run:
+  """`run` with its seeds as a list; bad seeds are a ConfigError."""
+  if run.seeds is None:
+    return run
+  seeds = list(run.seeds) if isinstance(run.seeds, (list, tuple)) else None
+  if not seeds or any(type(k) is not int or k < 0 for k in seeds):
+    raise ConfigError(f'{path}: run {run.name}: seeds must be a non-empty list of '
+                      f'integers >= 0, got {run.seeds!r}')
+  if len(set(seeds)) < len(seeds):
+    raise ConfigError(f'{path}: run {run.name}: duplicate seeds in {seeds}')
+  if 'seed' in run.overrides:
+    raise ConfigError(f'{path}: run {run.name} overrides seed and has seeds; '
+                      f'give one or the other')
+  return dataclasses.replace(run, seeds=seeds)
+
+
+def load_sweep(path_arg: str, seeds: list[int] | None = None) -> list[Run]:
+  """Expand `sweeps/NAME.py[:ARG]` into its runs; names must be unique.
+  `seeds` replaces every run's seeds (`sweep --seeds N`)."""
   path, _, arg = path_arg.partition(':')
   module = config_lib.load_module(path)
   if not hasattr(module, 'get_sweep'):
     raise ConfigError(f'{path} defines no get_sweep(arg)')
   runs = [r if isinstance(r, Run) else Run(**r) for r in module.get_sweep(arg or None)]
+  if seeds is not None:
+    runs = [dataclasses.replace(r, seeds=seeds) for r in runs]
+  runs = [_check_seeds(path, r) for r in runs]
   names = [r.name for r in runs]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
@@ -102,8 +169,9 @@ def select(runs: list[Run], only: str | None) -> list[Run]:
 # --- The sweep record ----------------------------------------------------------
 
 class Record:
-  """DIR/sweep.json: the sweep, its runs and each run's state (rewritten
-  atomically on every change, so a report can read it while runs go on)."""
+  """DIR/sweep.json: the sweep, its runs and the state of each run directory,
+  NAME or NAME/seed_K (rewritten atomically on every change, so a report can
+  read it while runs go on)."""
 
   def __init__(self, directory: str, path_arg: str, runs: list[Run]):
     self.path = os.path.join(directory, 'sweep.json')
@@ -115,7 +183,8 @@ class Record:
     self.data = {
         'sweep': path_arg, 'name': sweep_name(path_arg),
         'runs': [dataclasses.asdict(r) for r in runs],
-        'status': {r.name: previous.get(r.name, {'state': 'pending'}) for r in runs},
+        'status': {r.name: previous.get(r.name, {'state': 'pending'})
+                   for run in runs for r in run.per_seed()},
     }
     self._lock = threading.Lock()
     self._write()
@@ -170,14 +239,16 @@ def stale_message(workdir: str, changes: list[str], shown: int = 5) -> str:
 
 
 def move_aside(workdir: str) -> str:
-  """Rename a stale run's directory to WORKDIR.stale-YYYYmmdd-HHMMSS (never
-  deleted); returns the new path. Refused while a process trains in it."""
-  try:
-    held = rundir.lock(os.path.join(workdir, '.lock'))
-  except rundir.LockHeld as e:
-    raise UserError(f'another process is training in {workdir} (pid {e.pid}); '
-                    f'stop it before --rerun-stale') from None
-  with held:
+  """Rename a stale run's directory (or a run's directory of seeds) to
+  WORKDIR.stale-YYYYmmdd-HHMMSS (never deleted); returns the new path.
+  Refused while a process trains in it or in one of its seeds."""
+  with contextlib.ExitStack() as held:
+    for path in [workdir, *(os.path.join(workdir, f'seed_{k}') for k in seed_dirs(workdir))]:
+      try:
+        held.enter_context(rundir.lock(os.path.join(path, '.lock')))
+      except rundir.LockHeld as e:
+        raise UserError(f'another process is training in {path} (pid {e.pid}); '
+                        f'stop it before --rerun-stale') from None
     stamp = time.strftime('%Y%m%d-%H%M%S')
     target, n = f'{workdir}.stale-{stamp}', 1
     while os.path.exists(target):
@@ -188,6 +259,22 @@ def move_aside(workdir: str) -> str:
     except OSError as e:
       raise UserError(f'cannot move {workdir} aside: {e.strerror or e}') from None
   return target
+
+
+def layout_conflict(workdir: str, run: Run) -> str:
+  """Why DIR/NAME cannot take `run` as laid out now ('' when it can): it
+  holds a single-seed run where the run now has seeds, or seed directories
+  where it has none."""
+  if run.seeds is None:
+    found = seed_dirs(workdir)
+    return (f'{workdir} holds runs of seeds {_listed(found)}; the sweep now trains '
+            f'one run there' if found else '')
+  return (f'{workdir} holds a single-seed run; the sweep now trains seeds '
+          f'{_listed(run.seeds)} in it' if holds_run(workdir) else '')
+
+
+def _listed(seeds: list[int]) -> str:
+  return ', '.join(map(str, seeds))
 
 
 @contextlib.contextmanager
@@ -419,20 +506,38 @@ def _job_outcome(job, workdir: str) -> Outcome:
 # --- The sweep -----------------------------------------------------------------
 
 def run_sweep(path_arg: str, directory: str, *, launcher, only: str | None = None,
-              rerun_stale: bool = False,
+              rerun_stale: bool = False, seeds: list[int] | None = None,
               echo: Callable[[str], None] = print) -> dict[str, Outcome]:
-  """Train the sweep's runs in DIRECTORY/NAME, holding DIRECTORY/.sweep.lock
-  throughout; returns each selected run's outcome. A stale run is reported,
-  or with `rerun_stale` moved aside and trained again."""
-  all_runs = load_sweep(path_arg)
-  runs = select(all_runs, only)
+  """Train the sweep's runs, each seed in its own run directory (DIRECTORY/NAME
+  or DIRECTORY/NAME/seed_K), holding DIRECTORY/.sweep.lock throughout; returns
+  the outcome of each selected run directory. `seeds` replaces the sweep
+  file's. A stale run is reported, or with `rerun_stale` moved aside and
+  trained again."""
+  all_runs = load_sweep(path_arg, seeds)
+  selected = {r.name for r in select(all_runs, only)}
   with lock_directory(directory):
     record = Record(directory, path_arg, all_runs)
+    outcomes, jobs = {}, []
     for run in all_runs:
-      if run.name not in {r.name for r in runs}:
-        _record_stale(record, run, os.path.join(directory, run.name), echo)
-    return _train(runs, directory, record, launcher, rerun_stale, sweep_name(path_arg),
-                  echo)
+      conflict = layout_conflict(os.path.join(directory, run.name), run)
+      if conflict and run.name in selected and rerun_stale:
+        moved = move_aside(os.path.join(directory, run.name))
+        echo(f'[{run.name}] stale: {conflict}; moved to {moved}, training it again')
+        conflict = ''
+      elif conflict:
+        echo(f'[{run.name}] stale: {conflict}')
+      for one in run.per_seed():
+        if conflict:
+          record.set(one.name, 'stale', conflict)
+          outcomes[one.name] = Outcome('stale', None, conflict)
+        elif run.name in selected:
+          jobs.append(one)
+        else:
+          _record_stale(record, one, os.path.join(directory, one.name), echo)
+    outcomes.update(_train(jobs, directory, record, launcher, rerun_stale,
+                           sweep_name(path_arg), echo))
+  return {r.name: outcomes[r.name] for run in all_runs if run.name in selected
+          for r in run.per_seed() if r.name in outcomes}
 
 
 def _changes(run: Run, workdir: str) -> list[str] | None:

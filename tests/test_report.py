@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from inception_jax import report
 from inception_jax.errors import UserError
@@ -23,13 +25,15 @@ def write(path, obj):
     json.dump(obj, f)
 
 
-def fake_run(directory, name, top1=None, top5=0.9, steps=20, curves=True):
-  """A run directory; with `top1` also a result.json (a finished run)."""
+def fake_run(directory, name, top1=None, top5=0.9, steps=20, curves=True, seed=None,
+             offset=0.0):
+  """A run directory; with `top1` also a result.json (a finished run). Its
+  train loss is 7 - step / 10 + `offset`."""
   workdir = os.path.join(directory, name)
-  write(os.path.join(workdir, 'config.json'), {'batch_size': 8})
+  write(os.path.join(workdir, 'config.json'), {'batch_size': 8, 'seed': seed})
   if curves:
-    lines = [{'step': s, 'train/loss': 7.0 - s / 10, 'train/top1': 0.1, 'train/lr': 0.045}
-             for s in range(1, steps + 1)]
+    lines = [{'step': s, 'train/loss': 7.0 - s / 10 + offset, 'train/top1': 0.1,
+              'train/lr': 0.045} for s in range(1, steps + 1)]
     lines += [{'step': s, 'eval/top1': 0.5 + s / 100, 'eval/loss': 2.0,
                'eval_raw/top1': 0.5} for s in (10, 20)]
     with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
@@ -72,23 +76,23 @@ def test_collect_rows_in_sweep_order_with_errors_in_percent(table3):
   assert [row.name for row in r.rows] == ['inception_v2', 'v2_rmsprop', 'inception_v3']
   v2 = r.rows[0]
   assert v2.state == 'done'
-  assert v2.top1_error == pytest.approx(24.0)
-  assert v2.top5_error == pytest.approx(7.0)
-  assert v2.params == 23_834_568
-  assert v2.gmacs == pytest.approx(5.713)
-  assert (v2.image_size, v2.steps) == (299, 20)
+  assert v2.mean('top1_error') == pytest.approx(24.0)
+  assert v2.mean('top5_error') == pytest.approx(7.0)
+  assert v2.common('params') == 23_834_568
+  assert v2.common('gmacs') == pytest.approx(5.713)
+  assert (v2.common('image_size'), v2.common('steps')) == (299, 20)
   assert v2.paper['top1_error'] == 23.4
-  assert r.rows[2].top1_error == pytest.approx(20.0)
-  assert len(v2.curves['train/loss']) == 20
-  assert v2.curves['eval/top1'] == [(10, 0.6), (20, 0.7)]
+  assert r.rows[2].mean('top1_error') == pytest.approx(20.0)
+  assert len(v2.runs[0].curves['train/loss']) == 20
+  assert v2.runs[0].curves['eval/top1'] == [(10, 0.6), (20, 0.7)]
 
 
 def test_failed_run_has_its_state_and_blank_figures(table3):
   failed = report.collect(table3).rows[1]
   assert failed.state == 'failed'
-  assert failed.message == 'loss is NaN at step 21'
-  assert failed.top1_error is None and failed.params is None
-  assert len(failed.curves['train/loss']) == 20           # the cut line is skipped
+  assert failed.runs[0].message == 'loss is NaN at step 21'
+  assert failed.mean('top1_error') is None and failed.common('params') is None
+  assert len(failed.runs[0].curves['train/loss']) == 20   # the cut line is skipped
   line = next(l for l in report.format_text(report.collect(table3)).splitlines()
               if l.startswith('v2_rmsprop'))
   assert line.split() == ['v2_rmsprop', '3.8', '23.1', '6.3', 'failed']  # paper only
@@ -102,9 +106,9 @@ def test_text_table_has_paper_columns_and_aligned_lines(table3):
                 'wall time', 'state', 'paper top-1', 'paper top-5', 'paper Bn ops'):
     assert title in header
   v2 = next(l for l in lines if l.startswith('inception_v2'))
-  assert '24.00' in v2 and '23,834,568' in v2 and '5.713' in v2 and '1h02m' in v2
+  assert '24.00 (1)' in v2 and '23,834,568' in v2 and '5.713' in v2 and '1h02m' in v2
   end = lambda line, cell: line.index(cell) + len(cell)
-  assert end(v2, '24.00') == end(header, 'top-1 err')   # figures align right
+  assert end(v2, '24.00 (1)') == end(header, 'top-1 err')   # figures align right
   assert v2.rindex('done') == header.rindex('state')     # state aligns left
   assert 'v2_rmsprop: failed: loss is NaN at step 21' in text
 
@@ -137,18 +141,20 @@ def test_markdown_table(table3):
 def test_json_round_trips(table3):
   rows = json.loads(report.format_json(report.collect(table3)))
   assert [row['name'] for row in rows] == ['inception_v2', 'v2_rmsprop', 'inception_v3']
-  assert rows[0]['top1_error'] == pytest.approx(24.0)
-  assert rows[0]['top5_error'] == pytest.approx(7.0)
+  assert rows[0]['top1_error_mean'] == pytest.approx(24.0)
+  assert rows[0]['top5_error_mean'] == pytest.approx(7.0)
   assert rows[0]['params'] == 23_834_568
   assert rows[0]['paper'] == PAPER['inception_v2']
-  assert rows[1]['state'] == 'failed' and rows[1]['top1_error'] is None
+  assert rows[1]['state'] == 'failed' and rows[1]['top1_error_mean'] is None
+  assert rows[1]['per_seed'][0]['message'] == 'loss is NaN at step 21'
 
 
 def test_json_writes_nan_as_null(tmp_path):
   directory = str(tmp_path / 'nan')
   fake_run(directory, 'a', top1=float('nan'))
   rows = json.loads(report.format_json(report.collect(directory)))
-  assert rows[0]['top1_error'] is None
+  assert rows[0]['top1_error_mean'] is None
+  assert rows[0]['per_seed'][0]['top1_error'] is None
 
 
 def test_html(table3):
@@ -205,7 +211,7 @@ def test_without_sweep_json(tmp_path):
   assert r.name == 'loose'
   assert [(row.name, row.state) for row in r.rows] == [('alpha', 'unfinished'),
                                                       ('zeta', 'done')]
-  assert r.rows[1].top1_error == pytest.approx(30.0)
+  assert r.rows[1].mean('top1_error') == pytest.approx(30.0)
   assert 'paper' not in report.format_markdown(r).split('\n')[2]
   assert 'data:image/png;base64,' in open(report.write_html(r, directory)).read()
 
@@ -229,3 +235,184 @@ def test_bad_sweep_json(tmp_path):
   (tmp_path / 'sweep.json').write_text('{"runs": [')
   with pytest.raises(UserError, match='not valid JSON'):
     report.collect(str(tmp_path))
+
+
+# Seeds: rows aggregate DIR/NAME/seed_K run directories.
+
+# Top-1 / top-5 error (%) of each finished seed; 'partial' has a third, failed seed.
+SEEDED = {
+    'base': ([30.0, 31.5, 29.0], [10.0, 11.0, 9.5]),
+    'better': ([24.0, 25.0, 23.5], [7.0, 7.5, 6.0]),
+    'same': ([24.5, 23.0], [7.5, 6.5]),
+    'partial': ([28.0, 26.0], [8.0, 9.0]),
+}
+
+
+@pytest.fixture
+def seeded(tmp_path):
+  """Four runs with seeds (one seed of 'partial' failed), then a single-seed
+  run in the flat layout, with the per-seed figures of SEEDED."""
+  directory = str(tmp_path / 'seeded')
+  runs, status = [], {}
+  for name, (top1, top5) in SEEDED.items():
+    seeds = [0, 1, 2] if name != 'same' else [0, 1]
+    runs.append({'name': name, 'config': 'x.py', 'seeds': seeds})
+    for k, (e1, e5) in enumerate(zip(top1, top5)):
+      fake_run(directory, f'{name}/seed_{k}', top1=1 - e1 / 100, top5=1 - e5 / 100,
+               seed=k, offset=0.5 * k, steps=20 - 5 * k)
+      status[f'{name}/seed_{k}'] = {'state': 'done', 'message': 'finished earlier'}
+  fake_run(directory, 'partial/seed_2', seed=2)
+  status['partial/seed_2'] = {'state': 'failed', 'message': 'loss is NaN at step 3'}
+  fake_run(directory, 'single', top1=0.78, top5=0.93, seed=5)
+  runs.append({'name': 'single', 'config': 'x.py'})
+  status['single'] = {'state': 'done'}
+  write(os.path.join(directory, 'sweep.json'),
+        {'name': 'seeded', 'runs': runs, 'status': status})
+  return directory
+
+
+def welch_p(a, b):
+  """Welch's two-sided p-value from its closed form (Welch–Satterthwaite df)."""
+  a, b = np.asarray(a), np.asarray(b)
+  va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+  t = (a.mean() - b.mean()) / np.sqrt(va + vb)
+  df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+  return 2 * scipy_stats.t.sf(abs(t), df)
+
+
+def test_mean_std_and_significance_match_a_direct_computation(seeded):
+  rows = report.collect(seeded).rows
+  top1 = [SEEDED[n][0] for n in SEEDED] + [[22.0]]
+  assert [row.name for row in rows] == [*SEEDED, 'single']
+  assert [row.seeds for row in rows] == [3, 3, 2, 2, 1]
+  for row, values, top5 in zip(rows, top1, [v[1] for v in SEEDED.values()] + [[7.0]]):
+    assert row.mean('top1_error') == pytest.approx(np.mean(values))
+    assert row.mean('top5_error') == pytest.approx(np.mean(top5))
+    if len(values) > 1:
+      assert row.std('top1_error') == pytest.approx(np.std(values, ddof=1))
+      assert row.std('top5_error') == pytest.approx(np.std(top5, ddof=1))
+    else:
+      assert row.std('top1_error') is None
+  assert rows[0].vs_prev is None and rows[0].vs_first is None
+  marks = []
+  for i, row in enumerate(rows[1:], 1):
+    for diff, other in ((row.vs_prev, top1[i - 1]), (row.vs_first, top1[0])):
+      assert diff.delta == pytest.approx(np.mean(top1[i]) - np.mean(other))
+      if min(len(top1[i]), len(other)) < 2:
+        assert (diff.p_value, diff.significant, diff.note) == (None, None, 'n/a (1 seed)')
+      else:
+        p = welch_p(top1[i], other)
+        assert diff.p_value == pytest.approx(p, rel=1e-6)
+        assert diff.significant == (p < 0.05) and diff.note == ''
+    marks.append((row.vs_prev.significant, row.vs_first.significant))
+  # The fixture exercises each outcome: beyond the noise, within it, untestable.
+  assert marks == [(True, True), (False, True), (False, False), (None, None)]
+
+
+def test_no_spread_on_either_side_is_not_tested():
+  run = lambda error: report.Seed(0, 'x', 'done', finished=True, top1_error=error)
+  a = report.Row('a', [run(20.0), run(20.0)])
+  b = report.Row('b', [run(25.0), run(25.0)])
+  d = report.difference(b, a)
+  assert (d.delta, d.significant, d.note) == (5.0, None, 'n/a (no spread)')
+
+
+def test_json_gives_each_rows_spread_and_per_seed_values(seeded, cli_main):
+  code, out, _ = cli_main('compare', seeded, '--format', 'json')
+  assert code == 0
+  rows = {row['name']: row for row in json.loads(out)}
+  for name, (top1, top5) in SEEDED.items():
+    row = rows[name]
+    assert row['seeds'] == len(top1)
+    assert row['top1_error_mean'] == pytest.approx(np.mean(top1))
+    assert row['top1_error_std'] == pytest.approx(np.std(top1, ddof=1))
+    assert row['top5_error_mean'] == pytest.approx(np.mean(top5))
+    assert row['top5_error_std'] == pytest.approx(np.std(top5, ddof=1))
+    finished = [s for s in row['per_seed'] if s['finished']]
+    assert [s['top1_error'] for s in finished] == pytest.approx(top1)
+    assert [s['top5_error'] for s in finished] == pytest.approx(top5)
+    assert [s['directory'] for s in finished] == [f'{name}/seed_{k}'
+                                                  for k in range(len(top1))]
+  assert rows['base']['state'] == 'done'
+  partial = rows['partial']
+  assert partial['state'] == 'failed'
+  assert [(s['seed'], s['state']) for s in partial['per_seed']] == [
+      (0, 'done'), (1, 'done'), (2, 'failed')]
+  better = rows['better']['top1_delta_prev']
+  assert better['delta'] == pytest.approx(np.mean(SEEDED['better'][0]) -
+                                          np.mean(SEEDED['base'][0]))
+  assert better['p_value'] == pytest.approx(welch_p(SEEDED['better'][0],
+                                                    SEEDED['base'][0]))
+  assert better['significant'] is True
+  single = rows['single']
+  assert (single['seeds'], single['top1_error_mean'], single['top1_error_std']) == (
+      1, pytest.approx(22.0), None)
+  assert single['per_seed'][0]['seed'] == 5
+  assert single['top1_delta_first']['note'] == 'n/a (1 seed)'
+
+
+def test_text_and_markdown_show_spread_deltas_and_the_rule(seeded):
+  r = report.collect(seeded)
+  text = report.format_text(r)
+  line = lambda name: next(l for l in text.splitlines() if l.startswith(name + ' '))
+  base, better = SEEDED['base'][0], SEEDED['better'][0]
+  cell = f'{np.mean(better):.2f} ± {np.std(better, ddof=1):.2f} (3)'
+  assert cell in line('better')
+  assert f'{np.mean(better) - np.mean(base):+.2f}*' in line('better')
+  same = f'{np.mean(SEEDED["same"][0]) - np.mean(better):+.2f}'
+  assert f' {same} ' in line('same') and f'{same}*' not in line('same')
+  assert line('single').count('n/a (1 seed)') == 2
+  assert '22.00 (1)' in line('single')
+  assert line('partial').endswith('2 done, 1 failed')
+  assert "Welch's t-test over seeds, two-sided p < 0.05" in text
+  assert 'partial/seed_2: failed: loss is NaN at step 3' in text
+  header = next(l for l in text.splitlines() if l.startswith('run'))
+  assert 'Δ prev' in header and 'Δ first' in header
+  md = report.format_markdown(r)
+  row = next(l for l in md.splitlines() if l.startswith('| better |'))
+  assert f'{np.mean(better) - np.mean(base):+.2f}\\*' in row and cell in row
+  assert "Welch's t-test" in md
+
+
+def test_mean_curve_is_the_mean_and_range_over_seeds(seeded):
+  base = report.collect(seeded).rows[0]
+  steps, mean, low, high, n = report.mean_curve(base, 'train/loss')
+  assert n == 3 and steps == list(range(1, 11))          # seeds reach 20, 15, 10 steps
+  losses = np.array([[7.0 - s / 10 + 0.5 * k for s in steps] for k in range(3)])
+  np.testing.assert_allclose(mean, losses.mean(0))
+  np.testing.assert_allclose(low, losses.min(0))
+  np.testing.assert_allclose(high, losses.max(0))
+
+
+def test_html_has_curves_bars_and_the_rule(seeded):
+  page = open(report.write_html(report.collect(seeded), seeded)).read()
+  assert page.count('data:image/png;base64,') == 2
+  assert 'alt="learning curves"' in page and 'alt="final top-1 error"' in page
+  assert "Welch&#x27;s t-test" in page
+  assert '<tr class="failed">' in page                  # a failed seed marks its row
+
+
+def test_seed_directories_without_sweep_json(tmp_path):
+  directory = str(tmp_path / 'loose')
+  for k, top1 in ((0, 0.7), (3, 0.6)):
+    fake_run(directory, f'a/seed_{k}', top1=top1, seed=k)
+  fake_run(directory, 'b', top1=0.5)
+  os.makedirs(os.path.join(directory, 'a', 'seed_x'))
+  r = report.collect(directory)
+  assert [(row.name, [s.directory for s in row.runs]) for row in r.rows] == [
+      ('a', ['a/seed_0', 'a/seed_3']), ('b', ['b'])]
+  assert r.rows[0].mean('top1_error') == pytest.approx(35.0)
+  assert r.rows[0].std('top1_error') == pytest.approx(np.std([30, 40], ddof=1))
+
+
+def test_sweep_directories_written_before_seeds_still_read(table3):
+  """The flat layout (DIR/NAME/result.json, no seeds in sweep.json) is one
+  seed a row: its figures, no spread, no test."""
+  rows = json.loads(report.format_json(report.collect(table3)))
+  v2, v3 = rows[0], rows[2]
+  assert (v2['seeds'], v2['top1_error_mean'], v2['top1_error_std']) == (
+      1, pytest.approx(24.0), None)
+  assert [s['directory'] for s in v2['per_seed']] == ['inception_v2']
+  assert v3['top1_delta_first'] == {'delta': pytest.approx(-4.0), 'p_value': None,
+                                    'significant': None, 'note': 'n/a (1 seed)'}
+  assert v3['top1_delta_prev'] is None                  # the row above has no result
