@@ -11,11 +11,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_CONFIG, slurm_cluster_problem
 
-from inception_jax import config_lib, rundir, sweep
+from inception_jax import config_lib, report, rundir, sweep
 
 TINY = TINY_CONFIG
 
@@ -40,10 +41,11 @@ def states(directory):
 
 @pytest.fixture(scope='module')
 def failing_sweep(tmp_path_factory):
-  """Three tiny runs, two at a time; the second has an unknown override."""
+  """Three tiny runs, two at a time: the first over two seeds, the second
+  with an unknown override."""
   tmp = tmp_path_factory.mktemp('sweep')
   path = write_sweep(tmp / 'three.py', [
-      dict(name='first', config=TINY, overrides={'total_steps': 2}),
+      dict(name='first', config=TINY, overrides={'total_steps': 2}, seeds=[0, 1]),
       dict(name='broken', config=TINY, overrides={'optim.no_such_key': 1}),
       dict(name='third', config=TINY,
            overrides={'total_steps': 3}),
@@ -59,13 +61,18 @@ def failing_sweep(tmp_path_factory):
 def test_a_failing_run_is_reported_and_the_others_complete(failing_sweep):
   _, workdir, proc = failing_sweep
   assert proc.returncode == 1, proc.stderr[-3000:]
-  assert states(workdir) == {'first': 'done', 'broken': 'failed', 'third': 'done'}
-  for name, steps in (('first', 2), ('third', 3)):
+  assert states(workdir) == {'first/seed_0': 'done', 'first/seed_1': 'done',
+                             'broken': 'failed', 'third': 'done'}
+  for name, steps in (('first/seed_0', 2), ('first/seed_1', 2), ('third', 3)):
     assert json.load(open(os.path.join(workdir, name, 'result.json')))['steps'] == steps
+    assert os.path.isfile(os.path.join(workdir, name, 'train.log'))
+  for k in (0, 1):       # each seed trained with its own seed
+    config = json.load(open(os.path.join(workdir, 'first', f'seed_{k}', 'config.json')))
+    assert config['seed'] == k
   assert not os.path.exists(os.path.join(workdir, 'broken', 'result.json'))
   summary = proc.stdout
-  assert "broken  failed       error: unknown config key 'optim.no_such_key'" in summary
-  assert '2 done, 1 failed' in summary
+  assert "broken        failed       error: unknown config key 'optim.no_such_key'" in summary
+  assert '3 done, 1 failed' in summary
   assert '1 run(s) failed' in proc.stderr
   # The comparison table ends the output: one row per run.
   table = summary[summary.index('sweep three'):]
@@ -79,8 +86,9 @@ def test_rerun_skips_finished_runs(failing_sweep):
   proc = launch('sweep', path, '--workdir', workdir, '--only', 'first,third')
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert time.time() - start < 60          # nothing trained, nothing compiled
-  assert '[first] skipped' in proc.stdout and '[third] skipped' in proc.stdout
-  assert '2 skipped' in proc.stdout
+  for name in ('first/seed_0', 'first/seed_1', 'third'):
+    assert f'[{name}] skipped' in proc.stdout
+  assert '3 skipped' in proc.stdout
   proc = launch('sweep', path, '--workdir', workdir, '--only', 'nope')
   assert proc.returncode == 2 and 'no run named nope' in proc.stderr
 
@@ -88,8 +96,9 @@ def test_rerun_skips_finished_runs(failing_sweep):
 @pytest.mark.xdist_group('failing_sweep')
 def test_every_compare_format(failing_sweep, cli_main):
   _, workdir, _ = failing_sweep
-  results = {name: json.load(open(os.path.join(workdir, name, 'result.json')))
-             for name in ('first', 'third')}
+  results = {name: [json.load(open(os.path.join(workdir, name, d, 'result.json')))
+                    for d in dirs]
+             for name, dirs in (('first', ['seed_0', 'seed_1']), ('third', ['']))}
   _, text, _ = cli_main('compare', workdir)
   assert 'top-1 err' in text and 'broken' in text
   _, markdown, _ = cli_main('compare', workdir, '--format', 'markdown')
@@ -97,12 +106,16 @@ def test_every_compare_format(failing_sweep, cli_main):
   assert len(table_lines) == 5             # header, separator, three runs
   assert set(table_lines[1].replace('|', '').split()) <= {'---', '---:'}
   rows = json.loads(cli_main('compare', workdir, '--format', 'json')[1])
-  assert [r['name'] for r in rows] == ['first', 'broken', 'third']
+  assert [(r['name'], r['seeds']) for r in rows] == [('first', 2), ('broken', 0),
+                                                     ('third', 1)]
   for row in rows:
     if row['name'] in results:
-      accuracy = results[row['name']]['metrics']['eval/top1']
-      assert row['top1_error'] == pytest.approx(100 * (1 - accuracy), abs=1e-3)
-      assert row['params'] == results[row['name']]['params']
+      errors = [100 * (1 - r['metrics']['eval/top1']) for r in results[row['name']]]
+      assert [s['top1_error'] for s in row['per_seed']] == pytest.approx(errors, abs=1e-3)
+      assert row['top1_error_mean'] == pytest.approx(np.mean(errors), abs=1e-3)
+      if len(errors) > 1:
+        assert row['top1_error_std'] == pytest.approx(np.std(errors, ddof=1), abs=1e-3)
+      assert row['params'] == results[row['name']][0]['params']
   assert cli_main('compare', workdir, '--format', 'html')[0] == 0
   page = open(os.path.join(workdir, 'report.html')).read()
   assert '<table' in page and 'data:image/png;base64,' in page
@@ -116,7 +129,7 @@ def test_runs_share_a_wandb_group_and_tensorboard_hparams(failing_sweep):
   from tensorboard.plugins.hparams import plugin_data_pb2
   _, workdir, _ = failing_sweep
   recorded = {}
-  for name in ('first', 'third'):
+  for name in ('first/seed_0', 'first/seed_1', 'third'):
     config = json.load(open(os.path.join(workdir, name, 'config.json')))
     assert config['tracking']['wandb_group'] == 'three'
     hparams = {}
@@ -130,7 +143,9 @@ def test_runs_share_a_wandb_group_and_tensorboard_hparams(failing_sweep):
               hparams = data.session_start_info.hparams
     recorded[name] = (hparams['total_steps'].number_value,
                       hparams['optim.learning_rate'].number_value)
-  assert recorded == {'first': (2, pytest.approx(0.045)), 'third': (3, pytest.approx(0.045))}
+  assert recorded == {'first/seed_0': (2, pytest.approx(0.045)),
+                      'first/seed_1': (2, pytest.approx(0.045)),
+                      'third': (3, pytest.approx(0.045))}
 
 
 def test_an_interrupted_sweep_resumes(tmp_path):
@@ -260,6 +275,120 @@ def test_an_interrupted_run_under_a_changed_config_is_stale(tmp_path, cli_main):
   assert code == 5, err
   assert '[a] stale: interrupted with a different config (seed: 0 -> 3)\n' in out
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json']
+
+
+class FakeLauncher:
+  """Trains nothing: each run it is given ends 'done' with the config.json
+  and result.json a finished run writes (top-1 accuracy 0.5 + seed / 100)."""
+
+  def __init__(self):
+    self.launched = []
+
+  def launch(self, jobs, group, on_start, on_end):
+    for run, workdir in jobs:
+      self.launched.append((run.name, run.train_args(workdir, group)))
+      on_start(run)
+      config = run.build_config()
+      os.makedirs(workdir, exist_ok=True)
+      rundir.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+      rundir.write_json(os.path.join(workdir, 'result.json'), {
+          'steps': 2, 'metrics': {'eval/top1': 0.5 + config.seed / 100,
+                                  'eval/top5': 0.9}})
+      on_end(run, sweep.Outcome('done', 0))
+
+
+def test_each_seed_is_a_run_directory(tmp_path):
+  """A run with seeds trains once per seed in DIR/NAME/seed_K with that
+  seed, recorded per seed; a run without seeds stays DIR/NAME; a rerun
+  skips each finished seed and --only selects every seed of a run."""
+  path = write_sweep(tmp_path / 'two.py', [dict(name='a', config=TINY, seeds=[0, 2]),
+                                           dict(name='b', config=TINY)])
+  workdir = str(tmp_path / 'out')
+  fake = FakeLauncher()
+  outcomes = sweep.run_sweep(path, workdir, launcher=fake, echo=lambda _: None)
+  assert list(outcomes) == [r for r, _ in fake.launched] == ['a/seed_0', 'a/seed_2', 'b']
+  for name, args in fake.launched:
+    target = os.path.join(workdir, name)
+    assert args[args.index('--workdir') + 1] == target
+    seed = [a for a in args if a.startswith('--config.seed=')]
+    assert seed == ([f'--config.seed={name[-1]}'] if name != 'b' else [])
+    assert os.path.isfile(os.path.join(target, 'result.json'))
+  assert json.load(open(os.path.join(workdir, 'a', 'seed_2', 'config.json')))['seed'] == 2
+  assert states(workdir) == {'a/seed_0': 'done', 'a/seed_2': 'done', 'b': 'done'}
+  record = json.load(open(os.path.join(workdir, 'sweep.json')))
+  assert [(r['name'], r['seeds']) for r in record['runs']] == [('a', [0, 2]), ('b', None)]
+
+  again, lines = FakeLauncher(), []
+  outcomes = sweep.run_sweep(path, workdir, launcher=again, only='a', echo=lines.append)
+  assert again.launched == [] and list(outcomes) == ['a/seed_0', 'a/seed_2']
+  assert {o.state for o in outcomes.values()} == {'skipped'}
+  assert '[a/seed_2] skipped: finished earlier' in lines
+  rows = json.loads(report.format_json(report.collect(workdir)))
+  assert [(r['name'], r['seeds']) for r in rows] == [('a', 2), ('b', 1)]
+  assert rows[0]['top1_error_mean'] == pytest.approx(np.mean([50, 48]))
+  assert rows[0]['top1_error_std'] == pytest.approx(np.std([50, 48], ddof=1))
+
+
+def test_seeds_option_and_a_run_that_changes_layout(tmp_path, cli_main, monkeypatch):
+  """`--seeds N` gives every run seeds 0 … N-1; a finished single-seed run
+  then stands where its seeds would go: stale until --rerun-stale moves it."""
+  fake = FakeLauncher()
+  monkeypatch.setattr(sweep, 'LocalLauncher', lambda parallel: fake)
+  path = write_sweep(tmp_path / 'two.py', [dict(name='a', config=TINY, seeds=[0, 2]),
+                                           dict(name='b', config=TINY)])
+  workdir = tmp_path / 'out'
+  assert cli_main('sweep', path, '--workdir', workdir)[0] == 0
+  fake.launched.clear()
+  code, out, err = cli_main('sweep', path, '--workdir', workdir, '--seeds', '2')
+  assert code == 5, err
+  assert [name for name, _ in fake.launched] == ['a/seed_1']
+  assert (f'[b] stale: {workdir}/b holds a single-seed run; the sweep now trains '
+          f'seeds 0, 1 in it\n') in out
+  assert states(workdir) == {'a/seed_0': 'done', 'a/seed_1': 'done',
+                             'b/seed_0': 'stale', 'b/seed_1': 'stale'}
+  assert sorted(os.listdir(workdir / 'b')) == ['config.json', 'result.json']
+  fake.launched.clear()
+  code, out, err = cli_main('sweep', path, '--workdir', workdir, '--seeds', '2',
+                            '--rerun-stale')
+  assert code == 0, err
+  assert [name for name, _ in fake.launched] == ['b/seed_0', 'b/seed_1']
+  moved = glob.glob(str(workdir / 'b.stale-*'))
+  assert len(moved) == 1 and f'moved to {moved[0]}' in out
+  assert sorted(os.listdir(moved[0])) == ['.lock', 'config.json', 'result.json']
+  assert states(workdir) == {f'{n}/seed_{k}': 'done' for n in 'ab' for k in (0, 1)}
+  # Back to the file's seeds: b is one run again, where its seeds now are.
+  code, out, _ = cli_main('sweep', path, '--workdir', workdir)
+  assert code == 5 and (f'[b] stale: {workdir}/b holds runs of seeds 0, 1; the sweep '
+                        f'now trains one run there') in out
+
+
+@pytest.mark.parametrize('seeds, option, message', [
+    (None, '0', "--seeds takes a number of seeds >= 1, got '0'"),
+    (None, '-2', "--seeds takes a number of seeds >= 1, got '-2'"),
+    (None, 'two', "--seeds takes a number of seeds >= 1, got 'two'"),
+    ([0, 1, 1], None, 'run a: duplicate seeds in [0, 1, 1]'),
+    ([0, -1], None, 'run a: seeds must be a non-empty list of integers >= 0, got [0, -1]'),
+    ([], None, 'run a: seeds must be a non-empty list of integers >= 0, got []'),
+    (3, None, 'run a: seeds must be a non-empty list of integers >= 0, got 3'),
+])
+def test_bad_seeds_are_one_line(tmp_path, cli_main, seeds, option, message):
+  run = dict(name='a', config=TINY) if seeds is None else dict(name='a', config=TINY,
+                                                             seeds=seeds)
+  path = write_sweep(tmp_path / 'one.py', [run])
+  args = ['sweep', path, '--workdir', tmp_path / 'out'] + (['--seeds', option]
+                                                           if option else [])
+  code, out, err = cli_main(*args)
+  assert (code, out, err.count('\n')) == (2, '', 1)
+  assert err.startswith('error: ') and err.rstrip().endswith(message), err
+  assert not os.path.exists(tmp_path / 'out')
+
+
+def test_seeds_and_a_seed_override_are_one_or_the_other(tmp_path, cli_main):
+  path = write_sweep(tmp_path / 'one.py', [dict(name='a', config=TINY, seeds=[0, 1],
+                                                overrides={'seed': 3})])
+  code, _, err = cli_main('sweep', path, '--workdir', tmp_path / 'out')
+  assert code == 2 and err.rstrip().endswith(
+      'run a overrides seed and has seeds; give one or the other')
 
 
 @pytest.fixture(scope='module')
