@@ -18,10 +18,11 @@ same command to resume. `train` on a finished run changes nothing.
 `sweep` trains each run of a sweep file in DIR/NAME, or each of its seeds in
 DIR/NAME/seed_K when the run has seeds (--seeds N: seeds 0 … N-1 for every
 run), skipping finished runs and resuming interrupted ones; it prints a
-summary and the comparison table; one sweep at a time per DIR. A run that finished or saved a checkpoint under
-another config than the sweep file now gives it is stale: reported, not
-retrained; --rerun-stale moves its directory to DIR/NAME.stale-TIME and
-trains it again. `compare` prints the table of a sweep directory, one row
+summary and the comparison table; one sweep at a time per DIR. A run that
+finished or saved a checkpoint under another config than the sweep file now
+gives it (or in the other layout: one run where seeds now go, or the
+reverse) is stale: reported, not retrained; --rerun-stale moves its
+directory to DIR/NAME.stale-TIME and trains it again. `compare` prints the table of a sweep directory, one row
 per run: mean ± standard deviation over its seeds and the difference to the
 previous and the first row, marked where Welch's t-test finds it significant
 (html: writes DIR/report.html).

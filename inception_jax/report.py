@@ -31,7 +31,7 @@ import os
 import statistics
 from typing import Any, Callable
 
-from inception_jax import rundir, sweep
+from inception_jax import rundir
 from inception_jax.errors import UserError
 
 FORMATS = ('text', 'markdown', 'json', 'html')
@@ -161,15 +161,15 @@ def _discover(directory: str) -> list[dict]:
     path = os.path.join(directory, name)
     if any(os.path.isfile(os.path.join(path, f)) for f in (rundir.CONFIG, rundir.RESULT)):
       runs.append({'name': name})
-    elif sweep.seed_dirs(path):
-      runs.append({'name': name, 'seeds': sweep.seed_dirs(path)})
+    elif rundir.seed_dirs(path):
+      runs.append({'name': name, 'seeds': rundir.seed_dirs(path)})
   return runs
 
 
 def _row(directory: str, run: dict, status: dict) -> Row:
   seeds = run.get('seeds')
   keys = ([(None, run['name'])] if seeds is None else
-          [(k, sweep.seed_name(run['name'], k)) for k in seeds])
+          [(k, rundir.seed_name(run['name'], k)) for k in seeds])
   return Row(name=run['name'], paper=dict(run.get('paper') or {}),
              runs=[_seed(directory, key, k, status.get(key, {})) for k, key in keys])
 
@@ -284,8 +284,8 @@ COLUMNS = [
 LEFT = ('run', 'state')
 
 FOOTER = (
-    'top-1 / top-5 err: mean ± standard deviation (n − 1) over the seeds that finished, '
-    '(n) how many; img/s and wall time: mean per seed.',
+    'top-1 / top-5 err: mean ± standard deviation (n − 1) over the seeds that '
+    'finished, (n) how many; img/s and wall time: mean per seed.',
     f'Δ prev / Δ first: mean top-1 error minus the previous / first row\'s; * exceeds '
     f'the noise (Welch\'s t-test over seeds, two-sided p < {ALPHA:g}); unmarked: within '
     f'it; n/a (1 seed): one seed on either side, no test possible.')

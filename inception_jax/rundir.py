@@ -1,7 +1,8 @@
 """Run-directory I/O: the one place that writes and reads its JSON files.
 
 A run directory holds `config.json`, `metrics.jsonl` and `result.json`; a
-sweep directory `sweep.json` (docs/ARCHITECTURE.md has the whole contract).
+sweep directory `sweep.json` and a run directory per run, NAME/, or per seed
+of a run with seeds, NAME/seed_K/ (docs/ARCHITECTURE.md has the whole contract).
 Writes are atomic (a temporary file renamed over the old one), so a reader —
 a report, a rerun, a user — sees the old file or the new one, never half.
 Reads say what is wrong: a missing file is a default, an invalid one a
@@ -14,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from typing import IO, Any, Iterable, Mapping
 
 from inception_jax.errors import UserError
@@ -29,6 +31,33 @@ NEUTRAL_KEYS = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                 'data.num_threads', 'data.prefetch')
 # Keys a resumed run may change besides: its length.
 RESUMABLE_KEYS = NEUTRAL_KEYS + ('total_steps', 'num_epochs')
+
+
+# --- Layout --------------------------------------------------------------------
+
+def seed_name(name: str, seed: int) -> str:
+  """The run directory of a seed of sweep run NAME, relative to the sweep's."""
+  return f'{name}/seed_{seed}'
+
+
+SEED_DIR = re.compile(r'seed_(\d+)')
+
+
+def holds_run(path: str) -> bool:
+  """Whether `path` is a run directory that has started: it holds a config,
+  a result or checkpoints."""
+  return any(os.path.exists(os.path.join(path, f))
+             for f in (CONFIG, RESULT, 'checkpoints'))
+
+
+def seed_dirs(path: str) -> list[int]:
+  """The seeds K of the seed_K run directories in `path`, sorted."""
+  try:
+    names = os.listdir(path)
+  except OSError:
+    return []
+  return sorted(int(m.group(1)) for m in map(SEED_DIR.fullmatch, names)
+                if m and holds_run(os.path.join(path, m.group(0))))
 
 
 # --- Writing -------------------------------------------------------------------

@@ -16,7 +16,8 @@ reported and the others go on. A run that finished (or saved a checkpoint)
 under another config than the sweep file now gives it is stale: reported,
 not retrained, unless asked to (its directory is then moved aside).
 `DIR/sweep.json` records the runs, their paper figures and the state of each
-seed's run directory (keyed NAME or NAME/seed_K), for `report.py`; `DIR/.sweep.lock` keeps a second sweep out of the directory.
+run directory (keyed NAME or NAME/seed_K), for `report.py`; `DIR/.sweep.lock`
+keeps a second sweep out of the directory.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -54,7 +54,7 @@ class Run:
     with `seed` K; a run without seeds is itself (DIR/NAME)."""
     if self.seeds is None:
       return [self]
-    return [dataclasses.replace(self, name=seed_name(self.name, k), seeds=None,
+    return [dataclasses.replace(self, name=rundir.seed_name(self.name, k), seeds=None,
                                 overrides={**self.overrides, 'seed': k})
             for k in self.seeds]
 
@@ -82,30 +82,6 @@ def _cli_value(value: Any) -> str:
 def sweep_name(path_arg: str) -> str:
   """`sweeps/table3_ablation.py:scale=demo` → 'table3_ablation'."""
   return os.path.splitext(os.path.basename(path_arg.partition(':')[0]))[0]
-
-
-def seed_name(name: str, seed: int) -> str:
-  """The directory of a run's seed, relative to the sweep's: NAME/seed_K."""
-  return f'{name}/seed_{seed}'
-
-
-SEED_DIR = re.compile(r'seed_(\d+)')
-
-
-def seed_dirs(path: str) -> list[int]:
-  """The seeds K of the seed_K run directories in `path`, sorted."""
-  try:
-    names = os.listdir(path)
-  except OSError:
-    return []
-  return sorted(int(m.group(1)) for m in map(SEED_DIR.fullmatch, names)
-                if m and holds_run(os.path.join(path, m.group(0))))
-
-
-def holds_run(path: str) -> bool:
-  """Whether `path` is a run directory that has started (config, result or checkpoints)."""
-  return any(os.path.exists(os.path.join(path, f))
-             for f in (rundir.CONFIG, rundir.RESULT, 'checkpoints'))
 
 
 def parse_seeds(value: str | None) -> list[int] | None:
@@ -243,7 +219,8 @@ def move_aside(workdir: str) -> str:
   WORKDIR.stale-YYYYmmdd-HHMMSS (never deleted); returns the new path.
   Refused while a process trains in it or in one of its seeds."""
   with contextlib.ExitStack() as held:
-    for path in [workdir, *(os.path.join(workdir, f'seed_{k}') for k in seed_dirs(workdir))]:
+    seeds = [os.path.join(workdir, f'seed_{k}') for k in rundir.seed_dirs(workdir)]
+    for path in [workdir, *seeds]:
       try:
         held.enter_context(rundir.lock(os.path.join(path, '.lock')))
       except rundir.LockHeld as e:
@@ -266,11 +243,11 @@ def layout_conflict(workdir: str, run: Run) -> str:
   holds a single-seed run where the run now has seeds, or seed directories
   where it has none."""
   if run.seeds is None:
-    found = seed_dirs(workdir)
+    found = rundir.seed_dirs(workdir)
     return (f'{workdir} holds runs of seeds {_listed(found)}; the sweep now trains '
             f'one run there' if found else '')
   return (f'{workdir} holds a single-seed run; the sweep now trains seeds '
-          f'{_listed(run.seeds)} in it' if holds_run(workdir) else '')
+          f'{_listed(run.seeds)} in it' if rundir.holds_run(workdir) else '')
 
 
 def _listed(seeds: list[int]) -> str:
