@@ -256,6 +256,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     mesh = parallel.data_mesh()
     shardings = parallel.replicated(mesh), parallel.data_sharded(mesh)
     data = _Data(config, shardings[1])
+    resources.callback(data.loader.close)
 
     # --- Model and optimizer ---------------------------------------------------
     spec = models.InceptionSpec.from_config(config.model,
@@ -418,13 +419,13 @@ class _Loop:
       save = stopping or self.checkpoints.should_save(step) or step == total
       if save or evaluate or step % config.log_every_steps == 0:
         self._log(step, metrics, clock)
+      if save:             # before evaluating: an evaluation that fails loses no step
+        self.checkpoints.save(step, state, self.data.loader.get_state(),
+                              config.to_dict())
       if evaluate:
         with clock.paused():
           self.eval_metrics = self.evaluate(state)
           self.tracker.log(step, self.eval_metrics)
-      if save:
-        self.checkpoints.save(step, state, self.data.loader.get_state(),
-                              config.to_dict())
       if stopping:
         raise Preempted(
             f'stopped by {self.stop.received or "a signal to another process"} after '
@@ -462,6 +463,11 @@ class _Loop:
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals.pop('count'))
+    if not count:        # every image skipped (data.skip_corrupt)
+      raise UserError(
+          f'every evaluation image in {self.data.eval_source.where} failed to decode '
+          f'(all {len(self.data.eval_source)} skipped, as logged above); nothing to '
+          f'evaluate on: check data.name, data.path and data.eval_split')
     return {k: float(v) / count for k, v in totals.items()}
 
 

@@ -271,6 +271,26 @@ def test_folder_skip_corrupt_skips_and_counts(tmp_path, caplog):
   assert 'broken.jpg' in caplog.text and 'skipped corrupt image' in caplog.text
 
 
+def test_evaluation_with_every_image_skipped_is_a_clear_error(tmp_path):
+  """data.skip_corrupt and no validation image that decodes: evaluation stops
+  with one clear error (no division by zero), naming the folder."""
+  from inception_jax import parallel, train
+  _image_tree(str(tmp_path))
+  for name in ('cat', 'dog'):
+    for image in os.listdir(tmp_path / 'validation' / name):
+      (tmp_path / 'validation' / name / image).write_bytes(b'not an image')
+  config = config_lib.load('configs/inception_v3.py:scale=tiny', {
+      'data.name': 'folder', 'data.path': str(tmp_path), 'data.skip_corrupt': True,
+      'batch_size': 8})
+  data = train._Data(config, parallel.data_sharded(parallel.data_mesh()))
+  sums = lambda state, batch: {'count': batch['mask'].sum(), 'eval/loss': batch['mask'].sum()}
+  loop = train._Loop(config, data, None, None, None, None, train_step=None, eval_step=sums)
+  with pytest.raises(UserError, match=f'every evaluation image in {tmp_path}/validation '
+                                      f'failed to decode \\(all 4 skipped'):
+    loop.evaluate(state=None)
+  data.loader.close()
+
+
 def test_folder_missing_or_empty_path_is_a_clear_error(tmp_path):
   with pytest.raises(ConfigError, match='does not exist'):
     sources.make_source(data_cfg(name='folder', path=str(tmp_path / 'nope')), 'train')

@@ -54,6 +54,41 @@ def test_slurm_time_limit_signal_saves_and_exits_4(tmp_path):
   assert train_steps(workdir) == list(range(1, step + 1))
 
 
+def test_ctrl_c_with_worker_processes_saves_and_exits_4(tmp_path):
+  """Ctrl-C reaches the whole process group, Grain's worker processes
+  (data.num_workers > 0) included: they leave it to the trainer, which saves
+  and exits 4 with one line, and no worker prints a KeyboardInterrupt."""
+  workdir = tmp_path / 'run'
+  environ = dict(os.environ, PYTHONPATH=ROOT)
+  with open(tmp_path / 'log', 'w') as log:
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'inception_jax', 'train', '--config', TINY_CONFIG,
+         '--workdir', str(workdir), '--config.total_steps=200',
+         '--config.checkpoint_every_steps=0', '--config.tracking.tensorboard=false',
+         '--config.data.num_workers=2'],
+        cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)             # its own process group, as in a terminal
+    try:
+      deadline = time.time() + 600
+      while not train_steps(workdir):
+        assert proc.poll() is None and time.time() < deadline, open(tmp_path / 'log').read()
+        time.sleep(0.05)
+      os.killpg(proc.pid, signal.SIGINT)
+      proc.wait(timeout=300)
+    finally:
+      proc.kill()
+  output = open(tmp_path / 'log').read()
+  assert proc.returncode == PREEMPTED, output[-3000:]
+  for noise in ('Traceback', 'KeyboardInterrupt', 'leaked shared_memory'):
+    assert noise not in output, output[-3000:]
+  message = [l for l in output.splitlines() if l.startswith('error:')]
+  assert len(message) == 1 and 'stopped by SIGINT after step' in message[0]
+  step = int(message[0].split('after step ')[1].split()[0])
+  manager = checkpointing.CheckpointManager(str(workdir), every_steps=0, keep=3)
+  assert manager.latest_step() == step
+  manager.close()
+
+
 def test_a_kill_before_the_first_checkpoint_logs_each_step_once(tmp_path):
   """Rows of a run killed before its first checkpoint (one cut short) are not
   kept beside the rows of the rerun, which starts again at step 1."""

@@ -5,7 +5,9 @@ Training stream (per process): the process's shard of the split
 (`index::count`), shuffled anew each epoch from the seed, repeated without
 end; example i of epoch e is augmented with a generator seeded by
 (seed, e, i), so any batch is a pure function of the seed and its position.
-The iterator's state (`get_state`/`set_state`) is that position.
+The iterator's state (`get_state`/`set_state`) is that position. Corrupt
+images (`data.skip_corrupt`) are dropped in the consuming process, after
+Grain's worker processes; a shard none of whose images decodes is an error.
 
 Evaluation visits every example of the split exactly once: the process
 shards are padded to the same number of full batches, and a `mask` marks
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
 import threading
 from typing import Any
 
@@ -25,7 +28,7 @@ import jax
 import numpy as np
 
 from inception_jax.data import preprocess, sources
-from inception_jax.errors import ConfigError
+from inception_jax.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +51,15 @@ def local_batch_size(global_batch: int, process_count: int | None = None) -> int
 
 class SkipCounter:
   """Corrupt images skipped (`data.skip_corrupt`) by the datasets given it;
-  each one is logged. Grain's worker processes (`data.num_workers` > 0) count
-  in their own copy; threads share this one."""
+  each one is logged. Training skips are counted in this process; evaluation
+  skips made in Grain's worker processes (`data.num_workers` > 0) count in
+  the worker's own copy."""
 
   def __init__(self):
     self.count = 0
     self._lock = threading.Lock()
 
-  def note(self, error: Exception) -> None:
+  def note(self, error: Exception | str) -> None:
     with self._lock:
       self.count += 1
       count = self.count
@@ -70,14 +74,21 @@ class SkipCounter:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Skipped:
+  """A training example whose image could not be decoded: passed on (not
+  dropped where it was read) so that the consuming process sees every skip."""
+  index: int
+  error: str
+
+
+@dataclasses.dataclass(frozen=True)
 class _TrainExample:
-  """position in the stream, example index → preprocessed example (or None)."""
+  """position in the stream, example index → preprocessed example (or _Skipped)."""
   source: Any
   opts: preprocess.Options
   seed: int
   epoch_length: int
   skip_corrupt: bool
-  skipped: SkipCounter = dataclasses.field(compare=False)
 
   def __call__(self, position: int, index: int):
     epoch = position // self.epoch_length
@@ -88,8 +99,7 @@ class _TrainExample:
     except preprocess.CorruptImageError as e:
       if not self.skip_corrupt:
         raise
-      self.skipped.note(e)
-      return None
+      return _Skipped(int(index), str(e))
     return {'image': image, 'label': np.int32(record['label']),
             'index': np.int32(index)}
 
@@ -119,6 +129,40 @@ class _EvalExample:
             'label': np.int32(0), 'index': np.int32(-1), 'mask': np.float32(0)}
 
 
+class _DropSkipped:
+  """A filter: drops skipped examples, counting them. Once every image of the
+  shard has failed there is nothing to train on, and the stream stops with an
+  error rather than searching the endless repetition for a good image."""
+
+  def __init__(self, source, shard_size: int, skipped: SkipCounter):
+    self.where, self.shard_size, self.skipped = _where(source), shard_size, skipped
+    self._failed: set[int] = set()
+
+  def __call__(self, example) -> bool:
+    if not isinstance(example, _Skipped):
+      return True
+    self.skipped.note(example.error)
+    self._failed.add(example.index)
+    if len(self._failed) == self.shard_size:
+      raise UserError(
+          f'every training image in {self.where} failed to decode (all '
+          f'{self.shard_size} skipped, as logged above); nothing to train on: check '
+          f'data.name and data.path')
+    return False
+
+
+def _where(source) -> str:
+  return getattr(source, 'where', None) or repr(source)
+
+
+def _ignore_stop_signals(worker_index: int, worker_count: int) -> None:
+  """In a Grain worker process: leave SIGINT, SIGTERM and SIGUSR2 to the
+  trainer, which saves and stops its workers (a Ctrl-C reaches the whole
+  process group, SLURM signals every process of a job)."""
+  for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+    signal.signal(sig, signal.SIG_IGN)
+
+
 def _read_options(data_cfg) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=data_cfg.num_threads,
                            prefetch_buffer_size=data_cfg.prefetch)
@@ -129,7 +173,8 @@ def _prefetch(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
     from absl import flags
     if not flags.FLAGS.is_parsed():    # Grain's workers read absl flags
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers),
+                        worker_init_fn=_ignore_stop_signals)
   return ds
 
 
@@ -147,12 +192,13 @@ def train_dataset(source, data_cfg, *, seed: int, local_batch: int,
                       f'one batch per process ({local_batch})')
   ds = shard.shuffle(seed=seed).repeat(None)
   ds = ds.map_with_index(_TrainExample(source, options(data_cfg), seed, len(shard),
-                                       data_cfg.skip_corrupt,
-                                       SkipCounter() if skipped is None else skipped))
-  ds = ds.to_iter_dataset(_read_options(data_cfg))   # drops skipped (None) examples
-  # Workers prepare examples round-robin and batches form afterwards, so the
-  # stream is the same whatever data.num_workers is.
-  return _prefetch(ds, data_cfg).batch(local_batch, drop_remainder=True)
+                                       data_cfg.skip_corrupt))
+  ds = _prefetch(ds.to_iter_dataset(_read_options(data_cfg)), data_cfg)
+  # Workers prepare examples round-robin; skips are dropped and batches form
+  # afterwards, so the stream is the same whatever data.num_workers is.
+  ds = ds.filter(_DropSkipped(source, len(shard),
+                              SkipCounter() if skipped is None else skipped))
+  return ds.batch(local_batch, drop_remainder=True)
 
 
 def eval_dataset(source, data_cfg, *, local_batch: int,
@@ -180,24 +226,40 @@ def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
 
 
 class Loader:
-  """Global batches from a Grain dataset; its position can be saved and restored."""
+  """Global batches from a Grain dataset; its position can be saved and restored.
+  The first batch is read at once, so data that cannot give one (a corrupt
+  image, nothing decodable) fails here, before anything is compiled."""
 
   def __init__(self, dataset: grain.IterDataset, sharding=None):
     self._iterator = iter(dataset)
     self.sharding = sharding
+    self._start = self._iterator.get_state()
+    try:
+      self._first = next(self._iterator)
+    except BaseException:
+      self.close()
+      raise
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    batch = next(self._iterator)
+    if self._first is not None:
+      batch, self._first = self._first, None
+    else:
+      batch = next(self._iterator)
     return batch if self.sharding is None else to_global(batch, self.sharding)
 
   def get_state(self):
-    return self._iterator.get_state()
+    return self._start if self._first is not None else self._iterator.get_state()
 
   def set_state(self, state) -> None:
+    self._first = None
     self._iterator.set_state(state)
+
+  def close(self) -> None:
+    """Stop Grain's threads and worker processes (idempotent)."""
+    self._iterator.close()
 
 
 def num_classes(data_cfg) -> int:

@@ -8,7 +8,8 @@
                 `tfds.data_source` (`config.data.data_dir`)
 
 Each source has `len()`, `[index]` → {'image': encoded bytes or uint8 array,
-'label': int, 'where': a name for error messages}, and `num_classes`.
+'label': int, 'where': a name for error messages}, `num_classes`, and
+`where`, the split's name for error messages.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 
 
 class Synthetic(SyntheticSource):
+  where = 'the synthetic dataset'
 
   def __getitem__(self, index):
     record = super().__getitem__(index)
@@ -55,6 +57,7 @@ class FolderSource:
     if not self.files:
       raise ConfigError(f'{split_dir} holds no .jpg, .jpeg or .png images')
     self.num_classes = len(self.classes)
+    self.where = split_dir
 
   def __len__(self):
     return len(self.files)
@@ -113,6 +116,7 @@ class TfdsSource:
         decoders={'image': tfds.decode.SkipDecoding()})
     self.num_classes = info.features['label'].num_classes
     self.name, self.split = name, split
+    self.where = f'TFDS {name}[{split}]'
 
   def __len__(self):
     return len(self._source)
