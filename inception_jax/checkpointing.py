@@ -68,10 +68,12 @@ def _save_replicated_arrays_whole() -> None:
   split only costs a compiled slice per array and device (seconds per save in a
   short run): save each array once, whole."""
   from orbax.checkpoint._src.metadata import array_metadata_store
-  ocp.type_handlers.register_type_handler(
+  from orbax.checkpoint._src.serialization import type_handler_registry
+  type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(   # no warning: meant
       jax.Array, ocp.type_handlers.ArrayHandler(
           use_replica_parallel=False,
-          array_metadata_store=array_metadata_store.Store()), override=True)
+          array_metadata_store=array_metadata_store.Store()),
+      override=True, ignore_warnings=True)
 
 
 class CheckpointManager:
@@ -122,11 +124,17 @@ class CheckpointManager:
     self._write_checksums()
 
   def close(self) -> None:
-    """Finish every save and release Orbax's resources (idempotent)."""
+    """Finish every save and Orbax's removal of unfinished ones (which it
+    starts in the background on opening and its own close leaves running: a
+    process exiting meanwhile prints its traceback), then release Orbax's
+    resources (idempotent)."""
     if self._manager is not None:
-      self.wait()
-      self._manager.close()
-      self._manager = None
+      try:
+        self.wait()
+      finally:
+        manager, self._manager = self._manager, None
+        manager._maybe_await_cleanup_tmp_directory()  # noqa: SLF001
+        manager.close()
 
   def _write_checksums(self) -> None:
     self._manager.wait_until_finished()

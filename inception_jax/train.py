@@ -248,9 +248,6 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     _check_writable(workdir)
   with contextlib.ExitStack() as resources:
     resources.enter_context(_WorkdirLock(workdir, enabled=is_chief))
-    checkpoints = resources.enter_context(checkpointing.CheckpointManager(
-        workdir, every_steps=config.checkpoint_every_steps,
-        keep=config.keep_checkpoints))
 
     # --- Mesh and data ---------------------------------------------------------
     mesh = parallel.data_mesh()
@@ -270,6 +267,11 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
         config.optim, steps_per_epoch=data.steps_per_epoch, global_batch=config.batch_size)
 
     # --- State: a fresh one, or the latest good checkpoint ---------------------
+    # Opened once the data and the model are known good: a mistake found
+    # before this point leaves no Orbax thread behind and no checkpoints/.
+    checkpoints = resources.enter_context(checkpointing.CheckpointManager(
+        workdir, every_steps=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints))
     state = _init_or_restore(config, workdir, spec, image_size, tx, checkpoints,
                              data.loader, shardings[0], allow_config_change)
     start_step = int(state.step)

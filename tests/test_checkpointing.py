@@ -323,3 +323,16 @@ def test_truncate_metrics_drops_rows_after_the_step(tmp_path):
   path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"ste')
   assert rundir.truncate_metrics(str(tmp_path), 2) == 2
   assert [r['step'] for r in rundir.read_metrics(str(tmp_path))] == [1, 2]
+
+
+def test_close_waits_for_the_removal_of_unfinished_saves(tmp_path):
+  """Orbax removes a killed save's temporary directory in the background when
+  it opens; close() waits for it, so a process that fails right after opening
+  exits with nothing running (else "cannot schedule new futures after
+  interpreter shutdown" follows its error line)."""
+  unfinished = tmp_path / 'checkpoints' / '5.orbax-checkpoint-tmp-1234'
+  (unfinished / 'state').mkdir(parents=True)
+  (unfinished / 'state' / 'data').write_bytes(b'x' * 1000)
+  manager = checkpointing.CheckpointManager(str(tmp_path), every_steps=0, keep=2)
+  manager.close()
+  assert not unfinished.exists()

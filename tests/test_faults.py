@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, TINY_CONFIG
+from conftest import ROOT, TINY_CONFIG, run_cli
 
 from inception_jax import checkpointing, config_lib, rundir, sweep, train
 
@@ -211,3 +211,43 @@ def test_a_filesystem_without_locks_is_one_line(tmp_path, cli_main, monkeypatch)
                                    f'  return [dict(name="a", config="{TINY_CONFIG}")]\n')
   code, _, err = cli_main('sweep', tmp_path / 'one.py', '--workdir', tmp_path / 'sweep')
   assert code == 2 and err.startswith('error: cannot lock ') and err.count('\n') == 1
+
+
+def _corrupt_folder(root, splits=('train', 'validation')):
+  """A folder dataset of files that are not images."""
+  for split in splits:
+    for name in ('cat', 'dog'):
+      os.makedirs(root / split / name)
+      for i in range(4):
+        (root / split / name / f'{i}.jpg').write_bytes(b'not an image')
+  return root
+
+
+def test_mistakes_found_before_training_are_one_line_each(tmp_path):
+  """A missing or empty dataset folder, corrupt images (every one skipped with
+  data.skip_corrupt: no endless search for a good one), a config the model
+  refuses: each stops before compiling with one `error:` line on stderr and
+  leaves nothing but the lock behind: no checkpoints/, and no Orbax clean-up
+  thread still running when the interpreter exits (its traceback would
+  follow the error line)."""
+  (tmp_path / 'empty' / 'train' / 'cat').mkdir(parents=True)
+  corrupt = str(_corrupt_folder(tmp_path / 'corrupt'))
+  folder = lambda path: ['--config.data.name=folder', f'--config.data.path={path}',
+                         '--config.batch_size=8']
+  cases = {
+      'missing': (folder(tmp_path / 'nope'), 'does not exist'),
+      'empty': (folder(tmp_path / 'empty'), 'holds no .jpg, .jpeg or .png images'),
+      'corrupt': (folder(corrupt), 'cannot read'),
+      'all_skipped': (folder(corrupt) + ['--config.data.skip_corrupt=true'],
+                      f'every training image in {corrupt}/train failed to decode'),
+      'model': (['--config.data.image_size=32'], 'the minimum is 75×75'),
+  }
+  for name, (overrides, message) in cases.items():
+    workdir = tmp_path / name / 'run'
+    proc = run_cli('train', '--config', TINY_CONFIG, '--workdir', workdir, *overrides,
+                   timeout=120)
+    lines = [l for l in proc.stderr.splitlines()
+             if not (name == 'all_skipped' and 'skipped corrupt image' in l)]
+    assert proc.returncode == 2 and len(lines) == 1, (name, proc.stderr[-3000:])
+    assert lines[0].startswith('error: ') and message in lines[0], (name, lines)
+    assert os.listdir(workdir) == ['.lock'], name
