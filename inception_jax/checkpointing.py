@@ -95,8 +95,12 @@ class CheckpointManager:
   def __enter__(self):
     return self
 
-  def __exit__(self, *exc):
-    self.close()
+  def __exit__(self, exc_type, exc, traceback):
+    try:
+      self.close()
+    except rundir.DiskFull:
+      if not isinstance(exc, rundir.DiskFull):    # else the error in flight says it
+        raise
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -112,15 +116,15 @@ class CheckpointManager:
     if step in self._manager.all_steps():
       return
     self._write_checksums()      # of the previous save, which is now complete
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(rundir.jsonable(data_state)),
-        config=ocp.args.JsonSave(rundir.jsonable(config))), force=True)
+    with rundir.writing(self.path):
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(rundir.jsonable(data_state)),
+          config=ocp.args.JsonSave(rundir.jsonable(config))), force=True)
     self._unsummed.append(step)
 
   def wait(self) -> None:
     """Block until every save has finished (and has its checksums)."""
-    self._manager.wait_until_finished()
     self._write_checksums()
 
   def close(self) -> None:
@@ -134,10 +138,12 @@ class CheckpointManager:
       finally:
         manager, self._manager = self._manager, None
         manager._maybe_await_cleanup_tmp_directory()  # noqa: SLF001
-        manager.close()
+        with rundir.writing(self.path):
+          manager.close()
 
   def _write_checksums(self) -> None:
-    self._manager.wait_until_finished()
+    with rundir.writing(self.path):
+      self._manager.wait_until_finished()
     if jax.process_index() == 0:
       for step in self._unsummed:
         step_dir = os.path.join(self.path, str(step))

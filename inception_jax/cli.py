@@ -30,7 +30,9 @@ previous and the first row, marked where Welch's t-test finds it significant
 Exit status: 0 done; 1 a sweep run failed (the others went on); 2 an error a
 user can cause (one line on stderr); 3 the loss or gradient became
 non-finite; 4 stopped by SIGTERM/SIGINT/SIGUSR2 after saving checkpoints (rerun the
-same command to resume); 5 a sweep holds stale runs (--rerun-stale retrains them).
+same command to resume); 5 a sweep holds stale runs (--rerun-stale retrains them);
+6 no space left on device (what was written is intact: free space and rerun the
+same command to resume).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import json
 import logging
 import sys
 
+from inception_jax import rundir
 from inception_jax.errors import UserError
 
 
@@ -172,6 +175,31 @@ def _configure_logging() -> None:
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   # Without SLURM accounting (sacct), submitit warns at every poll.
   logging.getLogger('submitit').setLevel(logging.ERROR)
+  # Orbax's background threads log a full disk with its traceback before the
+  # run stops; the run's `error: no space left ...` line says it once.
+  for name in ('absl', 'asyncio'):
+    logging.getLogger(name).addFilter(_not_disk_full)
+  _quiet_closed_loops()
+
+
+def _not_disk_full(record: logging.LogRecord) -> bool:
+  return not (record.exc_info and rundir.is_disk_full(record.exc_info[1]))
+
+
+def _quiet_closed_loops() -> None:
+  """A save that fails part-way (a full disk) leaves TensorStore calling back
+  into Orbax's closed event loop, each call an unraisable "Event loop is
+  closed" traceback, by the thousand and meaning nothing: drop those."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'quiet_closed_loops', False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      previous(unraisable)
+  hook.quiet_closed_loops = True
+  sys.unraisablehook = hook
 
 
 def train_job(args: list[str]) -> dict:
@@ -222,4 +250,10 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return e.exit_code
+  except OSError as e:
+    if not rundir.is_disk_full(e):
+      raise
+    full = rundir.DiskFull(e.filename or 'a file')
+    print(f'error: {full}', file=sys.stderr)
+    return full.exit_code
 

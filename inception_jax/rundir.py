@@ -6,12 +6,15 @@ of a run with seeds, NAME/seed_K/ (docs/ARCHITECTURE.md has the whole contract).
 Writes are atomic (a temporary file renamed over the old one), so a reader —
 a report, a rerun, a user — sees the old file or the new one, never half.
 Reads say what is wrong: a missing file is a default, an invalid one a
-clear error; a metrics line cut short by a kill is skipped. `lock` is the
-exclusive lock a trainer holds on its run directory and a sweep on its own.
+clear error; a metrics line cut short by a kill is skipped. A full disk is a
+`DiskFull` naming the file (`writing`). `lock` is the exclusive lock a
+trainer holds on its run directory and a sweep on its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -62,6 +65,37 @@ def seed_dirs(path: str) -> list[int]:
 
 # --- Writing -------------------------------------------------------------------
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(UserError):
+  """A write failed for want of space (or quota); what was written before is intact."""
+  exit_code = 6
+
+  def __init__(self, path: str):
+    super().__init__(f'no space left on device while writing {path}; free space and '
+                     f'rerun the same command to resume')
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """An OSError ENOSPC or EDQUOT, or the same reported by TensorStore (Orbax's
+  writer) as "... [os_error_code='28']"."""
+  if isinstance(error, OSError):
+    return error.errno in NO_SPACE
+  return any(f"os_error_code='{code}'" in str(error) for code in NO_SPACE)
+
+
+@contextlib.contextmanager
+def writing(path: str):
+  """A full disk while writing `path` becomes `DiskFull(path)`."""
+  try:
+    yield
+  except Exception as e:
+    if is_disk_full(e):
+      raise DiskFull(path) from None
+    raise
+
+
 def _default(x: Any) -> Any:
   """JSON for numpy and JAX scalars and arrays; anything else as its string."""
   if hasattr(x, 'item') and getattr(x, 'ndim', 0) == 0:
@@ -80,13 +114,13 @@ def write_text(path: str, text: str) -> None:
   """Replace `path` atomically with `text` (on failure, `path` is as it was)."""
   tmp = f'{path}.tmp'
   try:
-    with open(tmp, 'w') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except OSError:
+    with writing(path):
+      with open(tmp, 'w') as f:
+        f.write(text)
+      os.replace(tmp, path)
+  finally:
     if os.path.isfile(tmp):
       os.remove(tmp)
-    raise
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -213,8 +247,13 @@ def lock(path: str) -> IO:
     raise UserError(f'cannot lock {path}: its filesystem does not support file locks '
                     f'({e.strerror or e}); use a directory on one that does, such as '
                     f'a local disk') from None
-  f.seek(0)
-  f.truncate()
-  f.write(f'{os.getpid()}\n')
-  f.flush()
+  try:
+    with writing(path):
+      f.seek(0)
+      f.truncate()
+      f.write(f'{os.getpid()}\n')
+      f.flush()
+  except DiskFull:
+    f.close()
+    raise
   return f

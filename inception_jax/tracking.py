@@ -13,6 +13,7 @@ cannot start is one warning, not the end of the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -94,15 +95,20 @@ class Tracker:
   def __enter__(self):
     return self
 
-  def __exit__(self, *exc):
-    self.close()
+  def __exit__(self, exc_type, exc, traceback):
+    try:
+      self.close()
+    except rundir.DiskFull:
+      if not isinstance(exc, rundir.DiskFull):    # else the error in flight says it
+        raise
 
   def log(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     row = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
-    self._metrics.write(json.dumps(row) + '\n')
-    self._metrics.flush()
+    with rundir.writing(self._metrics.name):
+      self._metrics.write(json.dumps(row) + '\n')
+      self._metrics.flush()
     if self._tb is not None:
       for key, value in metrics.items():
         self._tb.add_scalar(key, float(value), int(step))
@@ -128,19 +134,39 @@ class Tracker:
     self.close()
 
   def close(self) -> None:
+    """Close every writer, whatever the others do; a full disk is a `DiskFull`."""
     if not self.enabled:
       return
-    if not self._metrics.closed:
-      self._metrics.close()
-    if self._tb is not None:
-      self._tb.close()
-      self._tb = None
+    with contextlib.ExitStack() as closing:
+      closing.callback(self._finish_wandb)
+      if self._tb is not None:
+        closing.callback(_close_tensorboard, self._tb)
+        self._tb = None
+      with rundir.writing(self._metrics.name):
+        self._metrics.close()                 # a second close does nothing
+
+  def _finish_wandb(self) -> None:
     if self._wandb is not None:
       try:
         self._wandb.finish()
       except Exception as e:      # an upload that fails at the end
         log.warning('wandb did not finish cleanly: %s', _one_line(e))
       self._wandb = None
+
+
+def _close_tensorboard(tb) -> None:
+  """Close a SummaryWriter. One that cannot flush (a full disk) has its thread
+  stopped and is marked closed, so that its exit handler does not fail again."""
+  try:
+    with rundir.writing(tb.logdir):
+      tb.close()
+  except rundir.DiskFull:
+    for writer in (tb.all_writers or {}).values():
+      events = writer.event_writer
+      if not events._closed:                # noqa: SLF001
+        events._worker.stop()               # noqa: SLF001
+        events._closed = True               # noqa: SLF001
+    raise
 
 
 def _write_hparams(directory: str, config: Mapping, *, ended: bool) -> None:
@@ -153,13 +179,14 @@ def _write_hparams(directory: str, config: Mapping, *, ended: bool) -> None:
   from tensorboardX.summary import hparams
   summaries = hparams(rundir.scalars(rundir.flatten(config)), dict.fromkeys(FINAL_METRICS))
   now, temporary = time.time(), os.path.join(directory, '.hparams.tmp')
-  writer = RecordWriter(temporary)
-  writer.write(Event(wall_time=now, file_version='brain.Event:2').SerializeToString())
-  for summary in summaries[:3 if ended else 2]:
-    writer.write(Event(wall_time=now, summary=summary).SerializeToString())
-  writer.flush()
-  writer.close()
-  os.replace(temporary, os.path.join(directory, HPARAMS_EVENTS))
+  with rundir.writing(os.path.join(directory, HPARAMS_EVENTS)):
+    writer = RecordWriter(temporary)
+    writer.write(Event(wall_time=now, file_version='brain.Event:2').SerializeToString())
+    for summary in summaries[:3 if ended else 2]:
+      writer.write(Event(wall_time=now, summary=summary).SerializeToString())
+    writer.flush()
+    writer.close()
+    os.replace(temporary, os.path.join(directory, HPARAMS_EVENTS))
 
 
 def _start_wandb(workdir, config, *, mode, init_timeout, project, group, name):

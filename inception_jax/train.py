@@ -116,7 +116,7 @@ def _check_writable(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'w') as f:
+    with rundir.writing(probe), open(probe, 'w') as f:
       f.write('ok')
     os.remove(probe)
   except OSError as e:

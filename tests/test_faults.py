@@ -13,7 +13,7 @@ import time
 import pytest
 from conftest import ROOT, TINY_CONFIG, run_cli
 
-from inception_jax import checkpointing, config_lib, rundir, sweep, train
+from inception_jax import checkpointing, config_lib, rundir, sweep, tracking, train
 
 PREEMPTED = 4
 
@@ -251,3 +251,81 @@ def test_mistakes_found_before_training_are_one_line_each(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, (name, proc.stderr[-3000:])
     assert lines[0].startswith('error: ') and message in lines[0], (name, lines)
     assert os.listdir(workdir) == ['.lock'], name
+
+
+class _OnAFullDisk:
+  """A file whose writes fail with ENOSPC once `full(text)` holds."""
+
+  def __init__(self, file, full):
+    self._file, self._full = file, full
+
+  def write(self, text):
+    if self._full(text):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return self._file.write(text)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self._file.close()
+
+  def __getattr__(self, name):
+    return getattr(self._file, name)
+
+
+def _fill_the_disk(monkeypatch, module, name, full):
+  """The files called `name` that `module` opens run out of space once `full(text)`."""
+  real_open = open
+
+  def open_(path, *args, **kwargs):
+    file = real_open(path, *args, **kwargs)
+    return _OnAFullDisk(file, full) if os.path.basename(path) == name else file
+  monkeypatch.setattr(module, 'open', open_, raising=False)
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_resumes(tmp_path, cli_main,
+                                                                monkeypatch):
+  """ENOSPC while logging step 4: one line naming the file, exit status 6, the
+  rows and the checkpoint of step 2 intact; with space again, the same
+  command resumes from that checkpoint and finishes."""
+  _fill_the_disk(monkeypatch, tracking, rundir.METRICS,
+                 lambda text: text.startswith('{"step": 4'))
+  args = ['train', '--config', TINY_CONFIG, '--workdir', tmp_path,
+          '--config.checkpoint_every_steps=2', '--config.tracking.tensorboard=false']
+  code, _, err = cli_main(*args)
+  assert code == 6, err[-3000:]
+  assert err == (f'error: no space left on device while writing {tmp_path / rundir.METRICS}; '
+                 f'free space and rerun the same command to resume\n')
+  assert train_steps(tmp_path) == [1, 2, 3]
+  assert os.listdir(tmp_path / 'checkpoints') == ['2']
+  monkeypatch.undo()
+  code, _, err = cli_main(*args)
+  assert code == 0, err[-3000:]
+  assert train_steps(tmp_path) == [1, 2, 3, 4, 5, 6]
+  assert rundir.read_json(str(tmp_path / rundir.RESULT))['resumed_from_step'] == 2
+
+
+def test_a_full_disk_keeps_the_json_file_it_was_replacing(tmp_path, monkeypatch):
+  """An atomic write that runs out of space leaves the old file whole and no
+  temporary file, and names the file it was writing."""
+  path = str(tmp_path / rundir.RESULT)
+  rundir.write_json(path, {'old': True})
+  _fill_the_disk(monkeypatch, rundir, rundir.RESULT + '.tmp', lambda text: True)
+  with pytest.raises(rundir.DiskFull, match=f'while writing {path}; free space') as e:
+    rundir.write_json(path, {'new': True})
+  assert e.value.exit_code == 6
+  assert rundir.read_json(path) == {'old': True} and os.listdir(tmp_path) == [rundir.RESULT]
+
+
+def test_a_full_disk_as_orbax_reports_it_is_recognised():
+  """Orbax's writer (TensorStore) reports ENOSPC as a ValueError."""
+  orbax = ValueError('RESOURCE_EXHAUSTED: Error writing local file "ckpt/_sharding": '
+                     "Failed to write 432117 bytes to file 9: No space left on device "
+                     "[os_error_code='28']")
+  assert rundir.is_disk_full(orbax)
+  assert rundir.is_disk_full(OSError(errno.EDQUOT, 'Disk quota exceeded'))
+  assert not rundir.is_disk_full(OSError(errno.EACCES, 'Permission denied'))
+  with pytest.raises(rundir.DiskFull, match='while writing ckpt; free space'):
+    with rundir.writing('ckpt'):
+      raise orbax
