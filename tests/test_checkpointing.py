@@ -113,14 +113,16 @@ def checkpoint_dirs(workdir):
 def test_sigkill_at_any_moment_then_resume_is_exact(
     reference, tmp_path):
   """Killed while the first checkpoint is being written (so before any
-  checkpoint exists), while evaluating at step 10 (after a checkpoint at step
-  5), then at a random step: the rerun logs each step once and ends where an
-  uninterrupted run does, bit for bit."""
+  checkpoint exists, a metrics row cut short), while evaluating at step 10
+  (after a checkpoint at step 5), then at a random step: the rerun logs each
+  step once and ends where an uninterrupted run does, bit for bit."""
   workdir = tmp_path / 'run'
   kill_when(workdir, lambda: any('tmp' in n for n in checkpoint_dirs(workdir)),
             'the first save')
   assert not [n for n in checkpoint_dirs(workdir) if n.isdigit()], 'killed after the save'
   assert logged_steps(workdir)[:5] == [1, 2, 3, 4, 5]
+  with open(workdir / 'metrics.jsonl', 'a') as f:     # and a row cut short by it
+    f.write('{"step": 6, "train/lo')
 
   evaluated = lambda: [r for r in rundir.read_metrics(str(workdir)) if 'eval/top1' in r]
   kill_when(workdir, lambda: 10 in logged_steps(workdir), 'step 10')

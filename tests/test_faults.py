@@ -1,6 +1,7 @@
-"""Ordinary events that must lose nothing: a time limit, a kill before the first
-checkpoint, a rerun of a finished run, SLURM options left to the cluster, a
-SLURM controller that does not answer."""
+"""Ordinary events that must lose nothing: a time limit, SLURM options left to
+the cluster, a SLURM controller that does not answer, changed configs, bad
+data, a full disk, Ctrl-C with worker processes (kills at any moment:
+test_checkpointing.py; a rerun of a finished run: test_train.py)."""
 
 import errno
 import fcntl
@@ -13,7 +14,7 @@ import time
 import pytest
 from conftest import ROOT, TINY_CONFIG, run_cli
 
-from inception_jax import checkpointing, config_lib, rundir, sweep, tracking, train
+from inception_jax import checkpointing, config_lib, rundir, sweep, tracking
 
 PREEMPTED = 4
 
@@ -87,28 +88,6 @@ def test_ctrl_c_with_worker_processes_saves_and_exits_4(tmp_path):
   manager = checkpointing.CheckpointManager(str(workdir), every_steps=0, keep=3)
   assert manager.latest_step() == step
   manager.close()
-
-
-def test_a_kill_before_the_first_checkpoint_logs_each_step_once(tmp_path):
-  """Rows of a run killed before its first checkpoint (one cut short) are not
-  kept beside the rows of the rerun, which starts again at step 1."""
-  (tmp_path / 'metrics.jsonl').write_text(
-      '{"step": 1, "train/loss": 9.0}\n{"step": 2, "train/loss": 9.0}\n{"step": 3, "tr')
-  result = train.run(config_lib.load(TINY_CONFIG, ['tracking.tensorboard=false']),
-                     str(tmp_path))
-  assert train_steps(tmp_path) == list(range(1, result['steps'] + 1))
-  assert 9.0 not in [r.get('train/loss') for r in rundir.read_metrics(str(tmp_path))]
-
-
-def test_rerunning_a_finished_run_keeps_its_result(tmp_path):
-  config = config_lib.load(TINY_CONFIG, ['tracking.tensorboard=false', 'total_steps=2'])
-  first = train.run(config, str(tmp_path))
-  written = (tmp_path / 'result.json').read_bytes()
-  assert first['train_images_per_sec'] > 0
-  again = train.run(config, str(tmp_path))
-  assert (tmp_path / 'result.json').read_bytes() == written
-  assert again == rundir.read_json(str(tmp_path / 'result.json'))
-  assert train_steps(tmp_path) == [1, 2]
 
 
 def test_zero_slurm_resources_leave_the_cluster_default():
