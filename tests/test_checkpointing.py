@@ -19,7 +19,7 @@ TINY = TINY_CONFIG
 # Bitwise tests (same device count) run the default float32 recipe (the same
 # program as test_train's, shared through JAX's cache); the device-count tests
 # run in float64 (see EXACT).
-ARGS = ['--config.total_steps=30', '--config.checkpoint_every_steps=5',
+ARGS = ['--config.total_steps=20', '--config.checkpoint_every_steps=5',
         '--config.eval_every_steps=10', '--config.tracking.tensorboard=false']
 # As in test_train.py (the same overrides share compiled programs through JAX's
 # cache): float64 at rate 1e-3, where runs on 1 and 8 devices agree to ≤ 1e-12.
@@ -64,7 +64,7 @@ def losses(workdir):
 def assert_same_run(workdir, reference):
   """Bitwise the reference run: every step logged once, equal losses and
   parameters (the device count does not change, so neither does any sum)."""
-  assert logged_steps(workdir) == list(range(1, 31))   # none missing or twice
+  assert logged_steps(workdir) == list(range(1, 21))   # none missing or twice
   assert os.path.exists(os.path.join(workdir, 'result.json'))
   assert losses(workdir) == losses(reference)
   mine, theirs = (checkpointing.restore_params(str(w)) for w in (workdir, reference))
@@ -75,12 +75,12 @@ def assert_same_run(workdir, reference):
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
-  """30 uninterrupted steps on 8 devices, keeping every checkpoint."""
+  """20 uninterrupted steps on 8 devices, keeping every checkpoint."""
   workdir = tmp_path_factory.mktemp('reference')
   result = train(workdir, '--config.keep_checkpoints=10')
   assert result.returncode == 0, result.stderr[-3000:]
   assert checkpointing.CheckpointManager(
-      str(workdir), every_steps=5, keep=10).all_steps() == [5, 10, 15, 20, 25, 30]
+      str(workdir), every_steps=5, keep=10).all_steps() == [5, 10, 15, 20]
   return workdir
 
 
@@ -128,13 +128,13 @@ def test_sigkill_at_any_moment_then_resume_is_exact(
   kill_when(workdir, lambda: 10 in logged_steps(workdir), 'step 10')
   assert not evaluated(), 'killed after the evaluation at step 10'
 
-  moment = random.randint(11, 28)          # and once more, anywhere
+  moment = random.randint(11, 18)          # and once more, anywhere
   kill_when(workdir, lambda: moment in logged_steps(workdir), f'step {moment}')
 
   result = train(workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'resumed from the checkpoint at step' in result.stderr
-  assert [r['step'] for r in evaluated()] == [10, 20, 30]
+  assert [r['step'] for r in evaluated()] == [10, 20]
   assert_same_run(workdir, reference)
 
 
@@ -271,12 +271,12 @@ def garble(step_dir):
 @pytest.mark.xdist_group('reference')
 def test_garbled_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path):
   workdir = tmp_path / 'run'
-  copy_until(reference, workdir, 25)
-  garble(workdir / 'checkpoints' / '25')
+  copy_until(reference, workdir, 15)
+  garble(workdir / 'checkpoints' / '15')
   result = train(workdir)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'checkpoint at step 25 is damaged' in result.stderr
-  assert 'resumed from the checkpoint at step 20' in result.stderr
+  assert 'checkpoint at step 15 is damaged' in result.stderr
+  assert 'resumed from the checkpoint at step 10' in result.stderr
   assert os.listdir(workdir / 'checkpoints_damaged')
   assert_same_run(workdir, reference)
 
@@ -298,9 +298,9 @@ def test_truncated_checkpoints_with_none_good_is_a_clear_error(reference, tmp_pa
 @pytest.mark.xdist_group('reference')
 def test_config_drift_is_refused_with_the_changed_keys(reference, tmp_path):
   workdir = tmp_path / 'run'
-  copy_until(reference, workdir, 30)
+  copy_until(reference, workdir, 20)
   drift = ['--config.seed=1', '--config.optim.weight_decay=0.001',
-           '--config.total_steps=40', '--config.tracking.progress=false']
+           '--config.total_steps=30', '--config.tracking.progress=false']
   result = train(workdir, *drift)
   assert result.returncode == 2, result.stderr[-3000:]
   message = [l for l in result.stderr.splitlines() if l.startswith('error:')]
@@ -308,7 +308,7 @@ def test_config_drift_is_refused_with_the_changed_keys(reference, tmp_path):
   assert 'optim.weight_decay, seed' in message[0]
   assert 'total_steps' not in message[0] and 'tracking' not in message[0]
   assert '--allow_config_change' in message[0]
-  assert logged_steps(workdir) == list(range(1, 31))     # nothing lost
+  assert logged_steps(workdir) == list(range(1, 21))     # nothing lost
 
 
 def test_config_changes_lists_only_harmful_keys():
