@@ -21,6 +21,12 @@ aux head is used in training only: `launch.py cost` reports the inference
 network, so all three rows cost the same there (the head's own parameters
 and multiply-adds are `aux_params` / `aux_macs` in `--json`).
 
+Expected at paper scale: aux_bn 0.4 points of top-1 error below aux_no_bn
+(Table 3), and no_aux no better than aux_no_bn (Section 4: the head helps
+late in training). 0.4 points is about the seed-to-seed spread of an
+ImageNet run: with fewer than three seeds a row (`--seeds 3`) the difference
+cannot be told from noise; `launch.py compare` says whether it can.
+
 Arg: scale=demo (default) | paper | tiny.
   python launch.py cost --sweep sweeps/aux_head.py:scale=paper
 """

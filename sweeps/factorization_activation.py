@@ -15,6 +15,10 @@ settles at 76.2% with linear + ReLU (22.8% and 23.8% top-1 error). Those
 models are not said to be Inception-v3, and no top-5 error or cost is given.
 The activation changes no parameter or multiply-add: both rows cost the same.
 
+Expected at paper scale: relu about 1 point of top-1 error below linear
+(Fig. 2), several times the seed-to-seed spread of an ImageNet run, so two or
+three seeds a row should show it; `launch.py compare` marks whether they do.
+
 Arg: scale=demo (default) | paper | tiny.
   python launch.py cost --sweep sweeps/factorization_activation.py:scale=paper
 """

@@ -18,6 +18,11 @@ Paper figures: the paper reports no accuracy for the naive reductions, only
 the cost argument. The `efficient` row is Inception-v3 itself, so it carries
 Table 3's last row (21.2% / 5.6%, 4.8 Bn ops); the other rows have none.
 
+Expected at paper scale (the paper's argument, not a measurement):
+pool_conv worse than efficient (its bottleneck), conv_pool about as good at
+1.75× the multiply-adds. A difference smaller than the spread of the sweep's
+own seeds (`--seeds 3`, `launch.py compare`) is no difference.
+
 Arg: scale=demo (default) | paper | tiny.
   python launch.py cost --sweep sweeps/grid_reduction.py:scale=paper
 """

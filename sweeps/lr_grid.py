@@ -14,6 +14,11 @@ another key to the `overrides` of each run (e.g. 'optim.epsilon').
 Paper figures: only the paper's own recipe (0.045, ε = 0.1, Inception-v3)
 has them: Table 3's last row (21.2% / 5.6%, 4.8 Bn ops), at paper scale.
 
+Expected: no figure from the paper. A grid point is better than its
+neighbours only where the difference exceeds the spread of its seeds
+(`--seeds 3`, `launch.py compare`); with one seed the best point of a grid is
+partly luck.
+
 Arg: scale=demo (default) | paper | tiny; model=PRESET (default inception_v3).
   python launch.py cost --sweep sweeps/lr_grid.py:scale=paper
 """

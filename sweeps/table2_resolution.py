@@ -28,6 +28,12 @@ tiny, 75 / 39 / 23 (a 7×7 grid after every stem; ratio 3.3 : 1.7 : 1
 against the paper's 3.8 : 1.9 : 1), each of them the preset's smallest
 valid input. The sizes go in `data.image_size`.
 
+Expected at paper scale: rf151 within 0.2 points of rf299 (the paper's point:
+at equal compute a lower resolution costs little) and rf79 about 1.4 points
+worse. 0.2 points is below the seed-to-seed spread of an ImageNet run, so
+rf299 and rf151 should not differ beyond the noise, and rf79 should; run at
+least three seeds (`--seeds 3`) and read `launch.py compare`'s Δ columns.
+
 Arg: scale=demo (default) | paper | tiny; image_size=S overrides v3's size
 (0: the scale's), e.g. image_size=107 for a demo with 11×11 grids.
   python launch.py cost --sweep sweeps/table2_resolution.py:scale=paper

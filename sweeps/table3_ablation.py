@@ -10,6 +10,15 @@ Each row adds one change to the previous (Section 10):
 The paper gives no learning rate for its momentum runs; the v2 row keeps the
 recipe's schedule (0.045, ×0.94 every 2 epochs) with momentum 0.9.
 
+Expected at paper scale: each row's top-1 error below the previous row's by
+Table 3's steps, 0.3 (RMSProp), 0.3 (label smoothing), 1.2 (factorized 7×7)
+and 0.4 points (BN-auxiliary). Steps of 0.3–0.4 points are about the
+seed-to-seed spread of an ImageNet run, so a row's difference means something
+only where it exceeds the spread of the sweep's own seeds: run at least three
+(`--seeds 3`) and read the Δ columns of `launch.py compare` (Welch's t-test,
+stated in the table's footer). At demo scale the rows run a shared miniature
+recipe on synthetic data; see the README for what that can and cannot show.
+
 Arg: scale=demo (default) | paper | tiny.
   python launch.py cost --sweep sweeps/table3_ablation.py:scale=paper
 """

@@ -6,6 +6,7 @@ test_checkpointing.py; a rerun of a finished run: test_train.py)."""
 import errno
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def train_steps(workdir):
 def test_slurm_time_limit_signal_saves_and_exits_4(tmp_path):
   """SLURM warns a job with SIGUSR2 before its time limit (submitit asks for
   --signal=USR2@90): the run finishes its step, saves and exits 4 — resumable
-  and reported as interrupted, not lost."""
+  and reported as interrupted, not lost; its log says how it went."""
   workdir = tmp_path / 'run'
   environ = dict(os.environ, PYTHONPATH=ROOT)
   with open(tmp_path / 'log', 'w') as log:
@@ -53,6 +54,11 @@ def test_slurm_time_limit_signal_saves_and_exits_4(tmp_path):
   assert manager.latest_step() == step < 200
   manager.close()
   assert train_steps(workdir) == list(range(1, step + 1))
+  # What SLURM's log file shows (no terminal, no progress bar): a line per
+  # logging interval with the loss, the speed and the time left, and no
+  # start-up noise from JAX looking for accelerators.
+  assert re.search(r'step 1/200  loss [0-9.]+  [0-9.]+ images/s  \S+ left', output), output
+  assert 'Unable to initialize backend' not in output
 
 
 def test_ctrl_c_with_worker_processes_saves_and_exits_4(tmp_path):
