@@ -69,11 +69,13 @@ def _save_replicated_arrays_whole() -> None:
   short run): save each array once, whole."""
   from orbax.checkpoint._src.metadata import array_metadata_store
   from orbax.checkpoint._src.serialization import type_handler_registry
-  type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(   # no warning: meant
-      jax.Array, ocp.type_handlers.ArrayHandler(
-          use_replica_parallel=False,
-          array_metadata_store=array_metadata_store.Store()),
-      override=True, ignore_warnings=True)
+  handler = ocp.type_handlers.ArrayHandler(
+      use_replica_parallel=False, array_metadata_store=array_metadata_store.Store())
+  try:
+    type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(   # no warning: meant
+        jax.Array, handler, override=True, ignore_warnings=True)
+  except TypeError:              # an Orbax without ignore_warnings: the public call
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
 class CheckpointManager:
