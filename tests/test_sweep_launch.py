@@ -420,6 +420,43 @@ def test_sweep_on_slurm(slurm_cluster, tmp_path):
   assert states(workdir) == {'one': 'done', 'two': 'done'}
 
 
+def test_slurm_time_limit_warning_interrupts_the_run_and_the_rerun_resumes(
+    slurm_cluster, tmp_path):
+  """SLURM warns a job before its time limit with SIGUSR2 (submitit asks for
+  --signal=USR2@90); here the cluster sends it at once (`scancel --signal`).
+  The run saves and exits 4, the sweep records it interrupted (not failed),
+  and the same sweep command resumes it from that checkpoint."""
+  path = write_sweep(tmp_path / 'one.py', [
+      dict(name='long', config=TINY,
+           overrides={'total_steps': 40, 'checkpoint_every_steps': 0,
+                      'slurm.partition': 'debug', 'slurm.cpus_per_task': 1})])
+  workdir = str(tmp_path / 'out')
+  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'launch.py'), 'sweep', path,
+                           '--workdir', workdir, '--launcher', 'slurm'], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  train_rows = lambda: [r for r in rundir.read_metrics(os.path.join(workdir, 'long'))
+                        if 'train/loss' in r]
+  deadline = time.time() + 600
+  while len(train_rows()) < 2:
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.05)
+  job = json.load(open(os.path.join(workdir, 'sweep.json')))['status']['long']['message']
+  assert job.startswith('SLURM job '), job
+  subprocess.run(['scancel', '--signal=USR2', job.split()[-1]], check=True, timeout=60)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 4, out[-3000:] + err[-3000:]
+  assert states(workdir) == {'long': 'interrupted'}
+  stopped = len(train_rows())
+  assert 2 <= stopped < 40
+
+  proc = launch('sweep', path, '--workdir', workdir, '--launcher', 'slurm')
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  result = json.load(open(os.path.join(workdir, 'long', 'result.json')))
+  assert result['resumed_from_step'] == stopped
+  assert [r['step'] for r in train_rows()] == list(range(1, 41))
+  assert states(workdir) == {'long': 'done'}
+
+
 def test_slurm_resources_come_from_the_config():
   config = config_lib.load('configs/inception_v3.py', {'slurm.nodes': 4,
                                                        'slurm.partition': 'gpu'})
