@@ -98,11 +98,7 @@ class CheckpointManager:
     return self
 
   def __exit__(self, exc_type, exc, traceback):
-    try:
-      self.close()
-    except rundir.DiskFull:
-      if not isinstance(exc, rundir.DiskFull):    # else the error in flight says it
-        raise
+    rundir.close_after(self.close, exc)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

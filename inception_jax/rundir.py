@@ -85,6 +85,17 @@ def is_disk_full(error: BaseException) -> bool:
   return any(f"os_error_code='{code}'" in str(error) for code in NO_SPACE)
 
 
+def close_after(close, error: BaseException | None) -> None:
+  """`close()` on the way out of a `with` block: a `DiskFull` it raises is
+  dropped when `error`, the exception in flight, is one already (that error
+  says it)."""
+  try:
+    close()
+  except DiskFull:
+    if not isinstance(error, DiskFull):
+      raise
+
+
 @contextlib.contextmanager
 def writing(path: str):
   """A full disk while writing `path` becomes `DiskFull(path)`."""

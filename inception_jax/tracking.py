@@ -96,11 +96,7 @@ class Tracker:
     return self
 
   def __exit__(self, exc_type, exc, traceback):
-    try:
-      self.close()
-    except rundir.DiskFull:
-      if not isinstance(exc, rundir.DiskFull):    # else the error in flight says it
-        raise
+    rundir.close_after(self.close, exc)
 
   def log(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:

@@ -68,6 +68,17 @@ def slurm_cluster_problem(partition='debug'):
           'bash scripts/slurm_local.sh start --install')
 
 
+def start_cli(*args, log, **popen):
+  """`python -m inception_jax ARGS` started in the background (this process's
+  8 devices), its output in the open file `log`: for a test that signals or
+  kills it."""
+  environ = dict(os.environ)
+  environ['PYTHONPATH'] = os.pathsep.join(filter(None, (ROOT, environ.get('PYTHONPATH'))))
+  return subprocess.Popen([sys.executable, '-m', 'inception_jax', *map(str, args)],
+                          cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
+                          **popen)
+
+
 @pytest.fixture
 def cli_main(capsys):
   """`cli.main(ARGS)` in this process (8 devices): (exit status, stdout, stderr)."""

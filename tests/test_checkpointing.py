@@ -5,13 +5,11 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_CONFIG, assert_close_to_scale, run_cli
+from conftest import TINY_CONFIG, assert_close_to_scale, run_cli, start_cli
 
 from inception_jax import checkpointing, rundir
 
@@ -38,10 +36,7 @@ def train(workdir, *extra, devices=8):
 def start(workdir):
   """The same in the background, its output in WORKDIR.log."""
   log = open(os.path.join(str(workdir) + '.log'), 'w')
-  environ = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.Popen([sys.executable, '-m', 'inception_jax', 'train', '--config',
-                           TINY, '--workdir', str(workdir), *ARGS], cwd=ROOT, env=environ,
-                          stdout=log, stderr=subprocess.STDOUT)
+  return start_cli('train', '--config', TINY, '--workdir', workdir, *ARGS, log=log)
 
 
 def wait_for(proc, condition, what, timeout=600, poll=0.05):

@@ -9,11 +9,10 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import ROOT, TINY_CONFIG, run_cli
+from conftest import TINY_CONFIG, run_cli, start_cli
 
 from inception_jax import checkpointing, config_lib, rundir, sweep, tracking
 
@@ -29,13 +28,10 @@ def test_slurm_time_limit_signal_saves_and_exits_4(tmp_path):
   --signal=USR2@90): the run finishes its step, saves and exits 4 — resumable
   and reported as interrupted, not lost; its log says how it went."""
   workdir = tmp_path / 'run'
-  environ = dict(os.environ, PYTHONPATH=ROOT)
   with open(tmp_path / 'log', 'w') as log:
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'inception_jax', 'train', '--config', TINY_CONFIG,
-         '--workdir', str(workdir), '--config.total_steps=200',
-         '--config.checkpoint_every_steps=0', '--config.tracking.tensorboard=false'],
-        cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
+    proc = start_cli('train', '--config', TINY_CONFIG, '--workdir', workdir,
+                     '--config.total_steps=200', '--config.checkpoint_every_steps=0',
+                     '--config.tracking.tensorboard=false', log=log)
     try:
       deadline = time.time() + 600
       while len(train_steps(workdir)) < 2:
@@ -66,15 +62,11 @@ def test_ctrl_c_with_worker_processes_saves_and_exits_4(tmp_path):
   (data.num_workers > 0) included: they leave it to the trainer, which saves
   and exits 4 with one line, and no worker prints a KeyboardInterrupt."""
   workdir = tmp_path / 'run'
-  environ = dict(os.environ, PYTHONPATH=ROOT)
   with open(tmp_path / 'log', 'w') as log:
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'inception_jax', 'train', '--config', TINY_CONFIG,
-         '--workdir', str(workdir), '--config.total_steps=200',
-         '--config.checkpoint_every_steps=0', '--config.tracking.tensorboard=false',
-         '--config.data.num_workers=2'],
-        cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)             # its own process group, as in a terminal
+    proc = start_cli('train', '--config', TINY_CONFIG, '--workdir', workdir,
+                     '--config.total_steps=200', '--config.checkpoint_every_steps=0',
+                     '--config.tracking.tensorboard=false', '--config.data.num_workers=2',
+                     log=log, start_new_session=True)   # its own process group, as in a terminal
     try:
       deadline = time.time() + 600
       while not train_steps(workdir):
