@@ -62,6 +62,7 @@ def _split_overrides(argv):
 def cmd_train(args, overrides):
   from inception_jax import parallel
   parallel.initialize()      # before anything touches a device
+  parallel.use_compilation_cache()
   from inception_jax import config_lib, train
   config = config_lib.load(args.config, overrides)
   if config.model.get('dtype') == 'float64':     # numerical checks: float64 throughout

@@ -12,6 +12,7 @@ weights as `eval/*` and the raw weights as `eval_raw/*`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -148,9 +149,12 @@ class _WorkdirLock:
 
 
 def make_train_step(graphdef, tx, schedule, config):
-  key = jax.random.key(config.seed)
+  """The jitted step's function: (state, batch, seed) → (state, metrics).
+  The seed is an argument, not a constant, so that the seeds of a sweep share
+  one compiled program."""
+  def train_step(state: TrainState, batch, seed):
+    key = jax.random.key(seed)
 
-  def train_step(state: TrainState, batch):
     def loss_fn(params):
       model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
       logits, aux = model(batch['image'], return_aux=True,
@@ -179,13 +183,22 @@ def make_train_step(graphdef, tx, schedule, config):
   return train_step
 
 
+def _seed(config):
+  """`config.seed` as a traced argument of the jitted functions."""
+  return np.uint32(config.seed)
+
+
 def make_eval_step(eval_graphdef):
+  @jax.jit          # a nested jit: traced once for both sets of weights
+  def forward(params, stats, images):
+    return nnx.merge(eval_graphdef, params, stats, copy=True)(images)
+
   def eval_step(state: TrainState, batch):
     mask, labels = batch['mask'], batch['label']
     sums = {'count': jnp.sum(mask)}
     for prefix, params, stats in (('eval', state.ema_params, state.ema_batch_stats),
                                   ('eval_raw', state.params, state.batch_stats)):
-      logits = nnx.merge(eval_graphdef, params, stats, copy=True)(batch['image'])
+      logits = forward(params, stats, batch['image'])
       k = min(5, logits.shape[-1])
       top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
       sums[f'{prefix}/loss'] = jnp.sum(
@@ -259,8 +272,6 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     spec = models.InceptionSpec.from_config(config.model,
                                             dataset_classes=data.num_classes)
     image_size = config.data.image_size
-    abstract = cost.abstract_model(spec, image_size)
-    graphdef, eval_graphdef = _graphdefs(abstract)
     tx = optim.make_optimizer(config.optim, steps_per_epoch=data.steps_per_epoch,
                               global_batch=config.batch_size)
     schedule = optim.learning_rate_schedule(
@@ -272,8 +283,9 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     checkpoints = resources.enter_context(checkpointing.CheckpointManager(
         workdir, every_steps=config.checkpoint_every_steps,
         keep=config.keep_checkpoints))
-    state = _init_or_restore(config, workdir, spec, image_size, tx, checkpoints,
-                             data.loader, shardings[0], allow_config_change)
+    init, abstract = _trace_init(config, spec, image_size, tx, shardings[0])
+    graphdef, eval_graphdef = _graphdefs(abstract)
+    state = _init_or_restore(config, init, checkpoints, data.loader, allow_config_change)
     start_step = int(state.step)
     finished = rundir.read_json(os.path.join(workdir, rundir.RESULT))
     if finished is not None and start_step >= data.total_steps:
@@ -300,9 +312,10 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     stop = resources.enter_context(_StopSignal())
     log.info('training %s for %d steps (%.2f steps per epoch) on %d devices',
              spec.stem, data.total_steps, data.steps_per_epoch, jax.device_count())
+    train_step = jax.jit(make_train_step(graphdef, tx, schedule, config),
+                         donate_argnums=0, out_shardings=shardings[:1] * 2)
     loop = _Loop(config, data, checkpoints, tracker, progress, stop,
-                 train_step=jax.jit(make_train_step(graphdef, tx, schedule, config),
-                                    donate_argnums=0, out_shardings=shardings[:1] * 2),
+                 train_step=functools.partial(train_step, seed=_seed(config)),
                  eval_step=jax.jit(make_eval_step(eval_graphdef),
                                    out_shardings=shardings[0]))
     state = loop.run(state)
@@ -369,25 +382,37 @@ def _graphdefs(abstract):
   return graphdef, eval_graphdef
 
 
-def _init_or_restore(config, workdir, spec, image_size, tx, checkpoints, loader,
-                     replicated, allow_config_change) -> TrainState:
-  """A new TrainState, or the latest good checkpoint's (onto this run's mesh,
-  whatever the device count it was written on) with the data position."""
-  def init():
+def _trace_init(config, spec, image_size, tx, replicated):
+  """The traced initialisation of a TrainState, and the model with shapes in
+  place of weights that its trace built (the model is built once)."""
+  built = []
+
+  def init(seed):
     model = models.Inception(spec, image_size=image_size,
-                             rngs=nnx.Rngs(params=config.seed))
+                             rngs=nnx.Rngs(params=jax.random.key(seed)))
+    graphdef, state = nnx.split(model)
+    built.append((graphdef, jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)))
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=batch_stats, opt_state=tx.init(params),
                       ema_params=copy(params), ema_batch_stats=copy(batch_stats))
-  init = jax.jit(init, out_shardings=replicated).trace()    # traced once
+  traced = jax.jit(init, out_shardings=replicated).trace(_seed(config))
+  return traced, nnx.merge(*built[0])
+
+
+def _init_or_restore(config, init, checkpoints, loader,
+                     allow_config_change) -> TrainState:
+  """A new TrainState from the traced `init`, or the latest good checkpoint's
+  (onto this run's mesh, whatever the device count it was written on) with the
+  data position."""
   # The config is checked before the state is read: a changed model or
   # optimizer is refused by name, and no good checkpoint is set aside for it.
   restored = checkpoints.restore(init.out_info, check_config=lambda saved: _check_resume(
       saved, config, allow_config_change))
   if restored is None:
-    return init.lower().compile()()
+    return init.lower().compile()(_seed(config))
   state, data_state, _ = restored
   loader.set_state(data_state)
   log.info('resumed from the checkpoint at step %d', int(state.step))
