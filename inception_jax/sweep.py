@@ -8,7 +8,8 @@ optional `seeds` ([0, 1, 2]): the run is repeated once per seed, each seed an
 ordinary run in DIR/NAME/seed_K with `config.seed` = K. A run without seeds
 is one run of its config's seed in DIR/NAME, as sweeps have always been.
 
-`run_sweep` trains every run in DIR/NAME, N at a time on this machine
+`run_sweep` trains every run in DIR/NAME (seeds in seed-major order: each
+run's first seed, then each run's second, …), N at a time on this machine
 (`LocalLauncher`) or as a SLURM job array through submitit (`SlurmLauncher`).
 A run whose `result.json` exists is skipped; one that was interrupted resumes
 from its checkpoint (the trainer does that by itself); one that fails is
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import signal
@@ -494,8 +496,9 @@ def run_sweep(path_arg: str, directory: str, *, launcher, only: str | None = Non
   selected = {r.name for r in select(all_runs, only)}
   with lock_directory(directory):
     record = Record(directory, path_arg, all_runs)
-    outcomes, jobs = {}, []
+    outcomes, jobs_per_run = {}, []
     for run in all_runs:
+      jobs_per_run.append(jobs := [])
       conflict = layout_conflict(os.path.join(directory, run.name), run)
       if conflict and run.name in selected and rerun_stale:
         moved = move_aside(os.path.join(directory, run.name))
@@ -511,6 +514,10 @@ def run_sweep(path_arg: str, directory: str, *, launcher, only: str | None = Non
           jobs.append(one)
         else:
           _record_stale(record, one, os.path.join(directory, one.name), echo)
+    # Seed-major order: every run's first seed, then every run's second, …
+    # A full table exists early, and the later seeds of a run reuse the
+    # programs its first seed compiled (also when several train at once).
+    jobs = [one for wave in itertools.zip_longest(*jobs_per_run) for one in wave if one]
     outcomes.update(_train(jobs, directory, record, launcher, rerun_stale,
                            sweep_name(path_arg), echo))
   return {r.name: outcomes[r.name] for run in all_runs if run.name in selected

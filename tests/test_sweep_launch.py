@@ -299,14 +299,17 @@ class FakeLauncher:
 
 def test_each_seed_is_a_run_directory(tmp_path):
   """A run with seeds trains once per seed in DIR/NAME/seed_K with that
-  seed, recorded per seed; a run without seeds stays DIR/NAME; a rerun
+  seed, recorded per seed, the seeds of all runs in seed-major order; a run
+  without seeds stays DIR/NAME; a rerun
   skips each finished seed and --only selects every seed of a run."""
   path = write_sweep(tmp_path / 'two.py', [dict(name='a', config=TINY, seeds=[0, 2]),
                                            dict(name='b', config=TINY)])
   workdir = str(tmp_path / 'out')
   fake = FakeLauncher()
   outcomes = sweep.run_sweep(path, workdir, launcher=fake, echo=lambda _: None)
-  assert list(outcomes) == [r for r, _ in fake.launched] == ['a/seed_0', 'a/seed_2', 'b']
+  assert list(outcomes) == ['a/seed_0', 'a/seed_2', 'b']
+  # Seed-major: every run's first seed before any run's second.
+  assert [r for r, _ in fake.launched] == ['a/seed_0', 'b', 'a/seed_2']
   for name, args in fake.launched:
     target = os.path.join(workdir, name)
     assert args[args.index('--workdir') + 1] == target
