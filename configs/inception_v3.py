@@ -38,7 +38,7 @@ from inception_jax import config_lib, models
 SCALES = {
     #        width, min_depth, image size (None: the preset's)
     'paper': (1.0, 16, None),
-    'demo': (0.25, 8, 75),
+    'demo': (0.125, 8, 75),
     'tiny': (0.05, 4, 75),
 }
 
@@ -64,6 +64,7 @@ def get_config(arg=None):
       num_classes=10,                 # synthetic only
       num_train=4096,                 # synthetic only
       num_eval=500,                   # synthetic only
+      object_size=(0.16, 0.26),       # synthetic only: object radius / image size
       crop_area_min=0.05,             # distorted crop: area in [min, 1.0]
       color_distort=False,
       eval_central_fraction=0.875,
@@ -130,19 +131,28 @@ def get_config(arg=None):
   ))
 
   if arg.scale == 'demo':
-    # About 2 minutes on 2 CPU cores. At batch 32 and 600 steps the paper's
-    # RMSProp (ε = 1.0, i.e. plain momentum for small gradients) with
-    # global-norm clipping at 2.0 does not leave chance level: ε = 1e-3 makes
-    # RMSProp adaptive, the rate suits the small batch, BN statistics follow
-    # the short run, and milder crops keep the drawn objects in view.
+    # About 2 minutes on 2 CPU cores, and every Table 3 row learns on every
+    # seed (README). What it takes, each found by trying the alternative:
+    # - large objects (radius 0.3–0.4 of the image): at 75×75 the network
+    #   learns the textures first and tells the shapes apart only late; with
+    #   the dataset's default 0.16–0.26 it sat near chance for 600 steps;
+    # - RMSProp with ε = 1e-3 and no clipping: clipping at the paper's 2.0
+    #   scales the early gradients (norm ≈ 150) down ~75× and the same run
+    #   reached top-1 0.32 instead of 0.9 after 800 steps; the paper's ε = 1.0
+    #   makes RMSProp plain momentum for gradients that small;
+    # - a warm-up of one epoch: momentum SGD (Table 3's first row) leaves
+    #   chance only with it; BN statistics follow the short run (0.9), and
+    #   milder crops keep the drawn objects in view.
     config.batch_size = 32
-    config.total_steps = 600
+    config.total_steps = 1000
     config.log_every_steps = 10
-    config.eval_every_steps = 300
-    config.checkpoint_every_steps = 300
+    config.eval_every_steps = 500
+    config.checkpoint_every_steps = 500
     config.data.crop_area_min = 0.8
+    config.data.object_size = (0.3, 0.4)
     config.model.bn_momentum = 0.9
-    config.optim.update(learning_rate=1e-3, epsilon=1e-3, grad_clip_norm=0.0)
+    config.optim.update(learning_rate=1e-3, epsilon=1e-3, grad_clip_norm=0.0,
+                        warmup_epochs=1.0)
   elif arg.scale == 'tiny':
     config.batch_size = 16
     config.total_steps = 6

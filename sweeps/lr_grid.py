@@ -19,8 +19,13 @@ neighbours only where the difference exceeds the spread of its seeds
 (`--seeds 3`, `launch.py compare`); with one seed the best point of a grid is
 partly luck.
 
-Arg: scale=demo (default) | paper | tiny; model=PRESET (default inception_v3).
+Arg: scale=demo (default) | paper | tiny; model=PRESET (default inception_v3);
+optim=rmsprop | momentum (default: the config's); lrs=A/B/… (learning rates
+in place of the factors) and smoothings=A/B/… (in place of SMOOTHINGS).
   python launch.py cost --sweep sweeps/lr_grid.py:scale=paper
+  # the study that chose the demo's momentum learning rate (README):
+  python launch.py sweep sweeps/lr_grid.py:model=inception_v2,optim=momentum,lrs=0.01/0.03/0.1/0.3,smoothings=0 \
+      --seeds 2 --workdir runs/momentum_lr
 """
 
 from inception_jax import config_lib
@@ -41,19 +46,38 @@ def _short(x: float) -> str:
   return f'{mantissa}e{int(exponent)}'
 
 
+def _numbers(text: str, what: str) -> list[float]:
+  """'0.01/0.03/0.1' → [0.01, 0.03, 0.1] (the arg separates its items by commas)."""
+  try:
+    values = [float(x) for x in text.split('/') if x.strip()]
+  except ValueError:
+    values = []
+  if not values:
+    raise config_lib.ConfigError(f'{what} must be numbers separated by "/", got {text!r}')
+  return values
+
+
 def get_sweep(arg=None):
-  arg = config_lib.parse_arg(arg, scale='demo', model='inception_v3')
+  arg = config_lib.parse_arg(arg, scale='demo', model='inception_v3', optim='',
+                             lrs='', smoothings='')
   config = f'{CONFIG}:model={arg.model},scale={arg.scale}'
   base = config_lib.load(config)
+  extra = {}
+  if arg.optim:
+    if arg.optim not in ('rmsprop', 'momentum'):
+      raise config_lib.ConfigError(f'optim must be rmsprop or momentum, got {arg.optim!r}')
+    extra['optim.name'] = arg.optim
+  lrs = (_numbers(arg.lrs, 'lrs') if arg.lrs else
+         [float(f'{base.optim.learning_rate * factor:.6g}') for factor in FACTORS])
+  smoothings = _numbers(arg.smoothings, 'smoothings') if arg.smoothings else SMOOTHINGS
   runs = []
-  for factor in FACTORS:
-    lr = float(f'{base.optim.learning_rate * factor:.6g}')
-    for smoothing in SMOOTHINGS:
+  for lr in lrs:
+    for smoothing in smoothings:
       paper_recipe = (arg.scale == 'paper' and arg.model == 'inception_v3' and
-                      lr == 0.045 and smoothing == 0.1)
+                      lr == 0.045 and smoothing == 0.1 and arg.optim in ('', 'rmsprop'))
       runs.append(dict(
           name=f'lr{_short(lr)}_ls{smoothing:g}',
           config=config,
-          overrides={'optim.learning_rate': lr, 'loss.label_smoothing': smoothing},
+          overrides={**extra, 'optim.learning_rate': lr, 'loss.label_smoothing': smoothing},
           paper=dict(PAPER_RECIPE if paper_recipe else NONE)))
   return runs

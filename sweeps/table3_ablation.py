@@ -7,16 +7,19 @@ Each row adds one change to the previous (Section 10):
   v2_factorized_7x7        + the 7×7 stem factorized into three 3×3
   inception_v3             + batch-normalized auxiliary FC ("BN-auxiliary")
 
-The paper gives no learning rate for its momentum runs; the v2 row keeps the
-recipe's schedule (0.045, ×0.94 every 2 epochs) with momentum 0.9.
+The paper gives no learning rate for its momentum runs. At paper scale the v2
+row keeps the recipe's schedule (0.045, ×0.94 every 2 epochs) with momentum
+0.9; at demo scale it uses MOMENTUM_DEMO_LR, the best rate of a study with
+`sweeps/lr_grid.py` (README, "A learning rate for the momentum row").
 
 Expected at paper scale: each row's top-1 error below the previous row's by
 Table 3's steps, 0.3 (RMSProp), 0.3 (label smoothing), 1.2 (factorized 7×7)
 and 0.4 points (BN-auxiliary). Steps of 0.3–0.4 points are about the
 seed-to-seed spread of an ImageNet run, so a row's difference means something
-only where it exceeds the spread of the sweep's own seeds: run at least three
-(`--seeds 3`) and read the Δ columns of `launch.py compare` (Welch's t-test,
-stated in the table's footer). At demo scale the rows run a shared miniature
+only where it exceeds the spread of the sweep's own seeds: each row runs three
+seeds at paper scale and two at demo scale (SEEDS; `--seeds N` replaces them),
+and the Δ columns of `launch.py compare` mark the differences that exceed the
+spread (Welch's t-test, stated in the table's footer). At demo scale the rows run a shared miniature
 recipe on synthetic data; see the README for what that can and cannot show.
 
 Arg: scale=demo (default) | paper | tiny.
@@ -37,11 +40,19 @@ PAPER = {
 }
 
 
+# The demo's momentum learning rate, from the study in the README.
+MOMENTUM_DEMO_LR = 0.03
+# Seeds per row: a difference means something only against their spread.
+SEEDS = {'demo': [0, 1], 'paper': [0, 1, 2], 'tiny': None}
+
+
 def get_sweep(arg=None):
   arg = config_lib.parse_arg(arg, scale='demo')
+  momentum = {'optim.name': 'momentum', 'loss.label_smoothing': 0.0}
+  if arg.scale == 'demo':
+    momentum['optim.learning_rate'] = MOMENTUM_DEMO_LR
   rows = [
-      ('inception_v2', 'inception_v2',
-       {'optim.name': 'momentum', 'loss.label_smoothing': 0.0}),
+      ('inception_v2', 'inception_v2', momentum),
       ('v2_rmsprop', 'inception_v2', {'loss.label_smoothing': 0.0}),
       ('v2_label_smoothing', 'inception_v2', {}),
       ('v2_factorized_7x7', 'inception_v2_factorized_7x7', {}),
@@ -50,5 +61,6 @@ def get_sweep(arg=None):
   return [dict(name=name,
                config=f'{CONFIG}:model={model},scale={arg.scale}',
                overrides=overrides,
-               paper=PAPER[name])
+               paper=PAPER[name],
+               seeds=SEEDS.get(arg.scale))
           for name, model, overrides in rows]

@@ -197,6 +197,21 @@ def test_synthetic_is_deterministic_and_class_decides_content():
     synthetic.SyntheticSource(num_examples=5, num_classes=49, image_size=40)
 
 
+@pytest.mark.parametrize('radius', [0.2, 0.4])
+def test_synthetic_object_size_is_the_radius_over_the_image_size(radius):
+  """A disk drawn with radius r × size covers π r² of the image: the pixels
+  that change when the same draw is made with a dot-sized disk instead (the
+  random draws are the same, only the radius differs)."""
+  size, disk = 120, 0     # class 0: one solid disk
+  assert synthetic.class_parts(disk) == ('disk', 'solid', 1)
+  draw = lambda r: synthetic.render(disk, size, np.random.default_rng(3), (r, r))
+  changed = np.any(draw(radius) != draw(0.05), axis=-1).mean()
+  assert changed == pytest.approx(np.pi * radius**2, rel=0.1)
+  with pytest.raises(ValueError, match='object_size'):
+    synthetic.SyntheticSource(num_examples=5, num_classes=10, image_size=40,
+                              object_size=(0.3, 0.5))
+
+
 def _write(path, array, fmt, mode=None):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   img = Image.fromarray(array)

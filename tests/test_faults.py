@@ -218,6 +218,7 @@ def test_mistakes_found_before_training_are_one_line_each(tmp_path):
       'all_skipped': (folder(corrupt) + ['--config.data.skip_corrupt=true'],
                       f'every training image in {corrupt}/train failed to decode'),
       'model': (['--config.data.image_size=32'], 'the minimum is 75×75'),
+      'synthetic': (['--config.data.object_size=(0.3,0.5)'], 'object_size must be'),
   }
   for name, (overrides, message) in cases.items():
     workdir = tmp_path / name / 'run'

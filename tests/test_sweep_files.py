@@ -192,3 +192,45 @@ def test_lr_grid_is_the_product_of_rates_and_smoothings(scale):
   else:
     with_paper = [r.name for r, _ in runs if r.paper.get('top1_error') is not None]
     assert with_paper == ['lr4.5e-2_ls0.1']
+
+
+def test_lr_grid_args_choose_the_optimizer_rates_and_smoothings():
+  """The momentum study of the README: given rates and smoothings, everything
+  else as in the config."""
+  arg = 'model=inception_v2,optim=momentum,lrs=0.01/0.03,smoothings=0'
+  runs = _expand(f'sweeps/lr_grid.py:{arg}')
+  assert [run.name for run, _ in runs] == ['lr1e-2_ls0', 'lr3e-2_ls0']
+  for (_, config), lr in zip(runs, (0.01, 0.03)):
+    assert config.optim.name == 'momentum' and config.optim.learning_rate == lr
+    assert config.loss.label_smoothing == 0.0 and config.model.stem == '7x7'
+  for bad, message in (('optim=adam', 'optim must be'), ('lrs=0.1/x', 'lrs must be'),
+                       ('smoothings=', None)):
+    if message is None:     # an empty value keeps the default
+      assert len(sweep.load_sweep(f'sweeps/lr_grid.py:{bad}')) == 6
+      continue
+    with pytest.raises(config_lib.ConfigError, match=message):
+      sweep.load_sweep(f'sweeps/lr_grid.py:{bad}')
+
+
+def _flat(config, prefix=''):
+  out = {}
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def test_table3_demo_rows_differ_only_in_their_change():
+  """At demo scale each row is the previous one plus its one change (the
+  momentum row: its own learning rate), over at least two seeds."""
+  runs = _expand('sweeps/table3_ablation.py:scale=demo')
+  assert all(run.seeds and len(run.seeds) >= 2 for run, _ in runs)
+  flat = [_flat(config.to_dict()) for _, config in runs]
+  changes = [sorted(k for k in flat[i] if flat[i][k] != flat[i - 1][k])
+             for i in range(1, len(flat))]
+  assert changes == [['optim.learning_rate', 'optim.name'],    # + RMSProp
+                     ['loss.label_smoothing'],                 # + label smoothing
+                     ['model.stem'],                           # + factorized 7×7
+                     ['model.aux_bn']]                         # + BN-auxiliary

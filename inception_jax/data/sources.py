@@ -137,10 +137,14 @@ def make_source(data_cfg, split: str):
   name = data_cfg.name
   if name == 'synthetic':
     train = split == data_cfg.train_split
-    return Synthetic(num_examples=data_cfg.num_train if train else data_cfg.num_eval,
-                     num_classes=data_cfg.num_classes,
-                     image_size=round(data_cfg.image_size / 0.875),
-                     split='train' if train else 'validation')
+    try:
+      return Synthetic(num_examples=data_cfg.num_train if train else data_cfg.num_eval,
+                       num_classes=data_cfg.num_classes,
+                       image_size=round(data_cfg.image_size / 0.875),
+                       split='train' if train else 'validation',
+                       object_size=tuple(data_cfg.object_size))
+    except ValueError as e:
+      raise ConfigError(f'data (synthetic): {e}') from None
   if name == 'folder':
     return FolderSource(data_cfg.path, split)
   if name.startswith('tfds:'):

@@ -70,8 +70,13 @@ def _colour(rng, avoid=None):
   return 1.0 - avoid
 
 
-def render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
-  """One size×size×3 uint8 image of class `label`."""
+OBJECT_SIZE = (0.16, 0.26)      # an object's radius, as a fraction of the image
+
+
+def render(label: int, size: int, rng: np.random.Generator,
+           object_size: tuple[float, float] = OBJECT_SIZE) -> np.ndarray:
+  """One size×size×3 uint8 image of class `label`; a single object's radius
+  is drawn from `object_size` × size (two objects: 1.5 times smaller)."""
   shape, texture, count = class_parts(label)
   # Background: a colour, a linear gradient and noise.
   bg = _colour(rng)
@@ -83,7 +88,7 @@ def render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
   fill, other = _colour(rng, avoid=bg), _colour(rng, avoid=bg)
   period = rng.uniform(0.05, 0.1) * size
   # Objects stay inside the central 80% so evaluation's 87.5% crop keeps them.
-  radius = rng.uniform(0.16, 0.26) * size / (1.0 if count == 1 else 1.5)
+  radius = rng.uniform(*object_size) * size / (1.0 if count == 1 else 1.5)
   centres = []
   for _ in range(count):
     for _ in range(20):
@@ -117,12 +122,18 @@ class SyntheticSource:
   """
 
   def __init__(self, *, num_examples: int, num_classes: int, image_size: int,
-               seed: int = 0, split: str = 'train', cache_mb: int = 1024):
+               seed: int = 0, split: str = 'train', cache_mb: int = 1024,
+               object_size: tuple[float, float] = OBJECT_SIZE):
     if not 2 <= num_classes <= MAX_CLASSES:
       raise ValueError(f'the synthetic dataset has 2 to {MAX_CLASSES} classes, '
                        f'got {num_classes}')
     if num_examples < 1 or image_size < 8:
       raise ValueError('synthetic dataset needs num_examples >= 1 and image_size >= 8')
+    low, high = object_size
+    if not 0.05 <= low <= high <= 0.4:
+      raise ValueError(f'object_size must be (low, high) with 0.05 <= low <= high <= 0.4 '
+                       f'(a radius the central 80% holds), got {tuple(object_size)}')
+    self.object_size = (float(low), float(high))
     self.num_examples, self.num_classes = num_examples, num_classes
     self.image_size, self.seed = image_size, seed
     self.split_id = SPLIT_IDS[split]
@@ -145,7 +156,7 @@ class SyntheticSource:
     else:
       rng = np.random.default_rng([self.seed, self.split_id, index])
       label = int(rng.integers(self.num_classes))
-      image = render(label, self.image_size, rng)
+      image = render(label, self.image_size, rng, self.object_size)
       if self._cache is not None:
         self._cache[index] = (image, label)
     return {'image': image, 'label': label}
