@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -315,6 +316,23 @@ def test_no_spread_on_either_side_is_not_tested():
   b = report.Row('b', [run(25.0), run(25.0)])
   d = report.difference(b, a)
   assert (d.delta, d.significant, d.note) == (5.0, None, 'n/a (no spread)')
+
+
+def test_no_spread_on_one_side_is_tested_without_a_warning():
+  """The demo's rows that end at 0.2% on both seeds: Welch's test against a
+  row with spread, as scipy computes it, and no RuntimeWarning on stderr."""
+  from scipy import stats
+  run = lambda error: report.Seed(0, 'x', 'done', finished=True, top1_error=error)
+  a = report.Row('a', [run(12.4), run(19.2)])
+  b = report.Row('b', [run(0.2), run(0.2)])
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    d = report.difference(b, a)
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    p = stats.ttest_ind([0.2, 0.2], [12.4, 19.2], equal_var=False).pvalue
+  assert d.delta == pytest.approx(-15.6) and d.p_value == pytest.approx(p)
+  assert d.significant == (p < 0.05) and d.note == ''
 
 
 def test_json_gives_each_rows_spread_and_per_seed_values(seeded, cli_main):
