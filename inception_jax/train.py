@@ -276,6 +276,10 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
                               global_batch=config.batch_size)
     schedule = optim.learning_rate_schedule(
         config.optim, steps_per_epoch=data.steps_per_epoch, global_batch=config.batch_size)
+    # Tracing builds the model, which refuses an impossible config (an image
+    # smaller than the network's minimum) here.
+    init, abstract = _trace_init(config, spec, image_size, tx, shardings[0])
+    graphdef, eval_graphdef = _graphdefs(abstract)
 
     # --- State: a fresh one, or the latest good checkpoint ---------------------
     # Opened once the data and the model are known good: a mistake found
@@ -283,8 +287,6 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     checkpoints = resources.enter_context(checkpointing.CheckpointManager(
         workdir, every_steps=config.checkpoint_every_steps,
         keep=config.keep_checkpoints))
-    init, abstract = _trace_init(config, spec, image_size, tx, shardings[0])
-    graphdef, eval_graphdef = _graphdefs(abstract)
     state = _init_or_restore(config, init, checkpoints, data.loader, allow_config_change)
     start_step = int(state.step)
     finished = rundir.read_json(os.path.join(workdir, rundir.RESULT))
