@@ -34,6 +34,11 @@ NEUTRAL_KEYS = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                 'data.num_threads', 'data.prefetch')
 # Keys a resumed run may change besides: its length.
 RESUMABLE_KEYS = NEUTRAL_KEYS + ('total_steps', 'num_epochs')
+# Keys added to the config after runs had recorded theirs, with the value
+# those runs had in effect: a recorded config without the key compares as if
+# it held that value (an ImageNet run started before `data.object_size`
+# existed resumes; a demo run drawn with the old objects is a change).
+ADDED_KEYS = {'data.object_size': [0.16, 0.26]}
 
 
 # --- Layout --------------------------------------------------------------------
@@ -213,7 +218,7 @@ def scalars(flat: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
 def changed_keys(a: Mapping, b: Mapping, *, ignore: Iterable[str] = ()) -> list[str]:
   """Flattened keys whose JSON values differ between two nested mappings, less
   those matching `ignore` (exact keys, or 'prefix.*')."""
-  fa, fb = flatten(jsonable(a)), flatten(jsonable(b))
+  fa, fb = ({**ADDED_KEYS, **flatten(jsonable(c))} for c in (a, b))
   ignore = tuple(ignore)
   skip = lambda k: any(k == i or (i.endswith('.*') and k.startswith(i[:-1]))
                        for i in ignore)

@@ -522,3 +522,19 @@ def test_a_slurm_job_returns_its_exit_status_as_data(tmp_path):
   crashed = sweep._job_outcome(_FakeJob(crash=RuntimeError('boom\nKeyError: x')),
                                str(tmp_path))
   assert crashed.state == 'failed' and crashed.message == 'KeyError: x'
+
+
+@pytest.mark.parametrize('scale, changes', [
+    ('paper', []),      # drew nothing: the objects' size never applied
+    ('demo', ['data.object_size: missing -> [0.3, 0.4]']),
+])
+def test_a_run_recorded_before_a_config_key_existed(tmp_path, scale, changes):
+  """A run whose config.json predates `data.object_size` had the old objects
+  (radius 0.16–0.26) in effect: unchanged where the key still holds that
+  value, stale where the config now draws other objects."""
+  config = config_lib.load(f'configs/inception_v3.py:scale={scale}').to_dict()
+  recorded = json.loads(json.dumps(config))
+  del recorded['data']['object_size']
+  rundir.write_json(str(tmp_path / 'config.json'), recorded)
+  rundir.write_json(str(tmp_path / 'result.json'), {'steps': 1, 'metrics': {}})
+  assert sweep.config_changes(str(tmp_path), config) == changes
