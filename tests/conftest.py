@@ -44,12 +44,18 @@ def run_cli(*args, devices=8, env=None, cwd=ROOT, timeout=900):
   """`python -m inception_jax ARGS` in a new process on `devices` simulated CPU
   devices: for what needs a process of its own (a device count, a signal, a
   kill, the exit of the interpreter)."""
-  environ = dict(os.environ, **(env or {}))
+  environ = _cli_environment(env)
   environ['XLA_FLAGS'] = f'{FAST_COMPILE} --xla_force_host_platform_device_count={devices}'
-  environ['PYTHONPATH'] = os.pathsep.join(filter(None, (ROOT, environ.get('PYTHONPATH'))))
   return subprocess.run([sys.executable, '-m', 'inception_jax', *map(str, args)],
                         cwd=cwd, env=environ, capture_output=True, text=True,
                         timeout=timeout)
+
+
+def _cli_environment(env=None):
+  """This process's environment (and `env`), with the repository importable."""
+  environ = dict(os.environ, **(env or {}))
+  environ['PYTHONPATH'] = os.pathsep.join(filter(None, (ROOT, environ.get('PYTHONPATH'))))
+  return environ
 
 
 def slurm_cluster_problem(partition='debug'):
@@ -72,11 +78,9 @@ def start_cli(*args, log, **popen):
   """`python -m inception_jax ARGS` started in the background (this process's
   8 devices), its output in the open file `log`: for a test that signals or
   kills it."""
-  environ = dict(os.environ)
-  environ['PYTHONPATH'] = os.pathsep.join(filter(None, (ROOT, environ.get('PYTHONPATH'))))
   return subprocess.Popen([sys.executable, '-m', 'inception_jax', *map(str, args)],
-                          cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
-                          **popen)
+                          cwd=ROOT, env=_cli_environment(), stdout=log,
+                          stderr=subprocess.STDOUT, **popen)
 
 
 @pytest.fixture

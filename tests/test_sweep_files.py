@@ -15,7 +15,7 @@ import re
 import pytest
 from flax import nnx
 
-from inception_jax import config_lib, cost, models, sweep
+from inception_jax import config_lib, cost, models, rundir, sweep
 from inception_jax.data import pipeline
 
 ROOT = config_lib.ROOT
@@ -212,22 +212,12 @@ def test_lr_grid_args_choose_the_optimizer_rates_and_smoothings():
       sweep.load_sweep(f'sweeps/lr_grid.py:{bad}')
 
 
-def _flat(config, prefix=''):
-  out = {}
-  for key, value in config.items():
-    if hasattr(value, 'items'):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def test_table3_demo_rows_differ_only_in_their_change():
   """At demo scale each row is the previous one plus its one change (the
   momentum row: its own learning rate), over at least two seeds."""
   runs = _expand('sweeps/table3_ablation.py:scale=demo')
   assert all(run.seeds and len(run.seeds) >= 2 for run, _ in runs)
-  flat = [_flat(config.to_dict()) for _, config in runs]
+  flat = [rundir.flatten(config.to_dict()) for _, config in runs]
   changes = [sorted(k for k in flat[i] if flat[i][k] != flat[i - 1][k])
              for i in range(1, len(flat))]
   assert changes == [['optim.learning_rate', 'optim.name'],    # + RMSProp

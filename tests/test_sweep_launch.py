@@ -476,7 +476,10 @@ def test_a_run_whose_slurm_job_is_still_queued_is_not_resubmitted(slurm_cluster,
       dict(name='x', config=TINY, overrides={'slurm.partition': 'debug'})])
   workdir = tmp_path / 'out'
   workdir.mkdir()
-  job = subprocess.run(['sbatch', '--parsable', '-p', 'debug', '--wrap', 'sleep 120'],
+  # Its log in tmp_path: without --output sbatch writes slurm-JOB.out into the
+  # working directory, the repository.
+  job = subprocess.run(['sbatch', '--parsable', '-p', 'debug', '--wrap', 'sleep 120',
+                        '--output', str(tmp_path / 'sleep-%j.out')],
                        capture_output=True, text=True, check=True).stdout.strip()
   try:
     (workdir / 'sweep.json').write_text(json.dumps(
