@@ -72,7 +72,11 @@ def get_config(arg=None):
       num_threads=8,                  # reader threads per process
       prefetch=256,                   # examples read ahead
   ))
-  if arg.scale != 'paper':
+  if arg.scale == 'paper':
+    # The paper's 50 replicas: BatchNorm statistics per 32 examples, and the
+    # moving averages updated once per group (0.9997 per update ≈ 0.985 per step).
+    config.model.update(bn_group_size=32, bn_update_per_group=True)
+  else:
     config.data.name = 'synthetic'
     # The class follows the dataset (`data.num_classes` for synthetic data).
     config.model.num_classes = ml_collections.config_dict.placeholder(int)
@@ -82,7 +86,14 @@ def get_config(arg=None):
     config.data.update(num_train=256, num_eval=100, num_threads=2)
 
   # The paper's recipe (Section 8; docs/paper_notes.md#training-recipe).
-  config.batch_size = 1600            # 50 replicas × 32
+  config.batch_size = 1600            # 50 replicas × 32: examples per optimizer step
+  # How a step's batch is computed (parallel.batch_layout). At paper scale:
+  # micro-batches of at most 64 images per device, one after another
+  # (gradient accumulation), BatchNorm per 32 as on the paper's replicas,
+  # the batch moved to the nearest size this device count splits into whole
+  # groups of 32 (and the rate scaled with it). README, "Paper scale".
+  config.per_device_batch = 64 if arg.scale == 'paper' else 0   # 0: no limit
+  config.fit_batch = arg.scale == 'paper'
   config.num_epochs = 100.0
   config.total_steps = 0              # > 0 overrides num_epochs
   config.log_every_steps = 100
@@ -101,7 +112,8 @@ def get_config(arg=None):
       weight_decay=4e-5,
       ema_decay=0.9999,
       warmup_epochs=0.0,              # linear warm-up (not in the paper)
-      base_batch_size=0,              # >0: lr × batch_size / base_batch_size
+      base_batch_size=1600 if arg.scale == 'paper' else 0,  # >0: lr × batch_size / base_batch_size
+      grad_accum_steps=0 if arg.scale == 'paper' else 1,    # micro-batches per step (0: from per_device_batch)
   ))
   config.loss = ml_collections.ConfigDict(dict(
       label_smoothing=0.1,

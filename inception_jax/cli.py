@@ -8,6 +8,7 @@
   python launch.py sweep sweeps/table3_ablation.py[:ARG] --workdir DIR
       [--launcher local|slurm] [--parallel N] [--only NAME,...] [--seeds N] [--rerun-stale]
   python launch.py compare DIR [--format text|markdown|json|html]
+  python launch.py layout --config configs/inception_v3.py[:ARG] [--devices 1,8,…] [--config.KEY=VALUE ...]
 
 `train` on a workdir that holds checkpoints resumes from the latest good one
 (a config that differs in more than harmless keys is refused, unless
@@ -140,6 +141,47 @@ def cmd_compare(args, overrides):
   return 0
 
 
+# Training images of ImageNet-2012 (TFDS `imagenet2012`), for `layout`
+# without the dataset at hand.
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def cmd_layout(args, overrides):
+  from inception_jax import config_lib
+  try:
+    devices = [int(d) for d in args.devices.split(',')]
+  except ValueError:
+    raise UserError(f'--devices takes comma-separated counts, got {args.devices!r}') from None
+  if not devices or min(devices) < 1:
+    raise UserError(f'--devices takes counts >= 1, got {args.devices!r}')
+  print(layout_table(config_lib.load(args.config, overrides), devices))
+  return 0
+
+
+def layout_table(config, devices: list[int]) -> str:
+  """How `config`'s batch runs on each device count (`train.resolve_batch`):
+  batch, micro-batches, images per device, BatchNorm groups, learning rate,
+  steps per epoch and in all."""
+  import math
+  from inception_jax import optim, report, train
+  data = config.data
+  images = data.num_train if data.name == 'synthetic' else IMAGENET_TRAIN_IMAGES
+  header = ['devices', 'batch', 'micro-batches', 'per device', 'BN groups',
+            'learning rate', 'steps/epoch', 'steps']
+  rows = []
+  for count in devices:
+    resolved = train.resolve_batch(config, count, quiet=True)
+    batch, accum = resolved.batch_size, resolved.optim.grad_accum_steps
+    group = resolved.model.bn_group_size
+    per_epoch = images / batch
+    steps = resolved.total_steps or math.ceil(resolved.num_epochs * per_epoch)
+    rows.append([str(count), str(batch), str(accum), str(batch // accum // count),
+                 str(batch // group if group else accum),
+                 f'{optim.base_learning_rate(resolved.optim, batch):.4g}',
+                 f'{per_epoch:,.1f}', f'{steps:,}'])
+  return '\n'.join(report.aligned(header, rows, left=()))
+
+
 def _cost_text(config, c) -> str:
   m = config.model
   lines = [
@@ -244,6 +286,10 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   p.add_argument('workdir', help='sweep directory')
   p.add_argument('--format', choices=('text', 'markdown', 'json', 'html'), default='text')
   p.set_defaults(fn=cmd_compare)
+  p = sub.add_parser('layout', help='how the batch runs on each device count')
+  p.add_argument('--config', required=True, help='config FILE.py[:ARG]')
+  p.add_argument('--devices', default='1,8,16,32,64', help='comma-separated device counts')
+  p.set_defaults(fn=cmd_layout)
   try:
     overrides, rest = _split_overrides(argv)
     args = parser.parse_args(rest)

@@ -81,6 +81,8 @@ class InceptionSpec:
   bn_momentum: float = 0.9997
   bn_epsilon: float = 1e-3
   bn_group_size: int = 0                   # ghost BN: examples per statistics group (0: whole batch)
+  bn_update_per_group: bool = False        # moving averages: one update per group (the paper's
+                                           # replicas), not one per step (layers.moving_update)
 
   def __post_init__(self):
     object.__setattr__(self, 'blocks', dict(self.blocks))
@@ -140,6 +142,7 @@ class InceptionSpec:
                    min_depth=self.min_depth, dtype=DTYPES[self.dtype],
                    bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                    bn_group_size=self.bn_group_size,
+                   bn_update_per_group=self.bn_update_per_group,
                    factorized_activation=self.factorized_activation,
                    factorization_n=self.factorization_n,
                    inception_a=self.inception_a)
@@ -228,7 +231,7 @@ class Inception(nnx.Module):
     self.AuxLogits = (blocks.AuxHead(aux_width, spec.num_classes, b=b,
                                      grid_size=aux_grid, bn_fc=spec.aux_bn)
                       if spec.aux_head else None)
-    self.Dropout = nnx.Dropout(spec.dropout_rate)
+    self.Dropout = layers.Dropout(spec.dropout_rate)
     self.Logits = nnx.Linear(width, spec.num_classes, dtype=b.dtype,
                              param_dtype=layers.param_dtype(b.dtype),
                              kernel_init=nnx.initializers.variance_scaling(
@@ -271,10 +274,12 @@ class Inception(nnx.Module):
         aux = self.AuxLogits(x).astype(self.logits_dtype)
     return x, aux
 
-  def __call__(self, x, *, return_aux: bool = False, rngs=None):
+  def __call__(self, x, *, return_aux: bool = False, rngs=None, rows=None):
+    """`rows=(start, total)`: `x` is that slice of a larger batch (a
+    micro-batch of gradient accumulation; `layers.Dropout`)."""
     x, aux = self.features(x, return_aux=return_aux)
     x = x.mean(axis=(1, 2))                      # AvgPool_1a_8x8 (global)
-    x = self.Dropout(x, rngs=rngs)
+    x = self.Dropout(x, rngs=rngs, rows=rows)
     logits = self.Logits(x).astype(self.logits_dtype)
     return (logits, aux) if return_aux else logits
 

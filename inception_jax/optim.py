@@ -144,6 +144,17 @@ def make_optimizer(optim_cfg, *, steps_per_epoch: float,
   return optax.chain(*parts)
 
 
+def clip_norm(optim_cfg, grads, params):
+  """The global norm that `clip_by_global_norm` sees: the gradient with the
+  weight decay already added (`make_optimizer`'s order), so the logs show how
+  often the threshold (`optim.grad_clip_norm`) clips."""
+  wd = float(optim_cfg.weight_decay)
+  if wd > 0:
+    grads = jax.tree.map(lambda g, p, m: g + wd * p if m else g,
+                         grads, params, weight_decay_mask(params))
+  return optax.tree.norm(grads)
+
+
 def ema_decay(step, decay: float):
   """min(decay, (1 + t) / (10 + t)): TF's `ExponentialMovingAverage(decay,
   num_updates=t)`, with t = `step` (a Python or traced integer)."""

@@ -8,10 +8,13 @@ Parameters are replicated; each batch is split along the 'data' axis.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+from inception_jax.errors import ConfigError
 
 _MULTI_PROCESS_ENV = {
     'JAX_COORDINATOR_ADDRESS': None,
@@ -77,3 +80,95 @@ def replicated(mesh) -> NamedSharding:
 
 def data_sharded(mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
+
+
+def micro_sharded(mesh) -> NamedSharding:
+  """A (micro-batches, rows, …) batch: every micro-batch spread over all devices."""
+  return NamedSharding(mesh, P(None, 'data'))
+
+
+# --- The batch: effective size, gradient accumulation, BatchNorm groups -------
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+  """How one optimizer step's `batch` examples are computed: `accum`
+  micro-batches one after another (gradient accumulation), each split over
+  `devices`. Micro-batch j holds the batch's rows j·micro … (j+1)·micro − 1,
+  so BatchNorm groups (consecutive rows) are the same for any `accum`."""
+  batch: int
+  accum: int
+  devices: int
+  group: int = 0          # BatchNorm group size (0: the whole micro-batch)
+
+  @property
+  def micro(self) -> int:
+    return self.batch // self.accum
+
+  @property
+  def per_device(self) -> int:
+    """Examples a device holds in one forward/backward pass."""
+    return self.micro // self.devices
+
+  @property
+  def groups(self) -> int:
+    """BatchNorm groups per optimizer step (the paper: 50 replicas)."""
+    return self.batch // self.group if self.group else self.accum
+
+
+def batch_layout(batch: int, devices: int, *, accum: int = 1, per_device_batch: int = 0,
+                 group: int = 0, fit: bool = False) -> BatchLayout:
+  """The layout of `batch` on `devices` (`config.batch_size`,
+  `optim.grad_accum_steps`, `per_device_batch`, `model.bn_group_size`,
+  `fit_batch`).
+
+  `accum` ≥ 1 is taken as given. `accum=0` picks the fewest micro-batches
+  whose share per device is at most `per_device_batch` and a whole number of
+  BatchNorm groups, so that no group spans two devices. `fit=True` first
+  moves `batch` to the nearest size that allows this (each device holding
+  the same whole number of groups); otherwise a batch that does not is an
+  error naming the nearest sizes that do.
+  """
+  if accum < 0 or per_device_batch < 0 or group < 0:
+    raise ConfigError('optim.grad_accum_steps, per_device_batch and '
+                      'model.bn_group_size must be >= 0')
+  if accum == 0:
+    if per_device_batch <= 0:
+      raise ConfigError('optim.grad_accum_steps=0 (choose it) needs per_device_batch > 0')
+    unit = max(group, 1)
+    if per_device_batch < unit:
+      raise ConfigError(f'per_device_batch {per_device_batch} is smaller than one '
+                        f'BatchNorm group ({group} examples)')
+    if fit:
+      batch = _nearest_batch(batch, devices * unit)
+    for k in range(1, batch + 1):
+      if batch % (k * devices) == 0:
+        share = batch // (k * devices)
+        if share <= per_device_batch and share % unit == 0:
+          return BatchLayout(batch, k, devices, group)
+    sizes = sorted({_nearest_batch(batch, devices * unit, below) for below in (True, False)})
+    raise ConfigError(
+        f'batch_size {batch} cannot be split into {devices} equal shares of whole '
+        f'BatchNorm groups of {unit}: use {" or ".join(map(str, sizes))} (or '
+        f'fit_batch=True, which picks the nearest)')
+  if batch % accum:
+    raise ConfigError(f'batch_size {batch} is not a multiple of '
+                      f'optim.grad_accum_steps {accum}')
+  layout = BatchLayout(batch, accum, devices, group)
+  if layout.micro % devices:
+    raise ConfigError(f'the micro-batch of {layout.micro} (batch_size {batch} / '
+                      f'grad_accum_steps {accum}) must be a multiple of the '
+                      f'{devices} devices')
+  if group and group < layout.micro and layout.micro % group:
+    raise ConfigError(f'the micro-batch of {layout.micro} is not a multiple of '
+                      f'model.bn_group_size {group}')
+  return layout
+
+
+def _nearest_batch(batch: int, unit: int, below: bool | None = None) -> int:
+  """The multiple of `unit` nearest `batch` (the smaller on a tie), or the
+  nearest at most / at least it."""
+  lower = max(batch // unit, 1) * unit
+  upper = lower if lower >= batch else lower + unit
+  if below is None:
+    return lower if batch - lower <= upper - batch else upper
+  return lower if below else upper

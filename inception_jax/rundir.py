@@ -38,7 +38,8 @@ RESUMABLE_KEYS = NEUTRAL_KEYS + ('total_steps', 'num_epochs')
 # those runs had in effect: a recorded config without the key compares as if
 # it held that value (an ImageNet run started before `data.object_size`
 # existed resumes; a demo run drawn with the old objects is a change).
-ADDED_KEYS = {'data.object_size': [0.16, 0.26]}
+ADDED_KEYS = {'data.object_size': [0.16, 0.26], 'per_device_batch': 0, 'fit_batch': False,
+              'optim.grad_accum_steps': 1, 'model.bn_update_per_group': False}
 
 
 # --- Layout --------------------------------------------------------------------

@@ -12,6 +12,7 @@ weights as `eval/*` and the raw weights as `eval_raw/*`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import math
@@ -97,9 +98,6 @@ def check_config(config) -> None:
     raise ConfigError(f'seed must be in [0, 2**32), got {config.seed}')
   if config.batch_size < 1:
     raise ConfigError(f'batch_size must be >= 1, got {config.batch_size}')
-  if config.batch_size % jax.device_count():
-    raise ConfigError(f'batch_size {config.batch_size} must be a multiple of '
-                      f'the {jax.device_count()} devices')
   if config.total_steps < 0 or (config.total_steps == 0 and config.num_epochs <= 0):
     raise ConfigError('set total_steps > 0 or num_epochs > 0')
   if config.log_every_steps < 1 or config.eval_every_steps < 0:
@@ -111,6 +109,28 @@ def check_config(config) -> None:
     raise ConfigError('checkpoint_every_steps must be >= 0 (0: at the end only) '
                       'and keep_checkpoints >= 1')
   tracking.check_config(config.tracking)
+
+
+def resolve_batch(config, devices: int, quiet: bool = False):
+  """A copy of `config` with the batch as this device count runs it
+  (`parallel.batch_layout`): `batch_size` (moved to the nearest size that
+  splits into whole BatchNorm groups when `fit_batch`) and
+  `optim.grad_accum_steps` (chosen when 0). The run records these values."""
+  layout = parallel.batch_layout(
+      config.batch_size, devices, accum=config.optim.grad_accum_steps,
+      per_device_batch=config.per_device_batch, group=config.model.bn_group_size,
+      fit=config.fit_batch)
+  if layout.batch != config.batch_size and not quiet:
+    log.warning('batch_size %d → %d: the nearest size that %d devices split into '
+                'equal shares of whole BatchNorm groups of %d (fit_batch=True)',
+                config.batch_size, layout.batch, devices, layout.group)
+  config = copy.deepcopy(config)
+  config.batch_size, config.optim.grad_accum_steps = layout.batch, layout.accum
+  if layout.accum > 1 and not quiet:
+    log.info('batch %d = %d micro-batches of %d (%d per device), %d BatchNorm '
+             'groups per step', layout.batch, layout.accum, layout.micro,
+             layout.per_device, layout.groups)
+  return config
 
 
 def _check_writable(workdir: str) -> None:
@@ -151,22 +171,65 @@ class _WorkdirLock:
 def make_train_step(graphdef, tx, schedule, config):
   """The jitted step's function: (state, batch, seed) → (state, metrics).
   The seed is an argument, not a constant, so that the seeds of a sweep share
-  one compiled program."""
-  def train_step(state: TrainState, batch, seed):
-    key = jax.random.key(seed)
+  one compiled program.
 
+  With `optim.grad_accum_steps` = k > 1 the batch arrives as (k, micro, …)
+  and the k micro-batches run one after another (`jax.lax.scan`): gradients
+  summed in float32, one optimizer update for the whole batch. Dropout draws
+  the whole batch's mask (`layers.Dropout`), and the BatchNorm moving
+  averages end as one step over the whole batch would leave them, so a run
+  with k micro-batches of n is a run of batch k·n with `model.bn_group_size`
+  n (the memory is the micro-batch's).
+  """
+  accum = config.optim.grad_accum_steps
+  per_group = config.model.get('bn_update_per_group', False)
+
+  def gradients(params, batch_stats, images, labels, key, rows=None):
     def loss_fn(params):
-      model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
-      logits, aux = model(batch['image'], return_aux=True,
-                          rngs=jax.random.fold_in(key, state.step))
+      model = nnx.merge(graphdef, params, batch_stats, copy=True)
+      logits, aux = model(images, return_aux=True, rngs=key, rows=rows)
       total, parts = losses.inception_loss(
-          logits, aux, batch['label'], smoothing=config.loss.label_smoothing,
+          logits, aux, labels, smoothing=config.loss.label_smoothing,
           aux_weight=config.loss.aux_weight)
-      parts['top1'] = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+      parts['top1'] = jnp.mean(jnp.argmax(logits, -1) == labels)
       return total, (parts, nnx.state(model, nnx.BatchStat))
+    (_, (parts, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, stats, parts
 
-    (_, (parts, batch_stats)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+  def accumulated(params, batch_stats, batch, key):
+    micro = batch['label'].shape[1]
+    as32 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)
+
+    def micro_step(carry, xs):
+      grad_sum, stats = carry
+      j, images, labels = xs
+      # Per group: the averages pass from one micro-batch to the next, one
+      # update per group in order. Mean: each starts from the step's
+      # averages and the results are averaged (= the groups' mean update).
+      grads, new_stats, parts = gradients(
+          params, stats if per_group else batch_stats, images, labels, key,
+          rows=(j * micro, accum * micro))
+      grad_sum = jax.tree.map(jnp.add, grad_sum, as32(grads))
+      stats = new_stats if per_group else jax.tree.map(jnp.add, stats, new_stats)
+      return (grad_sum, stats), parts
+
+    zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+    start = batch_stats if per_group else zeros(batch_stats)
+    (grad_sum, stats), parts = jax.lax.scan(
+        micro_step, (zeros(as32(params)), start),
+        (jnp.arange(accum), batch['image'], batch['label']))
+    grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), grad_sum, params)
+    if not per_group:
+      stats = jax.tree.map(lambda s: s / accum, stats)
+    return grads, stats, jax.tree.map(lambda x: x.mean(0), parts)
+
+  def train_step(state: TrainState, batch, seed):
+    key = jax.random.fold_in(jax.random.key(seed), state.step)
+    if accum > 1:
+      grads, batch_stats, parts = accumulated(state.params, state.batch_stats, batch, key)
+    else:
+      grads, batch_stats, parts = gradients(state.params, state.batch_stats,
+                                            batch['image'], batch['label'], key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = config.optim.ema_decay
@@ -178,6 +241,11 @@ def make_train_step(graphdef, tx, schedule, config):
                                          state.step, decay))
     metrics = {f'train/{k}': v for k, v in parts.items()}
     metrics['train/grad_norm'] = optax.tree.norm(grads)
+    # What clipping sees: the gradient with weight decay added (optim.clip_norm).
+    metrics['train/clip_norm'] = optim.clip_norm(config.optim, grads, state.params)
+    if config.optim.grad_clip_norm > 0:
+      metrics['train/clipped'] = (metrics['train/clip_norm'] >
+                                  config.optim.grad_clip_norm).astype(jnp.float32)
     metrics['train/lr'] = schedule(state.step)
     return new, metrics
   return train_step
@@ -256,6 +324,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
   """
   start_time = time.time()
   check_config(config)
+  config = resolve_batch(config, jax.device_count())
   is_chief = jax.process_index() == 0
   if is_chief:
     _check_writable(workdir)
@@ -264,8 +333,8 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
 
     # --- Mesh and data ---------------------------------------------------------
     mesh = parallel.data_mesh()
-    shardings = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    data = _Data(config, shardings[1])
+    replicated = parallel.replicated(mesh)
+    data = _Data(config, mesh)
     resources.callback(data.loader.close)
 
     # --- Model and optimizer ---------------------------------------------------
@@ -278,7 +347,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
         config.optim, steps_per_epoch=data.steps_per_epoch, global_batch=config.batch_size)
     # Tracing builds the model, which refuses an impossible config (an image
     # smaller than the network's minimum) here.
-    init, abstract = _trace_init(config, spec, image_size, tx, shardings[0])
+    init, abstract = _trace_init(config, spec, image_size, tx, replicated)
     graphdef, eval_graphdef = _graphdefs(abstract)
 
     # --- State: a fresh one, or the latest good checkpoint ---------------------
@@ -315,11 +384,11 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     log.info('training %s for %d steps (%.2f steps per epoch) on %d devices',
              spec.stem, data.total_steps, data.steps_per_epoch, jax.device_count())
     train_step = jax.jit(make_train_step(graphdef, tx, schedule, config),
-                         donate_argnums=0, out_shardings=shardings[:1] * 2)
+                         donate_argnums=0, out_shardings=(replicated, replicated))
     loop = _Loop(config, data, checkpoints, tracker, progress, stop,
                  train_step=functools.partial(train_step, seed=_seed(config)),
                  eval_step=jax.jit(make_eval_step(eval_graphdef),
-                                   out_shardings=shardings[0]))
+                                   out_shardings=replicated))
     state = loop.run(state)
     last = loop.last or last
     checkpoints.close()                 # every save complete before result.json
@@ -353,9 +422,12 @@ def _result(config, c: cost.Cost, data, loop, last, start_step, start_time) -> d
 class _Data:
   """The training stream (sharded, resumable) and the evaluation source."""
 
-  def __init__(self, config, data_sharded):
-    self.config, self.sharding = config, data_sharded
+  def __init__(self, config, mesh):
+    self.config, self.sharding = config, parallel.data_sharded(mesh)
     self.local_batch = pipeline.local_batch_size(config.batch_size)
+    accum = config.optim.grad_accum_steps
+    # Evaluation runs a micro-batch at a time: the memory training fits in.
+    self.eval_batch = pipeline.local_batch_size(config.batch_size // accum)
     self.skipped = pipeline.SkipCounter()     # corrupt images, train and eval together
     train_source = sources.make_source(config.data, config.data.train_split)
     self.eval_source = sources.make_source(config.data, config.data.eval_split)
@@ -366,11 +438,11 @@ class _Data:
     self.loader = pipeline.Loader(
         pipeline.train_dataset(train_source, config.data, seed=config.seed,
                                local_batch=self.local_batch, skipped=self.skipped),
-        data_sharded)
+        parallel.micro_sharded(mesh) if accum > 1 else self.sharding, micro_batches=accum)
 
   def eval_batches(self):
     dataset, _ = pipeline.eval_dataset(self.eval_source, self.config.data,
-                                       local_batch=self.local_batch, skipped=self.skipped)
+                                       local_batch=self.eval_batch, skipped=self.skipped)
     for batch in dataset:
       yield pipeline.to_global(batch, self.sharding)
 
@@ -435,6 +507,7 @@ class _Loop:
     self.tracker, self.progress, self.stop = tracker, progress, stop
     self.train_step, self.eval_step = train_step, eval_step
     self.last, self.eval_metrics, self.train_time = {}, {}, 0.0
+    self.clipped = self.clipped_steps = 0     # since the last logged step (on the device)
 
   def run(self, state: TrainState) -> TrainState:
     config, total = self.config, self.data.total_steps
@@ -442,6 +515,9 @@ class _Loop:
     clock = _Clock(start)
     for step in range(start + 1, total + 1):
       state, metrics = self.train_step(state, next(self.data.loader))
+      if 'train/clipped' in metrics:
+        self.clipped = metrics['train/clipped'] + self.clipped
+        self.clipped_steps += 1
       stopping = self.stop.any_process()
       evaluate = step == total or (config.eval_every_steps and
                                    step % config.eval_every_steps == 0)
@@ -478,6 +554,9 @@ class _Loop:
     self.last = metrics
     if step % self.config.log_every_steps == 0 or step == self.data.total_steps:
       metrics['train/images_per_sec'] = clock.images_per_sec(step, self.config.batch_size)
+      if self.clipped_steps:      # the fraction of the interval's steps that clipped
+        metrics['train/clipped'] = float(self.clipped) / self.clipped_steps
+        self.clipped = self.clipped_steps = 0
       self.tracker.log(step, metrics)
       self.progress.update(step, metrics)
       # A line per interval in train.log and SLURM's logs (no terminal there).

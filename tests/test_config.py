@@ -13,7 +13,9 @@ def test_arg_selects_preset_and_scale():
   assert config.model.stem == '7x7' and config.model.aux_bn is False
   assert config.model.width_multiplier == 0.05 and config.data.image_size == 75
   paper = config_lib.load(CONFIG)
-  assert paper.model.to_dict() == models.preset('inception_v3').to_dict()
+  # The preset's network, with BatchNorm as the paper's 50 replicas had it.
+  assert paper.model.to_dict() == models.preset(
+      'inception_v3', bn_group_size=32, bn_update_per_group=True).to_dict()
   assert paper.data.image_size == 299 and paper.data.name == 'tfds:imagenet2012'
   assert config_lib.load(f'{CONFIG}:model=inception_v3_rf79').data.image_size == 79
 

@@ -297,7 +297,7 @@ def test_evaluation_with_every_image_skipped_is_a_clear_error(tmp_path):
   config = config_lib.load('configs/inception_v3.py:scale=tiny', {
       'data.name': 'folder', 'data.path': str(tmp_path), 'data.skip_corrupt': True,
       'batch_size': 8})
-  data = train._Data(config, parallel.data_sharded(parallel.data_mesh()))
+  data = train._Data(config, parallel.data_mesh())
   sums = lambda state, batch: {'count': batch['mask'].sum(), 'eval/loss': batch['mask'].sum()}
   loop = train._Loop(config, data, None, None, None, None, train_step=None, eval_step=sums)
   with pytest.raises(UserError, match=f'every evaluation image in {tmp_path}/validation '

@@ -20,6 +20,9 @@ NUM_STEPS = 12
 
 
 def optim_cfg(**overrides):
+  """The paper's optimizer config, its rate not scaled by the batch (paper
+  scale's base_batch_size 1600) unless asked."""
+  overrides = {'base_batch_size': 0, **overrides}
   return config_lib.load(CONFIG, {f'optim.{k}': v for k, v in overrides.items()}).optim
 
 

@@ -230,9 +230,9 @@ class Loader:
   The first batch is read at once, so data that cannot give one (a corrupt
   image, nothing decodable) fails here, before anything is compiled."""
 
-  def __init__(self, dataset: grain.IterDataset, sharding=None):
+  def __init__(self, dataset: grain.IterDataset, sharding=None, micro_batches: int = 1):
     self._iterator = iter(dataset)
-    self.sharding = sharding
+    self.sharding, self.micro_batches = sharding, micro_batches
     self._start = self._iterator.get_state()
     try:
       self._first = next(self._iterator)
@@ -248,6 +248,8 @@ class Loader:
       batch, self._first = self._first, None
     else:
       batch = next(self._iterator)
+    if self.micro_batches > 1:      # (micro-batches, rows, …): gradient accumulation
+      batch = {k: v.reshape(self.micro_batches, -1, *v.shape[1:]) for k, v in batch.items()}
     return batch if self.sharding is None else to_global(batch, self.sharding)
 
   def get_state(self):
