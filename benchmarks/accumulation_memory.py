@@ -41,7 +41,7 @@ def temp_bytes(config, batch: int, accum: int, image_size: int) -> int:
   """Peak temporary memory of the compiled train step (bytes, one device)."""
   config = config_lib.load(config, {'batch_size': batch, 'optim.grad_accum_steps': accum,
                                     'model.bn_group_size': 0, 'data.image_size': image_size})
-  spec = models.InceptionSpec.from_config(config.model)
+  spec = models.InceptionSpec.from_config(config.model, dataset_classes=config.data.num_classes)
   mesh = parallel.data_mesh()
   tx = optim.make_optimizer(config.optim, steps_per_epoch=100, global_batch=batch)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch=100, global_batch=batch)
@@ -75,8 +75,9 @@ def main(argv=None) -> int:
         f'peak temporary memory (MiB)')
   print(f'{"batch":>6}  {f"{args.micro} × accumulation":>18}  {"one pass":>9}')
   for batch in batches:
-    accumulated.append(temp_bytes(args.config, batch, batch // args.micro, args.image_size))
     single.append(temp_bytes(args.config, batch, 1, args.image_size))
+    accumulated.append(single[-1] if batch == args.micro else
+                       temp_bytes(args.config, batch, batch // args.micro, args.image_size))
     print(f'{batch:>6}  {accumulated[-1] / 2**20:>18,.0f}  {single[-1] / 2**20:>9,.0f}',
           flush=True)
   print(json.dumps({'batches': batches, 'micro': args.micro,

@@ -7,7 +7,24 @@ Arg (comma-separated key=value, all optional):
                  151 or 79), ImageNet through TFDS, the paper's recipe: global
                  batch 1600, 100 epochs, RMSProp(0.9, ε 1.0, momentum 0.9),
                  0.045 ×0.94 every 2 epochs, clipping 2.0, label smoothing 0.1,
-                 aux weight 0.4, EMA 0.9999
+                 aux weight 0.4, EMA 0.9999; BatchNorm per 32 examples with
+                 moving averages updated per group (the paper's 50 replicas),
+                 Google's preprocessing (TensorFlow's crop sampler, colour
+                 distortion with hue). The batch on D devices, at most
+                 per_device_batch=64 images per device at a time
+                 (`python launch.py layout --config configs/inception_v3.py`):
+
+devices  batch  micro-batches  per device  BN groups  learning rate  steps/epoch   steps
+-------  -----  -------------  ----------  ---------  -------------  -----------  ------
+      1   1600             25          64         50          0.045        800.7  80,073
+      8   1536              3          64         48         0.0432        834.1  83,410
+     16   1536              3          32         48         0.0432        834.1  83,410
+     32   2048              1          64         64         0.0576        625.6  62,557
+     64   2048              1          32         64         0.0576        625.6  62,557
+
+                 1600 exactly on 1, 2, 5, 10, 25 or 50 devices; elsewhere the
+                 nearest batch of whole groups of 32 per device, the rate
+                 scaled with it (fit_batch, base_batch_size=1600)
   scale=demo     width ×0.125 at 75×75 on the embedded synthetic dataset (10
                  classes), 1000 steps of batch 32, adapted recipe (see below)
   scale=tiny     width ×0.05 at 75×75, 6 steps of batch 16: seconds, for tests
@@ -64,9 +81,20 @@ def get_config(arg=None):
       num_train=4096,                 # synthetic only
       num_eval=500,                   # synthetic only
       object_size=(0.16, 0.26),       # synthetic only: object radius / image size
-      crop_area_min=0.05,             # distorted crop: area in [min, 1.0]
-      color_distort=False,
+      # Training crops and colours as Google's Inception preprocessing:
+      # TensorFlow's sample_distorted_bounding_box (area in [crop_area_min, 1],
+      # covering >= min_object_covered of the image, crop_attempts tries) and
+      # its colour distortion ('inception'; 'none' turns it off).
+      crop_sampler='tensorflow',      # | 'uniform_area' (area drawn uniformly; 10 attempts)
+      crop_area_min=0.05,
+      crop_attempts=100,
+      min_object_covered=0.1,
+      color_distort='inception',      # | 'none'
       eval_central_fraction=0.875,
+      # A file of validation images to leave out, one file name (or ILSVRC
+      # number N: ILSVRC2012_val_N) per line: the paper evaluates on the 48,238
+      # images outside the ILSVRC 2014 blacklist, which you supply.
+      eval_exclude='',
       skip_corrupt=False,             # True: skip undecodable images, counted in the log
       num_workers=0,                  # Grain worker processes (0: threads only)
       num_threads=8,                  # reader threads per process
@@ -80,8 +108,9 @@ def get_config(arg=None):
     config.data.name = 'synthetic'
     # The class follows the dataset (`data.num_classes` for synthetic data).
     config.model.num_classes = ml_collections.config_dict.placeholder(int)
-    # Generous crops keep the drawn objects in view.
-    config.data.crop_area_min = 0.35
+    # Generous crops keep the drawn objects in view; plain colours.
+    config.data.update(crop_sampler='uniform_area', crop_area_min=0.35, crop_attempts=10,
+                       color_distort='none')
   if arg.scale == 'tiny':
     config.data.update(num_train=256, num_eval=100, num_threads=2)
 

@@ -39,7 +39,22 @@ RESUMABLE_KEYS = NEUTRAL_KEYS + ('total_steps', 'num_epochs')
 # it held that value (an ImageNet run started before `data.object_size`
 # existed resumes; a demo run drawn with the old objects is a change).
 ADDED_KEYS = {'data.object_size': [0.16, 0.26], 'per_device_batch': 0, 'fit_batch': False,
-              'optim.grad_accum_steps': 1, 'model.bn_update_per_group': False}
+              'optim.grad_accum_steps': 1, 'model.bn_update_per_group': False,
+              'data.crop_sampler': 'uniform_area', 'data.crop_attempts': 10,
+              'data.min_object_covered': 0.1, 'data.eval_exclude': ''}
+
+
+# Values that older runs recorded under a key whose type changed since, and
+# the value that means the same now (`data.color_distort` was a bool).
+RENAMED_VALUES = {'data.color_distort': {False: 'none'}}
+
+
+def _current_values(flat: dict) -> dict:
+  for key, renamed in RENAMED_VALUES.items():
+    value = flat.get(key)
+    if isinstance(value, bool) and value in renamed:
+      flat[key] = renamed[value]
+  return flat
 
 
 # --- Layout --------------------------------------------------------------------
@@ -219,7 +234,7 @@ def scalars(flat: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
 def changed_keys(a: Mapping, b: Mapping, *, ignore: Iterable[str] = ()) -> list[str]:
   """Flattened keys whose JSON values differ between two nested mappings, less
   those matching `ignore` (exact keys, or 'prefix.*')."""
-  fa, fb = ({**ADDED_KEYS, **flatten(jsonable(c))} for c in (a, b))
+  fa, fb = (_current_values({**ADDED_KEYS, **flatten(jsonable(c))}) for c in (a, b))
   ignore = tuple(ignore)
   skip = lambda k: any(k == i or (i.endswith('.*') and k.startswith(i[:-1]))
                        for i in ignore)

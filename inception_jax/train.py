@@ -407,6 +407,9 @@ def _result(config, c: cost.Cost, data, loop, last, start_step, start_time) -> d
       'steps': data.total_steps,
       'epochs': data.total_steps / data.steps_per_epoch,
       'batch_size': config.batch_size,
+      'grad_accum_steps': config.optim.grad_accum_steps,
+      # Images evaluated: the split less data.eval_exclude and skipped corrupt ones.
+      'eval_examples': loop.eval_examples,
       'image_size': config.data.image_size,
       'params': c.params,
       'macs': c.macs,
@@ -508,6 +511,7 @@ class _Loop:
     self.train_step, self.eval_step = train_step, eval_step
     self.last, self.eval_metrics, self.train_time = {}, {}, 0.0
     self.clipped = self.clipped_steps = 0     # since the last logged step (on the device)
+    self.eval_examples = 0
 
   def run(self, state: TrainState) -> TrainState:
     config, total = self.config, self.data.total_steps
@@ -571,6 +575,7 @@ class _Loop:
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals.pop('count'))
+    self.eval_examples = int(count)
     if not count:        # every image skipped (data.skip_corrupt)
       raise UserError(
           f'every evaluation image in {self.data.eval_source.where} failed to decode '

@@ -56,12 +56,30 @@ def test_fifty_replicas_make_the_paper_decay_about_0985_per_step():
 
 # --- Gradient accumulation ---------------------------------------------------
 
+def _config(*extra):
+  return config_lib.load(TINY_CONFIG, EXACT + list(extra) + ['model.bn_update_per_group=true'])
+
+
+@pytest.fixture(scope='module')
+def initial_state():
+  """The float64 TrainState both runs start from (on the host)."""
+  with jax.enable_x64(True):
+    config = _config()
+    spec = models.InceptionSpec.from_config(config.model, dataset_classes=10)
+    tx = optim.make_optimizer(config.optim, steps_per_epoch=8, global_batch=32)
+    mesh = parallel.data_mesh()
+    init, _ = train._trace_init(config, spec, 75, tx, parallel.replicated(mesh))
+    return jax.device_get(init.lower().compile()(np.uint32(0)))
+
+
 def _steps(config, mesh, state, batches):
-  """Train steps of `config` on `mesh`: (losses, final state)."""
+  """Train steps of `config` on `mesh` from `state`: (losses, final state)."""
+  from flax import nnx
   spec = models.InceptionSpec.from_config(config.model, dataset_classes=10)
+  # The structure holds the BatchNorm settings: one per config.
+  abstract = nnx.eval_shape(lambda: models.Inception(spec, image_size=75, rngs=nnx.Rngs(0)))
   tx = optim.make_optimizer(config.optim, steps_per_epoch=8, global_batch=32)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch=8, global_batch=32)
-  abstract = nnx_abstract(spec)
   graphdef, _ = train._graphdefs(abstract)
   accum = config.optim.grad_accum_steps
   sharding = parallel.micro_sharded(mesh) if accum > 1 else parallel.data_sharded(mesh)
@@ -77,39 +95,26 @@ def _steps(config, mesh, state, batches):
   return losses, state
 
 
-def nnx_abstract(spec):
-  from flax import nnx
-  return nnx.eval_shape(lambda: models.Inception(spec, image_size=75, rngs=nnx.Rngs(0)))
-
-
+@pytest.mark.xdist_group('accumulation')
 @pytest.mark.parametrize('devices', [1, 8])
-def test_four_micro_batches_are_one_step_with_batchnorm_per_8(devices):
+def test_four_micro_batches_are_one_step_with_batchnorm_per_8(devices, initial_state):
   """Batch 32 as 4 micro-batches of 8 gives the run of batch 32 with
-  `bn_group_size=8`: the same losses, parameters and moving averages after
-  5 steps (dropout on: the micro-batches draw the whole batch's mask), on 1
-  and on 8 devices. float64: the differences are reduction-order noise,
-  ≤ 1e-13 on the machine that wrote the test; a micro-batch that drew its
-  own dropout mask, or averages updated once per micro-batch, differ at
-  1e-3 or more."""
+  `bn_group_size=8`: the same losses, parameters, moving averages and
+  optimizer state after 5 steps (dropout on: the micro-batches draw the whole
+  batch's mask; averages updated per group), on 1 and on 8 devices. float64:
+  the differences are reduction-order noise, ≤ 1e-13 on the machine that
+  wrote the test; a micro-batch that drew its own dropout mask, or averages
+  updated once per micro-batch, differ at 1e-3 or more."""
+  state = initial_state
   rng = np.random.default_rng(0)
   batches = [{'image': rng.uniform(-1, 1, (32, 75, 75, 3)),
               'label': rng.integers(0, 10, 32).astype(np.int32)} for _ in range(5)]
   mesh = jax.make_mesh((devices,), ('data',), devices=jax.devices()[:devices],
                        axis_types=(jax.sharding.AxisType.Auto,))
   with jax.enable_x64(True):
-    runs = {}
-    for name, extra in (('ghost', ['model.bn_group_size=8']),
-                        ('accumulated', ['optim.grad_accum_steps=4'])):
-      config = config_lib.load(TINY_CONFIG, EXACT + extra + ['model.bn_update_per_group=true'])
-      if not runs:
-        spec = models.InceptionSpec.from_config(config.model, dataset_classes=10)
-        tx = optim.make_optimizer(config.optim, steps_per_epoch=8, global_batch=32)
-        init, _ = train._trace_init(config, spec, 75, tx, parallel.replicated(mesh))
-        state = jax.device_get(init.lower().compile()(np.uint32(0)))
-      images = [{k: v.astype(np.float64) if k == 'image' else v for k, v in b.items()}
-                for b in batches]
-      runs[name] = _steps(config, mesh, state, images)
-    (ghost_losses, ghost), (losses, accumulated) = runs['ghost'], runs['accumulated']
+    (ghost_losses, ghost), (losses, accumulated) = (
+        _steps(_config(extra), mesh, state, batches)
+        for extra in ('model.bn_group_size=8', 'optim.grad_accum_steps=4'))
     np.testing.assert_allclose(losses, ghost_losses, rtol=1e-9)
     for part in ('params', 'batch_stats', 'opt_state'):
       mine, theirs = (jax.tree.leaves(getattr(s, part)) for s in (accumulated, ghost))
@@ -162,12 +167,13 @@ def test_paper_scale_batch_on_any_device_count(devices):
   assert config.batch_size == 1600 and config.optim.grad_accum_steps == 0   # a copy
 
 
-def test_paper_table_in_the_readme_is_the_code_s():
-  """The README's table is `launch.py layout`'s output for these devices."""
+def test_paper_table_in_the_readme_and_the_config_is_the_code_s():
+  """The table of the README and of the config's docstring is `launch.py
+  layout`'s output for these devices."""
   from inception_jax import cli
   table = cli.layout_table(config_lib.load('configs/inception_v3.py'), sorted(PAPER))
-  readme = open(f'{config_lib.ROOT}/README.md').read()
-  assert table in readme, table
+  for name in ('README.md', 'configs/inception_v3.py'):
+    assert table in open(f'{config_lib.ROOT}/{name}').read(), name
 
 
 def test_impossible_batches_are_clear_errors():
@@ -184,9 +190,18 @@ def test_impossible_batches_are_clear_errors():
   assert parallel.batch_layout(32, 8, accum=4) == parallel.BatchLayout(32, 4, 8)
 
 
-def test_runs_recorded_before_accumulation_resume_as_before():
-  old = config_lib.load(TINY_CONFIG).to_dict()
+@pytest.mark.parametrize('scale', ['tiny', 'demo'])
+def test_runs_recorded_before_these_keys_resume_and_stay_fresh(scale):
+  """A config recorded before the batch-layout and preprocessing keys (and
+  with `data.color_distort` still a bool) is the same config today."""
+  current = config_lib.load(f'configs/inception_v3.py:scale={scale}').to_dict()
+  old = config_lib.load(f'configs/inception_v3.py:scale={scale}').to_dict()
   for key in ('per_device_batch', 'fit_batch'):
     del old[key]
   del old['optim']['grad_accum_steps'], old['model']['bn_update_per_group']
-  assert rundir.changed_keys(old, config_lib.load(TINY_CONFIG).to_dict()) == []
+  for key in ('crop_sampler', 'crop_attempts', 'min_object_covered', 'eval_exclude'):
+    del old['data'][key]
+  old['data']['color_distort'] = False
+  assert rundir.changed_keys(old, current) == []
+  old['data']['color_distort'] = True          # the old distortion (no hue) is gone
+  assert rundir.changed_keys(old, current) == ['data.color_distort']

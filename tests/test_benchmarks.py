@@ -17,3 +17,20 @@ def test_input_pipeline_benchmark_prints_both_pipelines():
   assert figures['grain_images_per_sec_per_core'] > 0
   assert figures['tfdata_images_per_sec_per_core'] > 0
   assert 'inception_jax (Grain)' in result.stdout and 'tf.data' in result.stdout
+
+
+def test_accumulation_memory_benchmark_compares_both_steps():
+  """At the tiny scale (the figures at 299×299: README): a batch of 16 as two
+  micro-batches of 8 needs less temporary memory than in one pass."""
+  import os
+  env = dict(os.environ, XLA_FLAGS='--xla_backend_optimization_level=0')
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/accumulation_memory.py', '--config',
+       'configs/inception_v3.py:scale=tiny', '--batches', '16', '--micro', '8',
+       '--image-size', '75'],
+      cwd=config_lib.ROOT, capture_output=True, text=True, timeout=900, env=env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  figures = json.loads(result.stdout.strip().splitlines()[-1])
+  assert figures['batches'] == [16] and figures['micro'] == 8
+  (accumulated,), (single,) = figures['accumulated_temp_bytes'], figures['single_pass_temp_bytes']
+  assert 0 < accumulated < single

@@ -143,8 +143,9 @@ def test_global_batch_is_sharded_over_all_devices():
 
 # --- Preprocessing -------------------------------------------------------------
 
-def test_distorted_crop_respects_area_and_aspect():
-  opts = preprocess.Options(image_size=32)
+@pytest.mark.parametrize('sampler', ['tensorflow', 'uniform_area'])
+def test_distorted_crop_respects_area_and_aspect(sampler):
+  opts = preprocess.Options(image_size=32, crop_sampler=sampler)
   rng = np.random.default_rng(0)
   for _ in range(300):
     top, left, h, w = preprocess.sample_crop(rng, 375, 500, opts)
@@ -152,9 +153,17 @@ def test_distorted_crop_respects_area_and_aspect():
     assert 0.04 <= h * w / (375 * 500) <= 1.0
     if (h, w) != (375, 500):
       assert 0.7 <= w / h <= 1.4
-  # No attempt fits (a 1×50 strip): fall back to a central crop in the aspect range.
-  top, left, h, w = preprocess.sample_crop(np.random.default_rng(0), 1, 50, opts)
-  assert (top, h) == (0, 1) and left == (50 - w) // 2 and w == 1
+  # No attempt fits (a 1×50 strip): TensorFlow's sampler takes the whole
+  # image, the uniform one a central crop in the aspect range.
+  box = preprocess.sample_crop(np.random.default_rng(0), 1, 50, opts)
+  assert box == ((0, 0, 1, 50) if sampler == 'tensorflow' else (0, 24, 1, 1))
+
+
+def test_bad_preprocessing_options_are_clear_errors():
+  with pytest.raises(ConfigError, match="crop_sampler must be one of"):
+    preprocess.Options(image_size=32, crop_sampler='random')
+  with pytest.raises(ConfigError, match="color_distort must be one of"):
+    preprocess.Options(image_size=32, color_distort=True)
 
 
 def test_eval_takes_the_central_87_5_percent():
@@ -235,6 +244,29 @@ def _image_tree(root, corrupt=False):
   if corrupt:
     with open(os.path.join(root, 'train', 'dog', 'broken.jpg'), 'wb') as f:
       f.write(b'\xff\xd8\xff\xe0 this is not a jpeg')
+
+
+def test_eval_exclude_leaves_named_validation_images_out(tmp_path):
+  """data.eval_exclude: names as CLASS/FILE or FILE; training is untouched;
+  a missing file or an empty result is one clear error."""
+  _image_tree(str(tmp_path))
+  listing = tmp_path / 'exclude.txt'
+  listing.write_text('cat/0.jpg\n1.png  # both classes have one\nnot_there.jpg\n')
+  cfg = data_cfg(name='folder', path=str(tmp_path), eval_exclude=str(listing))
+  validation = sources.make_source(cfg, 'validation')
+  assert sources.make_source(data_cfg(name='folder', path=str(tmp_path)),
+                             'validation').names() == ['cat/0.jpg', 'cat/1.png',
+                                                       'dog/0.jpg', 'dog/1.png']
+  assert validation.names() == ['dog/0.jpg'] and len(validation) == 1
+  assert validation[0]['where'].endswith('dog/0.jpg')
+  assert len(sources.make_source(cfg, 'train')) == 10
+  cfg.eval_exclude = str(tmp_path / 'missing.txt')
+  with pytest.raises(ConfigError, match='eval_exclude: cannot read .*missing.txt'):
+    sources.make_source(cfg, 'validation')
+  listing.write_text('cat/0.jpg\n1.png\ndog/0.jpg\n')
+  cfg.eval_exclude = str(listing)
+  with pytest.raises(ConfigError, match='leaves no example'):
+    sources.make_source(cfg, 'validation')
 
 
 def test_folder_source_reads_png_and_jpeg_in_any_mode(tmp_path):
@@ -330,7 +362,8 @@ def test_tfds_array_record_dataset_through_the_pipeline(tmp_path):
           builder=self, supervised_keys=('image', 'label'),
           features=tfds.features.FeaturesDict({
               'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
-              'label': tfds.features.ClassLabel(num_classes=4)}))
+              'label': tfds.features.ClassLabel(num_classes=4),
+              'file_name': tfds.features.Text()}))
 
     def _split_generators(self, dl_manager):
       return {'train': self._generate_examples(24, 'train'),
@@ -339,8 +372,8 @@ def test_tfds_array_record_dataset_through_the_pipeline(tmp_path):
     def _generate_examples(self, n, split):
       src = synthetic.SyntheticSource(num_examples=n, num_classes=4,
                                       image_size=48, split=split)
-      for i in range(n):
-        yield i, src[i]
+      for i in range(n):         # named as ImageNet's validation images
+        yield i, {**src[i], 'file_name': f'ILSVRC2012_val_{i + 1:08d}.JPEG'}
 
   TinyShapes(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
   assert any(f.endswith(tuple(f'.array_record-0000{i}-of-00001' for i in range(1)))
@@ -353,6 +386,15 @@ def test_tfds_array_record_dataset_through_the_pipeline(tmp_path):
   assert batch['image'].shape == (8, 32, 32, 3)
   ds, _ = pipeline.eval_dataset(sources.make_source(cfg, 'validation'), cfg, local_batch=4)
   assert sorted(i for b in ds for i in b['index'][b['mask'] > 0]) == list(range(11))
+  # data.eval_exclude, in the ILSVRC 2014 blacklist's form (numbers) or by name.
+  exclude = tmp_path / 'blacklist.txt'
+  exclude.write_text('3\n# a comment\n\nILSVRC2012_val_00000005.JPEG\n12\n')
+  validation = sources.make_source(
+      data_cfg(name='tfds:tiny_shapes', data_dir=str(tmp_path), eval_exclude=str(exclude)),
+      'validation')
+  assert len(validation) == 9 and sorted(validation.names()) == [
+      f'ILSVRC2012_val_{n:08d}.JPEG' for n in (1, 2, 4, 6, 7, 8, 9, 10, 11)]
+  assert validation[0]['label'] in range(4)
   with pytest.raises(UserError, match='not prepared.*tfds build'):
     sources.make_source(data_cfg(name='tfds:tiny_shapes', data_dir=str(tmp_path / 'x')),
                         'train')

@@ -38,8 +38,12 @@ def test_run_directory_follows_the_contract(tiny_run):
   rows = rundir.read_metrics(workdir)
   train_rows = [r for r in rows if 'train/loss' in r]
   assert [r['step'] for r in train_rows] == [1, 2, 3, 4, 5, 6]
-  for key in ('train/loss', 'train/lr', 'train/grad_norm', 'train/images_per_sec'):
+  for key in ('train/loss', 'train/lr', 'train/grad_norm', 'train/clip_norm',
+              'train/images_per_sec'):
     assert all(np.isfinite(r[key]) for r in train_rows), key
+  # Logged every step: the fraction of the interval's steps clipped is 0 or 1,
+  # and says whether the norm after weight decay passed 2.0.
+  assert all(r['train/clipped'] == float(r['train/clip_norm'] > 2.0) for r in train_rows)
   eval_rows = [r for r in rows if 'eval/top1' in r]
   assert [r['step'] for r in eval_rows] == [3, 6]
   for row in eval_rows:
@@ -48,7 +52,8 @@ def test_run_directory_follows_the_contract(tiny_run):
       assert key in row
     assert 0 <= row['eval/top1'] <= row['eval/top5'] <= 1
   saved = json.load(open(os.path.join(workdir, 'result.json')))
-  assert saved['steps'] == 6 and saved['devices'] == 8
+  assert saved['steps'] == 6 and saved['devices'] == 8 and saved['grad_accum_steps'] == 1
+  assert saved['eval_examples'] == 100                 # the whole synthetic split
   assert saved['metrics']['eval/top1'] == eval_rows[-1]['eval/top1']
   assert saved['params'] > 0 and saved['macs'] > 0
   # 256 examples / 16 = 16 steps per epoch: no decay within 6 steps.

@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 def options(data_cfg) -> preprocess.Options:
   return preprocess.Options(
       image_size=data_cfg.image_size,
+      crop_sampler=data_cfg.crop_sampler,
       crop_area=(data_cfg.crop_area_min, 1.0),
+      crop_attempts=data_cfg.crop_attempts,
+      min_object_covered=data_cfg.min_object_covered,
       color_distort=data_cfg.color_distort,
       eval_central_fraction=data_cfg.eval_central_fraction)
 

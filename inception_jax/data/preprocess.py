@@ -1,9 +1,13 @@
 """Inception preprocessing, as in Google's `image_processing.py` and the Cloud TPU
 `inception_preprocessing.py` (docs/paper_notes.md#preprocessing).
 
-Training: a distorted bounding-box crop (area 5–100% of the image, aspect
-ratio 3/4–4/3, 10 attempts, falling back to a central crop), bilinear resize
-to the network's input, a random horizontal flip, optional colour distortion.
+Training: a distorted bounding-box crop — TensorFlow's
+`sample_distorted_bounding_box` as Google's code calls it (area 5–100% of
+the image, aspect ratio 3/4–4/3, covering at least 10% of the image, 100
+attempts, else the whole image), or a crop of uniformly drawn area
+('uniform_area', 10 attempts, else a central crop; the demo's) — bilinear
+resize to the network's input, a random horizontal flip, optionally Google's
+colour distortion (brightness, saturation, hue, contrast).
 Evaluation: the central 87.5% of the image, resized. Pixels end in [-1, 1].
 
 Images are decoded with Pillow; for JPEGs the decoder is asked for the
@@ -23,7 +27,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from inception_jax.errors import UserError
+from inception_jax.errors import ConfigError, UserError
+
+
+CROP_SAMPLERS = ('tensorflow', 'uniform_area')
+COLOR_DISTORTIONS = ('none', 'inception')
 
 
 class CorruptImageError(UserError):
@@ -32,13 +40,26 @@ class CorruptImageError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  """Preprocessing settings (`config.data.*`)."""
+  """Preprocessing settings (`config.data.*`); the defaults are Google's."""
   image_size: int
+  crop_sampler: str = 'tensorflow'       # or 'uniform_area' (`sample_crop`)
   crop_area: tuple[float, float] = (0.05, 1.0)
   aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-  crop_attempts: int = 10
-  color_distort: bool = False
+  crop_attempts: int = 100
+  min_object_covered: float = 0.1        # tensorflow sampler only
+  color_distort: str = 'none'            # or 'inception' (`distort_color`)
   eval_central_fraction: float = 0.875
+
+  def __post_init__(self):
+    if self.crop_sampler not in CROP_SAMPLERS:
+      raise ConfigError(f'data.crop_sampler must be one of {list(CROP_SAMPLERS)}, '
+                        f'got {self.crop_sampler!r}')
+    if self.color_distort not in COLOR_DISTORTIONS:
+      raise ConfigError(f'data.color_distort must be one of {list(COLOR_DISTORTIONS)}, '
+                        f'got {self.color_distort!r}')
+    if self.crop_attempts < 1 or not 0 <= self.min_object_covered <= 1:
+      raise ConfigError('data.crop_attempts must be >= 1 and data.min_object_covered '
+                        'in [0, 1]')
 
 
 def open_image(image, where: str = 'image') -> Image.Image:
@@ -53,8 +74,10 @@ def open_image(image, where: str = 'image') -> Image.Image:
 
 def sample_crop(rng: np.random.Generator, height: int, width: int,
                 opts: Options) -> tuple[int, int, int, int]:
-  """(top, left, crop height, crop width) of a distorted bounding box; the
-  whole image is the only box, as in Google's TPU recipe."""
+  """(top, left, crop height, crop width) of a distorted bounding box
+  (`opts.crop_sampler`), the whole image being the only object box."""
+  if opts.crop_sampler == 'tensorflow':
+    return sample_distorted_bounding_box(rng, height, width, opts)
   area = height * width
   for _ in range(opts.crop_attempts):
     target = rng.uniform(*opts.crop_area) * area
@@ -65,6 +88,64 @@ def sample_crop(rng: np.random.Generator, height: int, width: int,
       return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
   return central_crop(height, width, 1.0, opts.aspect_ratio)
 
+
+def sample_distorted_bounding_box(rng: np.random.Generator, height: int, width: int,
+                                  opts: Options) -> tuple[int, int, int, int]:
+  """TensorFlow's `sample_distorted_bounding_box` for one object box covering
+  the whole image, as Google's Inception preprocessing calls it (area
+  0.05–1, aspect 3/4–4/3, `min_object_covered` 0.1, 100 attempts).
+
+  Each attempt draws an aspect ratio uniformly, then the crop *height*
+  uniformly among the integers whose crop area lies in the area range (so the
+  area is not uniform: small crops are rarer than under a uniform area), the
+  width as the rounded height × aspect, and the offsets uniformly in
+  [0, size − crop) (the last position is never drawn, as in TensorFlow). A
+  crop covering less than `min_object_covered` of the box (here: of the
+  image) is rejected — with the defaults, no crop is below 10% of the image.
+  When no attempt succeeds, the whole image.
+  """
+  lo, hi = opts.aspect_ratio
+  min_area = opts.crop_area[0] * width * height
+  max_area = opts.crop_area[1] * width * height
+  for _ in range(opts.crop_attempts):
+    aspect = rng.uniform(lo, hi)
+    box = _height_for_area(rng, height, width, min_area, max_area, aspect)
+    if box is None:
+      continue
+    h, w = box
+    if w * h < 1 or w * h / (width * height) < opts.min_object_covered:
+      continue
+    top = int(rng.integers(0, height - h)) if h < height else 0
+    left = int(rng.integers(0, width - w)) if w < width else 0
+    return top, left, h, w
+  return 0, 0, height, width
+
+
+def _height_for_area(rng, height, width, min_area, max_area, aspect):
+  """One attempt's (crop height, width) for `aspect`, or None: TensorFlow's
+  rules (heights rounded half to even; one step up or down to repair a
+  rounding that leaves the area range)."""
+  rint = lambda v: int(np.rint(v))
+  h = rint(math.sqrt(min_area / aspect))
+  max_h = rint(math.sqrt(max_area / aspect))
+  if rint(max_h * aspect) > width:
+    max_h = int((width + 0.5 - 1e-7) / aspect)
+    if rint(max_h * aspect) > width:
+      max_h -= 1
+  max_h = min(max_h, height)
+  h = min(h, max_h)
+  if h < max_h:
+    h += int(rng.integers(0, max_h - h + 1))
+  w = rint(h * aspect)
+  if w * h < min_area:
+    h += 1
+    w = rint(h * aspect)
+  if w * h > max_area:
+    h -= 1
+    w = rint(h * aspect)
+  if not (min_area <= w * h <= max_area and 0 < w <= width and 0 < h <= height):
+    return None
+  return h, w
 
 def central_crop(height: int, width: int, fraction: float,
                  aspect_ratio: tuple[float, float] | None = None):
@@ -102,26 +183,50 @@ def crop_and_resize(img: Image.Image, box, size: int, where: str) -> np.ndarray:
   return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
+# --- Colour (Google's `distort_color`, Inception `image_processing.py`) --------
+
+def _hsv_adjust(x: np.ndarray, saturation: float = 1.0, hue: float = 0.0) -> np.ndarray:
+  """In HSV (OpenCV's conversion, hue in degrees): saturation × `saturation`
+  clipped to [0, 1], hue + `hue` turns around the circle; back to RGB."""
+  hsv = cv2.cvtColor(np.ascontiguousarray(x, np.float32), cv2.COLOR_RGB2HSV)
+  if saturation != 1.0:
+    hsv[..., 1] = np.clip(hsv[..., 1] * np.float32(saturation), 0, 1)
+  if hue:
+    hsv[..., 0] = np.mod(hsv[..., 0] + np.float32(hue * 360), 360)
+  return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def adjust_saturation(x: np.ndarray, factor: float) -> np.ndarray:
+  """`tf.image.adjust_saturation`: HSV saturation × factor, clipped to [0, 1]."""
+  return _hsv_adjust(x, saturation=factor)
+
+
+def adjust_hue(x: np.ndarray, delta: float) -> np.ndarray:
+  """`tf.image.adjust_hue`: hue + delta turns, around the circle."""
+  return _hsv_adjust(x, hue=delta)
+
+
+def adjust_contrast(x: np.ndarray, factor: float) -> np.ndarray:
+  """`tf.image.adjust_contrast`: (x − channel mean) × factor + channel mean."""
+  mean = x.mean(axis=(0, 1), keepdims=True)
+  return (x - mean) * factor + mean
+
+
 def distort_color(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Brightness ±32/255, saturation and contrast ×[0.5, 1.5], in one of two
-  orders (Google's `distort_color`, without the hue shift); x in [0, 1]."""
-  def brightness(x):
-    return x + rng.uniform(-32 / 255, 32 / 255)
+  """Google's Inception `distort_color` (x in [0, 1]): brightness ±32/255,
+  saturation ×[0.5, 1.5], hue ±0.2, contrast ×[0.5, 1.5], in one of its two
+  orders (chosen per image here, per reader thread there), clipped to [0, 1]."""
+  brightness = lambda x: x + np.float32(rng.uniform(-32 / 255, 32 / 255))
+  contrast = lambda x: adjust_contrast(x, np.float32(rng.uniform(0.5, 1.5)))
 
-  def saturation(x):
-    grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
-    return grey[..., None] + rng.uniform(0.5, 1.5) * (x - grey[..., None])
-
-  def contrast(x):
-    mean = x.mean(axis=(0, 1), keepdims=True)
-    return mean + rng.uniform(0.5, 1.5) * (x - mean)
-
-  ops = (brightness, saturation, contrast) if rng.integers(2) else (
-      saturation, brightness, contrast)
-  for op in ops:
+  def saturation_then_hue(x):        # adjacent in both orders: one trip to HSV
+    factor = rng.uniform(0.5, 1.5)
+    return _hsv_adjust(x, saturation=factor, hue=rng.uniform(-0.2, 0.2))
+  order = ((brightness, saturation_then_hue, contrast) if rng.integers(2) == 0 else
+           (brightness, contrast, saturation_then_hue))
+  for op in order:
     x = op(x)
   return np.clip(x, 0.0, 1.0)
-
 
 def to_unit_range(x: np.ndarray) -> np.ndarray:
   """uint8 [0, 255] → float32 [-1, 1]."""
@@ -136,7 +241,7 @@ def train_image(image, rng: np.random.Generator, opts: Options,
   x = crop_and_resize(img, box, opts.image_size, where)
   if rng.integers(2):
     x = x[:, ::-1]
-  if opts.color_distort:
+  if opts.color_distort == 'inception':
     x = distort_color(x.astype(np.float32) / 255.0, rng) * 255.0
   return to_unit_range(x)
 

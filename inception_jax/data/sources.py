@@ -8,12 +8,14 @@
                 `tfds.data_source` (`config.data.data_dir`)
 
 Each source has `len()`, `[index]` → {'image': encoded bytes or uint8 array,
-'label': int, 'where': a name for error messages}, `num_classes`, and
-`where`, the split's name for error messages.
+'label': int, 'where': a name for error messages}, `num_classes`, `where`,
+the split's name for error messages, and `names()`, each example's file name
+(for `data.eval_exclude`, `Excluding`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 from inception_jax.data.preprocess import CorruptImageError
@@ -22,9 +24,14 @@ from inception_jax.errors import ConfigError, UserError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 
+log = logging.getLogger(__name__)
+
 
 class Synthetic(SyntheticSource):
   where = 'the synthetic dataset'
+
+  def names(self) -> list[str]:
+    return [f'synthetic_{i}' for i in range(len(self))]
 
   def __getitem__(self, index):
     record = super().__getitem__(index)
@@ -70,6 +77,10 @@ class FolderSource:
     except OSError as e:
       raise CorruptImageError(f'cannot read {path}: {e.strerror or e}') from None
     return {'image': data, 'label': label, 'where': path}
+
+  def names(self) -> list[str]:
+    """CLASS/FILE of each image (`Excluding` matches FILE alone too)."""
+    return [os.path.relpath(path, self.where) for path, _ in self.files]
 
   def __repr__(self):
     return f'FolderSource({len(self.files)} images, {self.num_classes} classes)'
@@ -126,14 +137,83 @@ class TfdsSource:
     return {'image': record['image'], 'label': int(record['label']),
             'where': f'{self.name}[{self.split}] example {index}'}
 
+  def names(self) -> list[str]:
+    """The `file_name` feature of every example (a pass over the split)."""
+    log.info('reading the file names of %s (%d examples) once', self.where, len(self))
+    try:
+      return [_text(self._source[i]['file_name']) for i in range(len(self))]
+    except KeyError:
+      raise ConfigError(f'{self.where} has no file_name feature: data.eval_exclude '
+                        f'cannot name its examples') from None
+
   def __repr__(self):
     return f'TfdsSource({self.name}[{self.split}], {len(self)} examples)'
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Excluding:
+  """A split less the examples named in a file (`data.eval_exclude`): the
+  paper evaluates on the 48,238 validation images outside the ILSVRC 2014
+  blacklist. Each line of the file is a file name (ILSVRC2012_val_00000001.JPEG)
+  or a number N, the blacklist's own form, meaning ILSVRC2012_val_N
+  (zero-padded to 8 digits); blank lines and '#' comments are ignored. A
+  name matches an example's name (`names()`) or its last path component."""
+
+  def __init__(self, source, path: str):
+    names = _read_exclusions(path)
+    self._source, self.num_classes = source, source.num_classes
+    own = self._names = source.names()
+    left_out = lambda name: name in names or os.path.basename(name) in names
+    self._kept = [i for i, name in enumerate(own) if not left_out(name)]
+    known = set(own) | {os.path.basename(name) for name in own}
+    unknown = len(names - known)
+    self.excluded = len(own) - len(self._kept)
+    self.where = source.where
+    log.info('data.eval_exclude: %d of %d examples of %s left out (%s)%s',
+             self.excluded, len(own), source.where, path,
+             f'; {unknown} names of the file are not in it' if unknown else '')
+
+  def __len__(self):
+    return len(self._kept)
+
+  def names(self) -> list[str]:
+    return [self._names[i] for i in self._kept]
+
+  def __getitem__(self, index):
+    return self._source[self._kept[index]]
+
+  def __repr__(self):
+    return f'{self._source!r} less {self.excluded} excluded'
+
+
+def _read_exclusions(path: str) -> set[str]:
+  try:
+    with open(path) as f:
+      lines = [line.split('#')[0].strip() for line in f]
+  except OSError as e:
+    raise ConfigError(f'data.eval_exclude: cannot read {path}: {e.strerror or e}') from None
+  return {f'ILSVRC2012_val_{int(line):08d}.JPEG' if line.isdigit() else line
+          for line in lines if line}
 
 
 def make_source(data_cfg, split: str):
   """The source named by `data_cfg.name` for `split` (`data.train_split` or
   `data.eval_split`). Synthetic images are drawn at image_size / 0.875, so
   evaluation's central crop returns the network's input size."""
+  source = _source(data_cfg, split)
+  exclude = data_cfg.get('eval_exclude', '')
+  if exclude and split == data_cfg.eval_split:
+    source = Excluding(source, exclude)
+    if not len(source):
+      raise ConfigError(f'data.eval_exclude ({exclude}) leaves no example of '
+                        f'{source.where} to evaluate')
+  return source
+
+
+def _source(data_cfg, split: str):
   name = data_cfg.name
   if name == 'synthetic':
     train = split == data_cfg.train_split
