@@ -117,9 +117,9 @@ def resolve_batch(config, devices: int, quiet: bool = False):
   splits into whole BatchNorm groups when `fit_batch`) and
   `optim.grad_accum_steps` (chosen when 0). The run records these values."""
   layout = parallel.batch_layout(
-      config.batch_size, devices, accum=config.optim.grad_accum_steps,
-      per_device_batch=config.per_device_batch, group=config.model.bn_group_size,
-      fit=config.fit_batch)
+      config.batch_size, devices, accum=config.optim.get('grad_accum_steps', 1),
+      per_device_batch=config.get('per_device_batch', 0),
+      group=config.model.get('bn_group_size', 0), fit=config.get('fit_batch', False))
   if layout.batch != config.batch_size and not quiet:
     log.warning('batch_size %d → %d: the nearest size that %d devices split into '
                 'equal shares of whole BatchNorm groups of %d (fit_batch=True)',
