@@ -510,7 +510,7 @@ class _Loop:
     self.tracker, self.progress, self.stop = tracker, progress, stop
     self.train_step, self.eval_step = train_step, eval_step
     self.last, self.eval_metrics, self.train_time = {}, {}, 0.0
-    self.clipped = self.clipped_steps = 0     # since the last logged step (on the device)
+    self.clipped = []      # the steps' clipped flags since the last log, on the device
     self.eval_examples = 0
 
   def run(self, state: TrainState) -> TrainState:
@@ -520,8 +520,7 @@ class _Loop:
     for step in range(start + 1, total + 1):
       state, metrics = self.train_step(state, next(self.data.loader))
       if 'train/clipped' in metrics:
-        self.clipped = metrics['train/clipped'] + self.clipped
-        self.clipped_steps += 1
+        self.clipped.append(metrics['train/clipped'])
       stopping = self.stop.any_process()
       evaluate = step == total or (config.eval_every_steps and
                                    step % config.eval_every_steps == 0)
@@ -558,9 +557,9 @@ class _Loop:
     self.last = metrics
     if step % self.config.log_every_steps == 0 or step == self.data.total_steps:
       metrics['train/images_per_sec'] = clock.images_per_sec(step, self.config.batch_size)
-      if self.clipped_steps:      # the fraction of the interval's steps that clipped
-        metrics['train/clipped'] = float(self.clipped) / self.clipped_steps
-        self.clipped = self.clipped_steps = 0
+      if self.clipped:      # the fraction of the interval's steps that clipped
+        metrics['train/clipped'] = float(np.mean(jax.device_get(self.clipped)))
+        self.clipped = []
       self.tracker.log(step, metrics)
       self.progress.update(step, metrics)
       # A line per interval in train.log and SLURM's logs (no terminal there).
