@@ -141,8 +141,12 @@ def get_config(arg=None):
       weight_decay=4e-5,
       ema_decay=0.9999,
       warmup_epochs=0.0,              # linear warm-up (not in the paper)
-      base_batch_size=1600 if arg.scale == 'paper' else 0,  # >0: lr × batch_size / base_batch_size
-      grad_accum_steps=0 if arg.scale == 'paper' else 1,    # micro-batches per step (0: from per_device_batch)
+      # > 0: lr × batch_size / base_batch_size (paper scale: when fit_batch
+      # moves the batch off 1600).
+      base_batch_size=1600 if arg.scale == 'paper' else 0,
+      # Micro-batches per step (gradient accumulation); 0: the fewest that
+      # keep per_device_batch.
+      grad_accum_steps=0 if arg.scale == 'paper' else 1,
   ))
   config.loss = ml_collections.ConfigDict(dict(
       label_smoothing=0.1,

@@ -196,37 +196,11 @@ def make_train_step(graphdef, tx, schedule, config):
     (_, (parts, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, stats, parts
 
-  def accumulated(params, batch_stats, batch, key):
-    micro = batch['label'].shape[1]
-    as32 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)
-
-    def micro_step(carry, xs):
-      grad_sum, stats = carry
-      j, images, labels = xs
-      # Per group: the averages pass from one micro-batch to the next, one
-      # update per group in order. Mean: each starts from the step's
-      # averages and the results are averaged (= the groups' mean update).
-      grads, new_stats, parts = gradients(
-          params, stats if per_group else batch_stats, images, labels, key,
-          rows=(j * micro, accum * micro))
-      grad_sum = jax.tree.map(jnp.add, grad_sum, as32(grads))
-      stats = new_stats if per_group else jax.tree.map(jnp.add, stats, new_stats)
-      return (grad_sum, stats), parts
-
-    zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
-    start = batch_stats if per_group else zeros(batch_stats)
-    (grad_sum, stats), parts = jax.lax.scan(
-        micro_step, (zeros(as32(params)), start),
-        (jnp.arange(accum), batch['image'], batch['label']))
-    grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), grad_sum, params)
-    if not per_group:
-      stats = jax.tree.map(lambda s: s / accum, stats)
-    return grads, stats, jax.tree.map(lambda x: x.mean(0), parts)
-
   def train_step(state: TrainState, batch, seed):
     key = jax.random.fold_in(jax.random.key(seed), state.step)
     if accum > 1:
-      grads, batch_stats, parts = accumulated(state.params, state.batch_stats, batch, key)
+      grads, batch_stats, parts = _accumulate(gradients, state.params, state.batch_stats,
+                                              batch, key, per_group=per_group)
     else:
       grads, batch_stats, parts = gradients(state.params, state.batch_stats,
                                             batch['image'], batch['label'], key)
@@ -249,6 +223,37 @@ def make_train_step(graphdef, tx, schedule, config):
     metrics['train/lr'] = schedule(state.step)
     return new, metrics
   return train_step
+
+
+def _accumulate(gradients, params, batch_stats, batch, key, *, per_group: bool):
+  """`gradients` of a (k, micro, …) batch, its micro-batches one after another:
+  the mean gradient (summed in float32, or float64), the BatchNorm statistics
+  and the metric parts, as one pass over the whole batch gives them."""
+  accum, micro = batch['label'].shape
+  wide = lambda tree: jax.tree.map(
+      lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)
+  zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+
+  def micro_step(carry, xs):
+    grad_sum, stats = carry
+    j, images, labels = xs
+    # Per group: the averages pass from one micro-batch to the next, one
+    # update per group in order. Mean: each micro-batch starts from the
+    # step's averages and the results are averaged (the groups' mean update).
+    grads, new_stats, parts = gradients(
+        params, stats if per_group else batch_stats, images, labels, key,
+        rows=(j * micro, accum * micro))
+    grad_sum = jax.tree.map(jnp.add, grad_sum, wide(grads))
+    stats = new_stats if per_group else jax.tree.map(jnp.add, stats, new_stats)
+    return (grad_sum, stats), parts
+
+  (grad_sum, stats), parts = jax.lax.scan(
+      micro_step, (zeros(wide(params)), batch_stats if per_group else zeros(batch_stats)),
+      (jnp.arange(accum), batch['image'], batch['label']))
+  grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), grad_sum, params)
+  if not per_group:
+    stats = jax.tree.map(lambda s: s / accum, stats)
+  return grads, stats, jax.tree.map(lambda x: x.mean(0), parts)
 
 
 def _seed(config):
