@@ -224,3 +224,41 @@ def test_runs_recorded_before_these_keys_resume_and_stay_fresh(scale):
   assert rundir.changed_keys(old, current) == []
   old['data']['color_distort'] = True          # the old distortion (no hue) is gone
   assert rundir.changed_keys(old, current) == ['data.color_distort']
+
+
+def test_a_run_fits_the_batch_and_accumulates(tmp_path, caplog):
+  """End to end on 8 devices, as paper scale runs: batch 60 with groups of 4
+  and at most 4 images per device becomes 64 (2 groups per device) in 2
+  micro-batches; the run records both, and Google's crop sampler and colour
+  distortion feed it."""
+  import json
+  import logging
+  config = config_lib.load(TINY_CONFIG, [
+      'batch_size=60', 'model.bn_group_size=4', 'model.bn_update_per_group=true',
+      'per_device_batch=4', 'fit_batch=true', 'optim.grad_accum_steps=0', 'total_steps=2',
+      'data.crop_sampler=tensorflow', 'data.crop_attempts=100',
+      'data.color_distort=inception', 'tracking.tensorboard=false'])
+  with caplog.at_level(logging.INFO, logger='inception_jax.train'):
+    result = train.run(config, str(tmp_path))
+  assert 'batch_size 60 → 64' in caplog.text
+  assert 'batch 64 = 2 micro-batches of 32 (4 per device), 16 BatchNorm groups' in caplog.text
+  assert (result['batch_size'], result['grad_accum_steps']) == (64, 2)
+  recorded = json.load(open(tmp_path / 'config.json'))
+  assert (recorded['batch_size'], recorded['optim']['grad_accum_steps']) == (64, 2)
+  losses = [r['train/loss'] for r in rundir.read_metrics(str(tmp_path)) if 'train/loss' in r]
+  assert len(losses) == 2 and np.isfinite(losses).all()
+  assert config.batch_size == 60                  # the caller's config is untouched
+
+
+def test_layout_command(capsys):
+  from inception_jax import cli
+  assert cli.main(['layout', '--config', 'configs/inception_v3.py', '--devices', '1,8']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].split()[:2] == ['devices', 'batch'] and len(lines) == 4
+  assert lines[3].split()[:4] == ['8', '1536', '3', '64']
+  assert cli.main(['layout', '--config', 'configs/inception_v3.py', '--devices', '8,x']) == 2
+  assert '--devices takes comma-separated counts' in capsys.readouterr().err
+  # An impossible batch without fit_batch: one line naming the sizes that work.
+  assert cli.main(['layout', '--config', 'configs/inception_v3.py', '--devices', '8',
+                   '--config.fit_batch=false']) == 2
+  assert 'use 1536 or 1792' in capsys.readouterr().err
