@@ -115,7 +115,8 @@ def resolve_batch(config, devices: int, quiet: bool = False):
   """A copy of `config` with the batch as this device count runs it
   (`parallel.batch_layout`): `batch_size` (moved to the nearest size that
   splits into whole BatchNorm groups when `fit_batch`) and
-  `optim.grad_accum_steps` (chosen when 0). The run records these values."""
+  `optim.grad_accum_steps` (chosen when 0). Checkpoints and result.json record
+  these values; config.json the config as given."""
   layout = parallel.batch_layout(
       config.batch_size, devices, accum=config.optim.get('grad_accum_steps', 1),
       per_device_batch=config.get('per_device_batch', 0),
@@ -329,7 +330,9 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
   """
   start_time = time.time()
   check_config(config)
-  config = resolve_batch(config, jax.device_count())
+  # config.json keeps the config as given (what a sweep file compares with);
+  # checkpoints keep it as run on these devices (what a resume compares with).
+  given, config = config, resolve_batch(config, jax.device_count())
   is_chief = jax.process_index() == 0
   if is_chief:
     _check_writable(workdir)
@@ -377,7 +380,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
 
     # --- Loop ------------------------------------------------------------------
     tracker = resources.enter_context(tracking.Tracker(
-        workdir, config.to_dict(), enabled=is_chief,
+        workdir, given.to_dict(), enabled=is_chief,
         tensorboard=config.tracking.tensorboard, wandb=config.tracking.wandb,
         wandb_mode=config.tracking.wandb_mode,
         wandb_init_timeout=config.tracking.wandb_init_timeout,

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from conftest import TINY_CONFIG, assert_close_to_scale
 
-from inception_jax import config_lib, layers, models, optim, parallel, rundir, train
+from inception_jax import config_lib, layers, models, optim, parallel, rundir, sweep, train
 from inception_jax.data import pipeline, sources
 from inception_jax.errors import ConfigError
 
@@ -243,8 +243,12 @@ def test_a_run_fits_the_batch_and_accumulates(tmp_path, caplog):
   assert 'batch_size 60 → 64' in caplog.text
   assert 'batch 64 = 2 micro-batches of 32 (4 per device), 16 BatchNorm groups' in caplog.text
   assert (result['batch_size'], result['grad_accum_steps']) == (64, 2)
-  recorded = json.load(open(tmp_path / 'config.json'))
-  assert (recorded['batch_size'], recorded['optim']['grad_accum_steps']) == (64, 2)
+  # config.json holds the config as given (a sweep compares its file with it);
+  # the checkpoint the config as run (a resume on other devices compares it).
+  given = json.load(open(tmp_path / 'config.json'))
+  assert (given['batch_size'], given['optim']['grad_accum_steps']) == (60, 0)
+  assert sweep.config_changes(str(tmp_path), config.to_dict()) == []
+  assert train.run(config, str(tmp_path)) == result      # finished: resumes as is
   losses = [r['train/loss'] for r in rundir.read_metrics(str(tmp_path)) if 'train/loss' in r]
   assert len(losses) == 2 and np.isfinite(losses).all()
   assert config.batch_size == 60                  # the caller's config is untouched
