@@ -131,6 +131,10 @@ class Dropout(nnx.Module):
       return x
     if rngs is None:
       raise ValueError('Dropout in train mode needs a key (rngs=...)')
+    if isinstance(rngs, nnx.Rngs):          # a key from its dropout (or default) stream
+      rngs = rngs.dropout()
+    elif isinstance(rngs, nnx.RngStream):
+      rngs = rngs()
     keep = 1.0 - self.rate
     if rows is None:
       mask = jax.random.bernoulli(rngs, keep, x.shape)

@@ -57,6 +57,25 @@ def test_fifty_replicas_make_the_paper_decay_about_0985_per_step():
 
 # --- Gradient accumulation ---------------------------------------------------
 
+def test_dropout_rows_are_the_whole_batch_s_mask():
+  """The model's Dropout draws nnx.Dropout's mask from the same key (runs
+  from before it are unchanged), and a slice of rows draws that slice of the
+  whole batch's mask."""
+  x = jax.random.normal(jax.random.key(1), (32, 16))
+  key = jax.random.key(7)
+  whole = layers.Dropout(0.2)(x, rngs=key)
+  np.testing.assert_array_equal(whole, nnx.Dropout(0.2)(x, rngs=key))
+  parts = [layers.Dropout(0.2)(x[j * 8:(j + 1) * 8], rngs=key, rows=(j * 8, 32))
+           for j in range(4)]
+  np.testing.assert_array_equal(jnp.concatenate(parts), whole)
+  assert not np.array_equal(parts[1], layers.Dropout(0.2)(x[8:16], rngs=key))
+  np.testing.assert_array_equal(layers.Dropout(0.2)(x, rngs=nnx.Rngs(dropout=7)),
+                                nnx.Dropout(0.2)(x, rngs=nnx.Rngs(dropout=7)))
+  off = layers.Dropout(0.2)
+  off.deterministic = True
+  np.testing.assert_array_equal(off(x), x)
+
+
 def _config(*extra):
   return config_lib.load(TINY_CONFIG, EXACT + list(extra) + ['model.bn_update_per_group=true'])
 
