@@ -5,6 +5,7 @@ import io
 import os
 import pickle
 
+import cv2
 import jax
 import ml_collections
 import numpy as np
@@ -452,3 +453,36 @@ def test_synthetic_needs_a_convnet_not_a_linear_model():
 
   linear, conv = accuracy(Linear(nnx.Rngs(0))), accuracy(ConvNet(nnx.Rngs(0)))
   assert linear < 0.3 and conv > 0.7, (linear, conv)
+
+
+# --- Multi-crop evaluation -------------------------------------------------------
+
+def test_multi_crops_follow_the_144_crop_protocol():
+  """A 256×320 image at 224 (the protocol's own sizes, so that its first
+  scale needs no resize): the 12 views are the central square's 4 corners,
+  centre and whole, each then mirrored; they are the 144's views of that
+  square at that scale; one view is training's central evaluation crop."""
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (256, 320, 3), dtype=np.uint8)
+  twelve = preprocess.multi_crops(image, 224, 12)
+  all_144 = preprocess.multi_crops(image, 224, 144)
+  assert twelve.shape == (12, 224, 224, 3) and all_144.shape == (144, 224, 224, 3)
+  square = image[:, 32:288]                    # the central 256×256 of the 320 width
+  expected = [square[:224, :224], square[:224, 32:], square[32:, :224], square[32:, 32:],
+              square[16:240, 16:240]]
+  for k, view in enumerate(expected):
+    np.testing.assert_array_equal(twelve[2 * k], preprocess.to_unit_range(view))
+  np.testing.assert_allclose(
+      twelve[10], preprocess.to_unit_range(cv2.resize(square, (224, 224))), atol=1e-6)
+  np.testing.assert_array_equal(twelve[1::2], twelve[0::2, :, ::-1])       # mirrors
+  np.testing.assert_array_equal(all_144[12:24], twelve)   # scale 1, square 2 of 3
+  # The left square of the first scale; the last scale's shorter side is 352.
+  np.testing.assert_array_equal(all_144[0], preprocess.to_unit_range(image[:224, :224]))
+  np.testing.assert_array_equal(
+      preprocess.multi_crops(image, 224, 1)[0],
+      preprocess.eval_image(image, preprocess.Options(image_size=224)))
+  portrait = preprocess.multi_crops(image.transpose(1, 0, 2), 224, 12)
+  np.testing.assert_array_equal(
+      portrait[0], preprocess.to_unit_range(square.transpose(1, 0, 2)[:224, :224]))
+  with pytest.raises(ConfigError, match='crops must be one of'):
+    preprocess.multi_crops(image, 224, 10)

@@ -251,3 +251,74 @@ def eval_image(image, opts: Options, where: str = 'image') -> np.ndarray:
   width, height = img.size
   box = central_crop(height, width, opts.eval_central_fraction)
   return to_unit_range(crop_and_resize(img, box, opts.image_size, where))
+
+
+# --- Multi-crop evaluation (Table 4) -------------------------------------------
+
+# The shorter sides of Szegedy et al. 2014's four scales, for a 224×224 network;
+# scaled by image_size / 224 for this one.
+MULTI_CROP_SCALES = (256, 288, 320, 352)
+MULTI_CROPS = (1, 12, 144)
+
+
+def multi_crops(image, image_size: int, crops: int, where: str = 'image') -> np.ndarray:
+  """The `crops` views of an image that multi-crop evaluation averages,
+  (crops, image_size, image_size, 3) in [-1, 1].
+
+  144 — Szegedy et al. 2014 (GoogLeNet), the protocol of the paper's Table 4:
+  the image resized so that its shorter side is each of 4 scales (256, 288,
+  320, 352 for a 224 input, here × image_size/224); at each, 3 squares of that
+  side (left, centre, right; top, centre, bottom for a portrait image); in
+  each square its 4 corner crops, its centre crop and the whole square
+  resized; and the mirror image of each: 4 × 3 × 6 × 2.
+
+  12 — the paper does not spell it out. This project reads it as the 144
+  protocol at its first scale on the central square only: 6 views and their
+  mirrors (1 × 1 × 6 × 2), so 12 ⊂ 144.
+
+  1 — the central crop of training's evaluation (`eval_image`), for the
+  default `eval_central_fraction`.
+  """
+  if crops not in MULTI_CROPS:
+    raise ConfigError(f'crops must be one of {list(MULTI_CROPS)}, got {crops}')
+  if crops == 1:
+    return eval_image(image, Options(image_size=image_size), where)[None]
+  img = open_image(image, where)
+  try:
+    pixels = np.asarray(img.convert('RGB'))
+  except Exception as e:
+    raise CorruptImageError(f'cannot decode {where}: {e}') from None
+  scales = MULTI_CROP_SCALES[:1] if crops == 12 else MULTI_CROP_SCALES
+  views = []
+  for shorter in scales:
+    resized = _resize_shorter(pixels, round(shorter * image_size / 224))
+    squares = _squares(resized)
+    for square in (squares[1:2] if crops == 12 else squares):
+      for view in _six_views(square, image_size):
+        views += [view, view[:, ::-1]]
+  return to_unit_range(np.stack(views))
+
+
+def _resize_shorter(pixels: np.ndarray, shorter: int) -> np.ndarray:
+  height, width = pixels.shape[:2]
+  scale = shorter / min(height, width)
+  size = (max(shorter, round(width * scale)), max(shorter, round(height * scale)))
+  return cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR)
+
+
+def _squares(pixels: np.ndarray) -> list[np.ndarray]:
+  """The first, central and last square of side min(height, width)."""
+  height, width = pixels.shape[:2]
+  side = min(height, width)
+  if width >= height:
+    return [pixels[:, x:x + side] for x in (0, (width - side) // 2, width - side)]
+  return [pixels[y:y + side] for y in (0, (height - side) // 2, height - side)]
+
+
+def _six_views(square: np.ndarray, size: int) -> list[np.ndarray]:
+  """4 corner crops, the centre crop (size×size) and the square resized."""
+  side = square.shape[0]
+  far, mid = side - size, (side - size) // 2
+  corners = [square[y:y + size, x:x + size]
+             for y, x in ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))]
+  return corners + [cv2.resize(square, (size, size), interpolation=cv2.INTER_LINEAR)]
