@@ -9,6 +9,8 @@
       [--launcher local|slurm] [--parallel N] [--only NAME,...] [--seeds N] [--rerun-stale]
   python launch.py compare DIR [--format text|markdown|json|html]
   python launch.py layout --config configs/inception_v3.py[:ARG] [--devices 1,8,…] [--config.KEY=VALUE ...]
+  python launch.py eval --workdir RUN [--crops 1|12|144] [--ensemble RUN2 ...] [--weights ema|raw]
+      [--split NAME] [--limit N] [--json]
 
 `train` on a workdir that holds checkpoints resumes from the latest good one
 (a config that differs in more than harmless keys is refused, unless
@@ -138,6 +140,22 @@ def cmd_compare(args, overrides):
   if overrides:
     raise UserError('compare takes no --config.* overrides')
   print(report.render(args.workdir, args.format))
+  return 0
+
+
+def cmd_eval(args, overrides):
+  from inception_jax import evaluate
+  if overrides:
+    raise UserError('eval takes no --config.* overrides: it evaluates runs as they were trained')
+  result = evaluate.evaluate([args.workdir, *args.ensemble], crops=args.crops,
+                             weights=args.weights, split=args.split, limit=args.limit)
+  if args.json:
+    print(json.dumps(result))
+  else:
+    print(f"top-1 error {100 * (1 - result['top1']):.2f}%  top-5 error "
+          f"{100 * (1 - result['top5']):.2f}%  ({result['examples']} images × "
+          f"{result['crops']} crops, {len(result['members'])} run(s), "
+          f"{result['weights']} weights)")
   return 0
 
 
@@ -286,6 +304,16 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   p.add_argument('workdir', help='sweep directory')
   p.add_argument('--format', choices=('text', 'markdown', 'json', 'html'), default='text')
   p.set_defaults(fn=cmd_compare)
+  p = sub.add_parser('eval', help="a run's (or an ensemble's) top-1/top-5, 1, 12 or 144 crops")
+  p.add_argument('--workdir', required=True, help='run directory (its latest good checkpoint)')
+  p.add_argument('--crops', type=int, choices=(1, 12, 144), default=1)
+  p.add_argument('--ensemble', nargs='*', default=[], metavar='RUN',
+                 help="more runs: the members' probabilities are averaged")
+  p.add_argument('--weights', choices=('ema', 'raw'), default='ema')
+  p.add_argument('--split', help="the split (default: the run's data.eval_split)")
+  p.add_argument('--limit', type=int, help='the first N examples only')
+  p.add_argument('--json', action='store_true', help='print one JSON object')
+  p.set_defaults(fn=cmd_eval)
   p = sub.add_parser('layout', help='how the batch runs on each device count')
   p.add_argument('--config', required=True, help='config FILE.py[:ARG]')
   p.add_argument('--devices', default='1,8,16,32,64', help='comma-separated device counts')

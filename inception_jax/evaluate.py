@@ -1,0 +1,148 @@
+"""Evaluation of trained runs as the paper reports it: 1, 12 or 144 crops per
+image (Tables 3 and 4, `preprocess.multi_crops`) and ensembles of runs
+(Table 5).
+
+  evaluate(['runs/v3'], crops=144)              # → {'top1', 'top5', 'crops', ...}
+  python launch.py eval --workdir runs/v3 --crops 144 [--ensemble runs/v3b …]
+
+Each run's weights come from its latest good checkpoint (the EMA weights, or
+the raw ones); each image's views are made at the run's own input size, their
+logits turned into softmax probabilities and averaged over the views, and an
+ensemble averages its members' probabilities. The forward pass is sharded
+over all devices like training's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from inception_jax import checkpointing, models, optim, parallel, rundir
+from inception_jax.data import pipeline, preprocess, sources
+from inception_jax.errors import ConfigError, UserError
+
+WEIGHTS = ('ema', 'raw')
+
+
+@dataclasses.dataclass
+class Member:
+  """One run of an ensemble: its config and its weights in evaluation mode."""
+  workdir: str
+  config: ml_collections.ConfigDict
+  graphdef: nnx.GraphDef     # the model in evaluation mode
+  params: nnx.State
+  stats: nnx.State
+
+  def logits(self, images):
+    return _forward(self.graphdef, self.params, self.stats, images)
+
+  @property
+  def image_size(self) -> int:
+    return self.config.data.image_size
+
+
+def load(workdir: str, weights: str = 'ema') -> Member:
+  """A run's config (config.json) and the weights of its latest good checkpoint."""
+  from inception_jax import train
+  if weights not in WEIGHTS:
+    raise ConfigError(f'weights must be one of {list(WEIGHTS)}, got {weights!r}')
+  recorded = rundir.read_json(os.path.join(workdir, rundir.CONFIG))
+  if recorded is None:
+    raise UserError(f'{workdir} holds no config.json: not a run directory')
+  config = ml_collections.ConfigDict(recorded)
+  num_classes = pipeline.num_classes(config.data)
+  spec = models.InceptionSpec.from_config(config.model, dataset_classes=num_classes)
+  mesh = parallel.data_mesh()
+  replicated = parallel.replicated(mesh)
+  # The checkpoint's structure: the trainer's own (optimizer state included).
+  tx = optim.make_optimizer(config.optim, steps_per_epoch=1.0, global_batch=config.batch_size)
+  init, abstract = train._trace_init(config, spec, config.data.image_size, tx, replicated)
+  with checkpointing.CheckpointManager(workdir, every_steps=0,
+                                      keep=config.keep_checkpoints) as checkpoints:
+    restored = checkpoints.restore(init.out_info)
+  if restored is None:
+    raise UserError(f'{workdir} holds no checkpoint to evaluate')
+  state = restored[0]
+  params, stats = ((state.ema_params, state.ema_batch_stats) if weights == 'ema' else
+                   (state.params, state.batch_stats))
+  _, eval_graphdef = train._graphdefs(abstract)
+  return Member(workdir, config, eval_graphdef, params, stats)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, params, stats, images):
+  return nnx.merge(graphdef, params, stats, copy=True)(images)
+
+
+def probabilities(members: list[Member], crops: int = 1, split: str | None = None,
+                  limit: int | None = None, batch: int | None = None):
+  """(probabilities (examples, classes), labels): each image's softmax
+  probabilities averaged over its `crops` views and over the members.
+  `split` defaults to the first member's `data.eval_split`; `limit` takes
+  the first examples only; `batch` views go through the network at a time
+  (default: the first run's evaluation batch, its micro-batch)."""
+  first = members[0].config.data
+  source = sources.make_source(first, split or first.eval_split)
+  count = len(source) if limit is None else min(limit, len(source))
+  for member in members[1:]:
+    if pipeline.num_classes(member.config.data) != source.num_classes:
+      raise ConfigError(f'{member.workdir} was trained on another number of classes '
+                        f'than {members[0].workdir}')
+  devices = jax.device_count()
+  config = members[0].config
+  batch = batch or config.batch_size // max(1, config.optim.get('grad_accum_steps', 1) or 1)
+  per_batch = max(1, batch // crops)
+  total, labels = 0, []
+  for start in range(0, count, per_batch):
+    records = [source[i] for i in range(start, min(start + per_batch, count))]
+    labels += [r['label'] for r in records]
+    summed = 0
+    for member in members:
+      views = np.concatenate([_views(member, r, crops) for r in records])
+      summed = summed + _mean_over_views(member, views, len(records), crops,
+                                         -(-per_batch * crops // devices) * devices)
+    total = summed / len(members) if start == 0 else np.concatenate(
+        [total, summed / len(members)])
+  return total, np.asarray(labels)
+
+
+def _views(member: Member, record, crops: int) -> np.ndarray:
+  if crops == 1:      # exactly training's evaluation crop
+    return preprocess.eval_image(record['image'], pipeline.options(member.config.data),
+                                 record['where'])[None]
+  return preprocess.multi_crops(record['image'], member.image_size, crops, record['where'])
+
+
+def _mean_over_views(member: Member, views: np.ndarray, images: int, crops: int,
+                     padded: int) -> np.ndarray:
+  """Softmax probabilities of the views, averaged per image (images, classes);
+  the views padded to `padded` rows (one program for every batch)."""
+  views = np.concatenate([views, np.zeros((padded - len(views), *views.shape[1:]),
+                                          views.dtype)])
+  sharded = jax.device_put(views, parallel.data_sharded(parallel.data_mesh()))
+  logits = np.asarray(jax.device_get(member.logits(sharded)), np.float64)[:images * crops]
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  return probs.reshape(images, crops, -1).mean(1)
+
+
+def evaluate(workdirs: list[str], crops: int = 1, weights: str = 'ema',
+             split: str | None = None, limit: int | None = None) -> dict:
+  """Top-1 and top-5 accuracy of a run or an ensemble (the first run's data)."""
+  if crops not in preprocess.MULTI_CROPS:
+    raise ConfigError(f'crops must be one of {list(preprocess.MULTI_CROPS)}, got {crops}')
+  members = [load(w, weights) for w in workdirs]
+  probs, labels = probabilities(members, crops, split, limit)
+  k = min(5, probs.shape[1])
+  ranked = np.argsort(-probs, axis=1, kind='stable')
+  return {'top1': float(np.mean(ranked[:, 0] == labels)),
+          'top5': float(np.mean((ranked[:, :k] == labels[:, None]).any(1))),
+          'crops': crops, 'examples': len(labels), 'members': list(workdirs),
+          'weights': weights}

@@ -1,0 +1,74 @@
+"""`launch.py eval`: 1, 12 and 144 crops and ensembles (Tables 4 and 5) on a
+finished tiny run."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY_CONFIG
+from flax import nnx
+
+from inception_jax import cli, config_lib, evaluate, train
+from inception_jax.data import preprocess
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  """The tiny run of test_train (the same programs, from JAX's cache)."""
+  workdir = str(tmp_path_factory.mktemp('tiny'))
+  return workdir, train.run(config_lib.load(TINY_CONFIG, ['eval_every_steps=3']), workdir)
+
+
+@pytest.mark.xdist_group('evaluate')
+@pytest.mark.parametrize('weights, prefix', [('ema', 'eval'), ('raw', 'eval_raw')])
+def test_one_crop_is_the_runs_own_evaluation(tiny_run, capsys, weights, prefix):
+  workdir, result = tiny_run
+  assert cli.main(['eval', '--workdir', workdir, '--weights', weights, '--json']) == 0
+  figures = json.loads(capsys.readouterr().out)
+  assert figures['top1'] == result['metrics'][f'{prefix}/top1']
+  assert figures['top5'] == result['metrics'][f'{prefix}/top5']
+  assert (figures['crops'], figures['examples'], figures['members']) == (1, 100, [workdir])
+  assert cli.main(['eval', '--workdir', workdir, '--weights', weights]) == 0
+  assert 'top-1 error' in capsys.readouterr().out
+
+
+@pytest.mark.xdist_group('evaluate')
+@pytest.mark.parametrize('crops', [12, 144])
+def test_multi_crop_probabilities_are_the_mean_over_the_promised_views(
+    tiny_run, monkeypatch, crops):
+  """Each image is seen through `crops` views, and its probabilities are the
+  mean of their softmax, computed here directly in numpy."""
+  workdir, _ = tiny_run
+  member = evaluate.load(workdir)
+  seen = []
+  original = preprocess.multi_crops
+  monkeypatch.setattr(preprocess, 'multi_crops',
+                      lambda *a, **k: seen.append(original(*a, **k)) or seen[-1])
+  probs, labels = evaluate.probabilities([member], crops, limit=3)
+  assert probs.shape == (3, 10) and len(seen) == 3
+  assert all(views.shape == (crops, 75, 75, 3) for views in seen)
+  model = nnx.merge(member.graphdef, member.params, member.stats)
+  for image, views in enumerate(seen):
+    logits = np.asarray(model(views), np.float64)
+    softmax = np.exp(logits - logits.max(1, keepdims=True))
+    softmax /= softmax.sum(1, keepdims=True)
+    np.testing.assert_allclose(probs[image], softmax.mean(0), rtol=1e-5, atol=1e-7)
+  assert list(labels) == [evaluate.sources.make_source(member.config.data, 'validation')[i]
+                          ['label'] for i in range(3)]
+
+
+@pytest.mark.xdist_group('evaluate')
+def test_an_ensemble_averages_its_members(tiny_run):
+  workdir, _ = tiny_run
+  ema, raw = evaluate.load(workdir, 'ema'), evaluate.load(workdir, 'raw')
+  both, _ = evaluate.probabilities([ema, raw], 12, limit=2)
+  alone = [evaluate.probabilities([m], 12, limit=2)[0] for m in (ema, raw)]
+  np.testing.assert_allclose(both, (alone[0] + alone[1]) / 2, rtol=1e-12)
+  assert evaluate.evaluate([workdir, workdir], limit=4)['members'] == [workdir, workdir]
+
+
+def test_eval_mistakes_are_one_line(tmp_path, capsys):
+  assert cli.main(['eval', '--workdir', str(tmp_path)]) == 2
+  assert 'holds no config.json' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    cli.main(['eval', '--workdir', str(tmp_path), '--crops', '10'])
