@@ -56,7 +56,7 @@ def load(workdir: str, weights: str = 'ema') -> Member:
   recorded = rundir.read_json(os.path.join(workdir, rundir.CONFIG))
   if recorded is None:
     raise UserError(f'{workdir} holds no config.json: not a run directory')
-  config = ml_collections.ConfigDict(recorded)
+  config = ml_collections.ConfigDict(rundir.as_current(recorded))   # runs of earlier versions too
   num_classes = pipeline.num_classes(config.data)
   spec = models.InceptionSpec.from_config(config.model, dataset_classes=num_classes)
   mesh = parallel.data_mesh()

@@ -57,6 +57,23 @@ def _current_values(flat: dict) -> dict:
   return flat
 
 
+def as_current(recorded: Mapping) -> dict:
+  """A config recorded by an earlier version, with today's keys: added keys
+  at the values those runs had in effect, renamed values in today's form."""
+  config = json.loads(json.dumps(recorded))
+  for key, value in {**ADDED_KEYS, **RENAMED_VALUES}.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    if key in RENAMED_VALUES:
+      if isinstance(node.get(leaf), bool) and node[leaf] in value:
+        node[leaf] = value[node[leaf]]
+    else:
+      node.setdefault(leaf, value)
+  return config
+
+
 # --- Layout --------------------------------------------------------------------
 
 def seed_name(name: str, seed: int) -> str:

@@ -72,3 +72,18 @@ def test_eval_mistakes_are_one_line(tmp_path, capsys):
   assert 'holds no config.json' in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(['eval', '--workdir', str(tmp_path), '--crops', '10'])
+
+
+def test_runs_of_earlier_versions_are_read_with_todays_keys():
+  """A config.json written before keys were added (or a value's type changed)
+  reads as the config those runs had in effect."""
+  from inception_jax import rundir
+  current = config_lib.load('configs/inception_v3.py:scale=demo').to_dict()
+  old = json.loads(json.dumps(current))
+  del old['data']['crop_sampler'], old['data']['object_size'], old['optim']['grad_accum_steps']
+  old['data']['color_distort'] = False
+  read = rundir.as_current(old)
+  assert read['data']['crop_sampler'] == 'uniform_area' and read['data']['color_distort'] == 'none'
+  assert read['data']['object_size'] == [0.16, 0.26]        # the old runs' objects
+  assert read['optim']['grad_accum_steps'] == 1
+  assert rundir.changed_keys(read, old) == []
