@@ -11,6 +11,7 @@
   python launch.py layout --config configs/inception_v3.py[:ARG] [--devices 1,8,…] [--config.KEY=VALUE ...]
   python launch.py eval --workdir RUN [--crops 1|12|144] [--ensemble RUN2 ...] [--weights ema|raw]
       [--split NAME] [--limit N] [--json]
+  python launch.py predict --workdir RUN [--weights ema|raw] [--json] IMAGE ...
 
 `train` on a workdir that holds checkpoints resumes from the latest good one
 (a config that differs in more than harmless keys is refused, unless
@@ -156,6 +157,21 @@ def cmd_eval(args, overrides):
           f"{100 * (1 - result['top5']):.2f}%  ({result['examples']} images × "
           f"{result['crops']} crops, {len(result['members'])} run(s), "
           f"{result['weights']} weights)")
+  return 0
+
+
+def cmd_predict(args, overrides):
+  from inception_jax import evaluate
+  if overrides:
+    raise UserError('predict takes no --config.* overrides')
+  predictions = evaluate.predict(args.workdir, args.images, weights=args.weights)
+  if args.json:
+    print(json.dumps(predictions))
+    return 0
+  for p in predictions:
+    print(p['image'])
+    for name, probability in zip(p['classes'], p['probabilities']):
+      print(f'  {probability:6.3f}  {name}')
   return 0
 
 
@@ -314,6 +330,12 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   p.add_argument('--limit', type=int, help='the first N examples only')
   p.add_argument('--json', action='store_true', help='print one JSON object')
   p.set_defaults(fn=cmd_eval)
+  p = sub.add_parser('predict', help="a run's top-5 classes for image files")
+  p.add_argument('--workdir', required=True, help='run directory (its latest good checkpoint)')
+  p.add_argument('--weights', choices=('ema', 'raw'), default='ema')
+  p.add_argument('--json', action='store_true', help='print JSON')
+  p.add_argument('images', nargs='+', metavar='IMAGE')
+  p.set_defaults(fn=cmd_predict)
   p = sub.add_parser('layout', help='how the batch runs on each device count')
   p.add_argument('--config', required=True, help='config FILE.py[:ARG]')
   p.add_argument('--devices', default='1,8,16,32,64', help='comma-separated device counts')

@@ -146,3 +146,29 @@ def evaluate(workdirs: list[str], crops: int = 1, weights: str = 'ema',
           'top5': float(np.mean((ranked[:, :k] == labels[:, None]).any(1))),
           'crops': crops, 'examples': len(labels), 'members': list(workdirs),
           'weights': weights}
+
+
+def predict(workdir: str, images: list[str], weights: str = 'ema', top: int = 5) -> list[dict]:
+  """The `top` classes of each image file, most probable first, through the
+  run's evaluation crop: [{'image': path, 'classes': [name, …],
+  'probabilities': [p, …]}, …]; class names from the run's dataset."""
+  member = load(workdir, weights)
+  data = member.config.data
+  names = sources.make_source(data, data.train_split).class_names()
+  views = []
+  for path in images:
+    try:
+      with open(path, 'rb') as f:
+        encoded = f.read()
+    except OSError as e:
+      raise UserError(f'cannot read {path}: {e.strerror or e}') from None
+    views.append(preprocess.eval_image(encoded, pipeline.options(data), path))
+  devices = jax.device_count()
+  probs = _mean_over_views(member, np.stack(views), len(views), 1,
+                           -(-len(views) // devices) * devices)
+  out = []
+  for path, p in zip(images, probs):
+    best = np.argsort(-p, kind='stable')[:top]
+    out.append({'image': path, 'classes': [names[i] for i in best],
+                'probabilities': [float(p[i]) for i in best]})
+  return out

@@ -275,6 +275,7 @@ def test_folder_source_reads_png_and_jpeg_in_any_mode(tmp_path):
   cfg = data_cfg(name='folder', path=str(tmp_path))
   train = sources.make_source(cfg, 'train')
   assert train.classes == ['cat', 'dog'] and train.num_classes == 2 and len(train) == 10
+  assert train.class_names() == ['cat', 'dog']
   ds, n = pipeline.eval_dataset(sources.make_source(cfg, 'validation'), cfg, local_batch=3)
   batches = list(ds)
   assert sum(b['mask'].sum() for b in batches) == 4
@@ -382,6 +383,7 @@ def test_tfds_array_record_dataset_through_the_pipeline(tmp_path):
   cfg = data_cfg(name='tfds:tiny_shapes', data_dir=str(tmp_path))
   train = sources.make_source(cfg, 'train')
   assert len(train) == 24 and train.num_classes == 4
+  assert train.class_names() == ['0', '1', '2', '3']       # ClassLabel's names
   assert isinstance(train[0]['image'], bytes)             # decoded by our pipeline
   batch = take(pipeline.train_dataset(train, cfg, seed=0, local_batch=8), 1)[0]
   assert batch['image'].shape == (8, 32, 32, 3)

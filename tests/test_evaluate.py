@@ -87,3 +87,34 @@ def test_runs_of_earlier_versions_are_read_with_todays_keys():
   assert read['data']['object_size'] == [0.16, 0.26]        # the old runs' objects
   assert read['optim']['grad_accum_steps'] == 1
   assert rundir.changed_keys(read, old) == []
+
+
+@pytest.mark.xdist_group('evaluate')
+def test_predict_names_the_top_5_classes(tiny_run, tmp_path, capsys):
+  """Image files → the run's top 5 classes (names from its dataset), in the
+  order of the network's own probabilities for the evaluation crop."""
+  from PIL import Image
+  from inception_jax.data import synthetic
+  workdir, _ = tiny_run
+  paths = []
+  for label in (0, 3):
+    paths.append(str(tmp_path / f'class_{label}.png'))
+    Image.fromarray(synthetic.render(label, 86, np.random.default_rng(label))).save(paths[-1])
+  assert cli.main(['predict', '--workdir', workdir, '--json', *paths]) == 0
+  predictions = json.loads(capsys.readouterr().out)
+  member = evaluate.load(workdir)
+  model = nnx.merge(member.graphdef, member.params, member.stats)
+  names = evaluate.sources.make_source(member.config.data, 'train').class_names()
+  assert len(names) == 10 and names[0] == ' '.join(map(str, synthetic.class_parts(0)))
+  for path, prediction in zip(paths, predictions):
+    image = preprocess.eval_image(open(path, 'rb').read(),
+                                  evaluate.pipeline.options(member.config.data))
+    logits = np.asarray(model(image[None]))[0]
+    assert prediction['image'] == path and len(prediction['classes']) == 5
+    assert prediction['classes'][0] == names[int(np.argmax(logits))]
+    assert prediction['probabilities'] == sorted(prediction['probabilities'], reverse=True)
+    assert 0 < sum(prediction['probabilities']) <= 1 + 1e-9
+  assert cli.main(['predict', '--workdir', workdir, *paths]) == 0
+  assert paths[0] in capsys.readouterr().out
+  assert cli.main(['predict', '--workdir', workdir, str(tmp_path / 'missing.png')]) == 2
+  assert 'cannot read' in capsys.readouterr().err

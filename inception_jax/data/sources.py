@@ -9,8 +9,8 @@
 
 Each source has `len()`, `[index]` → {'image': encoded bytes or uint8 array,
 'label': int, 'where': a name for error messages}, `num_classes`, `where`,
-the split's name for error messages, and `names()`, each example's file name
-(for `data.eval_exclude`, `Excluding`).
+the split's name for error messages, `names()`, each example's file name
+(for `data.eval_exclude`, `Excluding`), and `class_names()` (for `predict`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ class Synthetic(SyntheticSource):
 
   def names(self) -> list[str]:
     return [f'synthetic_{i}' for i in range(len(self))]
+
+  def class_names(self) -> list[str]:
+    from inception_jax.data.synthetic import class_parts
+    return [' '.join(map(str, class_parts(c))) for c in range(self.num_classes)]
 
   def __getitem__(self, index):
     record = super().__getitem__(index)
@@ -77,6 +81,9 @@ class FolderSource:
     except OSError as e:
       raise CorruptImageError(f'cannot read {path}: {e.strerror or e}') from None
     return {'image': data, 'label': label, 'where': path}
+
+  def class_names(self) -> list[str]:
+    return list(self.classes)
 
   def names(self) -> list[str]:
     """CLASS/FILE of each image (`Excluding` matches FILE alone too)."""
@@ -126,6 +133,7 @@ class TfdsSource:
         name, split=split, data_dir=data_dir,
         decoders={'image': tfds.decode.SkipDecoding()})
     self.num_classes = info.features['label'].num_classes
+    self._class_names = list(info.features['label'].names)
     self.name, self.split = name, split
     self.where = f'TFDS {name}[{split}]'
 
@@ -136,6 +144,9 @@ class TfdsSource:
     record = self._source[index]
     return {'image': record['image'], 'label': int(record['label']),
             'where': f'{self.name}[{self.split}] example {index}'}
+
+  def class_names(self) -> list[str]:
+    return self._class_names
 
   def names(self) -> list[str]:
     """The `file_name` feature of every example (a pass over the split)."""
