@@ -1,7 +1,8 @@
-"""Weight import from other implementations of the released Inception-v3.
+"""Weights in and out of other implementations of the released Inception-v3.
 
 `from_keras` reads a Keras 3 `keras.applications.InceptionV3` (any backend;
-only `get_weights()` is used) into our `inception_v3` preset. The two share
+only `get_weights()` is used) into our `inception_v3` preset; `to_keras`
+writes ours into a new Keras InceptionV3, to serve a trained model with Keras. The two share
 the TF-slim topology (Keras's `inception_v3.py` has TF-slim's filter
 counts; docs/paper_notes.md#other-implementations), so the 94 ConvBN layers
 correspond one to one: Keras creates them in the order our blocks concatenate
@@ -69,3 +70,36 @@ def from_keras(keras_model, *, dtype: str = 'float32') -> models.Inception:
   _assign(model.Logits.bias, bias, dense[0].name)
   model.eval()
   return model
+
+
+def to_keras(model: models.Inception, *, image_size: int = 299):
+  """A Keras `InceptionV3` (`include_top=True`, no classifier activation: it
+  returns logits, as ours does) holding our `inception_v3`'s weights: the
+  inverse of `from_keras`. The auxiliary head, which Keras's model has not,
+  is left out; `image_size` is the Keras model's input (≥ 75)."""
+  import keras
+  ours = [l for l in iter_layers(model) if isinstance(l, ConvBN)]
+  kernel = np.asarray(model.Logits.kernel.get_value())
+  reference = keras.applications.InceptionV3(
+      weights=None, classes=kernel.shape[1], classifier_activation=None,
+      input_shape=(image_size, image_size, 3))
+  convs = _creation_order(reference.layers, 'conv2d')
+  norms = _creation_order(reference.layers, 'batch_normalization')
+  if not len(ours) == len(convs) == len(norms):
+    raise ValueError(f'to_keras needs the inception_v3 architecture: {len(ours)} '
+                     f'ConvBN layers, Keras has {len(convs)}')
+  for layer, conv, norm in zip(ours, convs, norms):
+    _set(conv, [layer.conv.kernel], conv.name)
+    _set(norm, [layer.bn.bias, layer.bn.mean, layer.bn.var], norm.name)
+  (dense,) = [l for l in reference.layers if type(l).__name__ == 'Dense']
+  _set(dense, [model.Logits.kernel, model.Logits.bias], dense.name)
+  return reference
+
+
+def _set(keras_layer, variables, where: str):
+  values = [np.asarray(v.get_value(), np.float32) for v in variables]
+  shapes = [w.shape for w in keras_layer.get_weights()]
+  if shapes != [v.shape for v in values]:
+    raise ValueError(f'{where}: shapes {[v.shape for v in values]} do not fit '
+                     f'{shapes}; is this the inception_v3 architecture?')
+  keras_layer.set_weights(values)
