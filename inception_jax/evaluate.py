@@ -95,11 +95,13 @@ def probabilities(members: list[Member], crops: int = 1, split: str | None = Non
     if pipeline.num_classes(member.config.data) != source.num_classes:
       raise ConfigError(f'{member.workdir} was trained on another number of classes '
                         f'than {members[0].workdir}')
+  from inception_jax import train
   devices = jax.device_count()
-  config = members[0].config
-  batch = batch or config.batch_size // max(1, config.optim.get('grad_accum_steps', 1) or 1)
+  if batch is None:                   # training's evaluation batch: its micro-batch
+    run = train.resolve_batch(members[0].config, devices, quiet=True)
+    batch = run.batch_size // run.optim.grad_accum_steps
   per_batch = max(1, batch // crops)
-  total, labels = 0, []
+  chunks, labels = [], []
   for start in range(0, count, per_batch):
     records = [source[i] for i in range(start, min(start + per_batch, count))]
     labels += [r['label'] for r in records]
@@ -108,9 +110,8 @@ def probabilities(members: list[Member], crops: int = 1, split: str | None = Non
       views = np.concatenate([_views(member, r, crops) for r in records])
       summed = summed + _mean_over_views(member, views, len(records), crops,
                                          -(-per_batch * crops // devices) * devices)
-    total = summed / len(members) if start == 0 else np.concatenate(
-        [total, summed / len(members)])
-  return total, np.asarray(labels)
+    chunks.append(summed / len(members))
+  return np.concatenate(chunks), np.asarray(labels)
 
 
 def _views(member: Member, record, crops: int) -> np.ndarray:
