@@ -64,8 +64,15 @@ def load(workdir: str, weights: str = 'ema') -> Member:
   # The checkpoint's structure: the trainer's own (optimizer state included).
   tx = optim.make_optimizer(config.optim, steps_per_epoch=1.0, global_batch=config.batch_size)
   init, abstract = train._trace_init(config, spec, config.data.image_size, tx, replicated)
-  with checkpointing.CheckpointManager(workdir, every_steps=0,
-                                      keep=config.keep_checkpoints) as checkpoints:
+  # The run's lock, as training takes it: opening Orbax's manager clears
+  # unfinished saves, which must not happen under a running trainer.
+  try:
+    held = rundir.lock(os.path.join(workdir, '.lock'))
+  except rundir.LockHeld as e:
+    raise UserError(f'a process is training in {workdir} (pid {e.pid}); evaluate it '
+                    f'once it stops, or evaluate a copy') from None
+  with held, checkpointing.CheckpointManager(
+      workdir, every_steps=0, keep=config.keep_checkpoints) as checkpoints:
     restored = checkpoints.restore(init.out_info)
   if restored is None:
     raise UserError(f'{workdir} holds no checkpoint to evaluate')

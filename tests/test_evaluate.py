@@ -68,8 +68,15 @@ def test_an_ensemble_averages_its_members(tiny_run):
 
 
 def test_eval_mistakes_are_one_line(tmp_path, capsys):
+  from inception_jax import rundir
   assert cli.main(['eval', '--workdir', str(tmp_path)]) == 2
   assert 'holds no config.json' in capsys.readouterr().err
+  rundir.write_json(str(tmp_path / 'config.json'), config_lib.load(TINY_CONFIG).to_dict())
+  with rundir.lock(str(tmp_path / '.lock')):        # a trainer at work in it
+    assert cli.main(['eval', '--workdir', str(tmp_path)]) == 2
+  assert 'a process is training in' in capsys.readouterr().err
+  assert cli.main(['eval', '--workdir', str(tmp_path)]) == 2
+  assert 'holds no checkpoint to evaluate' in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(['eval', '--workdir', str(tmp_path), '--crops', '10'])
 

@@ -4,11 +4,10 @@ and the colour distortion (`tf.image.adjust_*`, `random_*`)."""
 
 import numpy as np
 import pytest
+import tensorflow as tf     # the reference (requirements-test.txt)
 from scipy import stats
 
 from inception_jax.data import preprocess
-
-tf = pytest.importorskip('tensorflow')   # in requirements-test.txt: never skipped in CI
 
 HEIGHT, WIDTH = 240, 320
 DRAWS = 3000
