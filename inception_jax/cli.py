@@ -197,7 +197,7 @@ def layout_table(config, devices: list[int]) -> str:
   batch, micro-batches, images per device, BatchNorm groups, learning rate,
   steps per epoch and in all."""
   import math
-  from inception_jax import optim, report, train
+  from inception_jax import optim, parallel, report, train
   data = config.data
   images = data.num_train if data.name == 'synthetic' else IMAGENET_TRAIN_IMAGES
   header = ['devices', 'batch', 'micro-batches', 'per device', 'BN groups',
@@ -205,13 +205,13 @@ def layout_table(config, devices: list[int]) -> str:
   rows = []
   for count in devices:
     resolved = train.resolve_batch(config, count, quiet=True)
-    batch, accum = resolved.batch_size, resolved.optim.grad_accum_steps
-    group = resolved.model.bn_group_size
-    per_epoch = images / batch
+    layout = parallel.BatchLayout(resolved.batch_size, resolved.optim.grad_accum_steps,
+                                  count, resolved.model.bn_group_size)
+    per_epoch = images / layout.batch
     steps = resolved.total_steps or math.ceil(resolved.num_epochs * per_epoch)
-    rows.append([str(count), str(batch), str(accum), str(batch // accum // count),
-                 str(batch // group if group else accum),
-                 f'{optim.base_learning_rate(resolved.optim, batch):.4g}',
+    rows.append([str(count), str(layout.batch), str(layout.accum), str(layout.per_device),
+                 str(layout.groups),
+                 f'{optim.base_learning_rate(resolved.optim, layout.batch):.4g}',
                  f'{per_epoch:,.1f}', f'{steps:,}'])
   return '\n'.join(report.aligned(header, rows, left=()))
 

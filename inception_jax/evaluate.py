@@ -19,12 +19,11 @@ import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from inception_jax import checkpointing, models, optim, parallel, rundir
+from inception_jax import checkpointing, models, optim, parallel, rundir, train
 from inception_jax.data import pipeline, preprocess, sources
 from inception_jax.errors import ConfigError, UserError
 
@@ -36,6 +35,7 @@ class Member:
   """One run of an ensemble: its config and its weights in evaluation mode."""
   workdir: str
   config: ml_collections.ConfigDict
+  class_names: list[str]     # of its dataset
   graphdef: nnx.GraphDef     # the model in evaluation mode
   params: nnx.State
   stats: nnx.State
@@ -43,22 +43,18 @@ class Member:
   def logits(self, images):
     return _forward(self.graphdef, self.params, self.stats, images)
 
-  @property
-  def image_size(self) -> int:
-    return self.config.data.image_size
 
 
 def load(workdir: str, weights: str = 'ema') -> Member:
   """A run's config (config.json) and the weights of its latest good checkpoint."""
-  from inception_jax import train
   if weights not in WEIGHTS:
     raise ConfigError(f'weights must be one of {list(WEIGHTS)}, got {weights!r}')
   recorded = rundir.read_json(os.path.join(workdir, rundir.CONFIG))
   if recorded is None:
     raise UserError(f'{workdir} holds no config.json: not a run directory')
   config = ml_collections.ConfigDict(rundir.as_current(recorded))   # runs of earlier versions too
-  num_classes = pipeline.num_classes(config.data)
-  spec = models.InceptionSpec.from_config(config.model, dataset_classes=num_classes)
+  class_names = sources.make_source(config.data, config.data.train_split).class_names()
+  spec = models.InceptionSpec.from_config(config.model, dataset_classes=len(class_names))
   mesh = parallel.data_mesh()
   replicated = parallel.replicated(mesh)
   # The checkpoint's structure: the trainer's own (optimizer state included).
@@ -80,7 +76,7 @@ def load(workdir: str, weights: str = 'ema') -> Member:
   params, stats = ((state.ema_params, state.ema_batch_stats) if weights == 'ema' else
                    (state.params, state.batch_stats))
   _, eval_graphdef = train._graphdefs(abstract)
-  return Member(workdir, config, eval_graphdef, params, stats)
+  return Member(workdir, config, class_names, eval_graphdef, params, stats)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -99,13 +95,11 @@ def probabilities(members: list[Member], crops: int = 1, split: str | None = Non
   source = sources.make_source(first, split or first.eval_split)
   count = len(source) if limit is None else min(limit, len(source))
   for member in members[1:]:
-    if pipeline.num_classes(member.config.data) != source.num_classes:
+    if len(member.class_names) != source.num_classes:
       raise ConfigError(f'{member.workdir} was trained on another number of classes '
                         f'than {members[0].workdir}')
-  from inception_jax import train
-  devices = jax.device_count()
   if batch is None:                   # training's evaluation batch: its micro-batch
-    run = train.resolve_batch(members[0].config, devices, quiet=True)
+    run = train.resolve_batch(members[0].config, jax.device_count(), quiet=True)
     batch = run.batch_size // run.optim.grad_accum_steps
   per_batch = max(1, batch // crops)
   chunks, labels = [], []
@@ -115,30 +109,29 @@ def probabilities(members: list[Member], crops: int = 1, split: str | None = Non
     summed = 0
     for member in members:
       views = np.concatenate([_views(member, r, crops) for r in records])
-      summed = summed + _mean_over_views(member, views, len(records), crops,
-                                         -(-per_batch * crops // devices) * devices)
+      summed = summed + _mean_over_views(member, views, crops, rows=per_batch * crops)
     chunks.append(summed / len(members))
   return np.concatenate(chunks), np.asarray(labels)
 
 
 def _views(member: Member, record, crops: int) -> np.ndarray:
-  if crops == 1:      # exactly training's evaluation crop
-    return preprocess.eval_image(record['image'], pipeline.options(member.config.data),
-                                 record['where'])[None]
-  return preprocess.multi_crops(record['image'], member.image_size, crops, record['where'])
+  return preprocess.multi_crops(record['image'], pipeline.options(member.config.data),
+                                crops, record['where'])
 
 
-def _mean_over_views(member: Member, views: np.ndarray, images: int, crops: int,
-                     padded: int) -> np.ndarray:
-  """Softmax probabilities of the views, averaged per image (images, classes);
-  the views padded to `padded` rows (one program for every batch)."""
-  views = np.concatenate([views, np.zeros((padded - len(views), *views.shape[1:]),
-                                          views.dtype)])
+def _mean_over_views(member: Member, views: np.ndarray, crops: int, rows: int) -> np.ndarray:
+  """Softmax probabilities of the views (`crops` per image, in order),
+  averaged per image: (images, classes). The views go through the network
+  padded to `rows` rounded up to a multiple of the devices (one program for
+  every batch of the same size)."""
+  count, devices = len(views), jax.device_count()
+  padded = -(-max(rows, count) // devices) * devices
+  views = np.concatenate([views, np.zeros((padded - count, *views.shape[1:]), views.dtype)])
   sharded = jax.device_put(views, parallel.data_sharded(parallel.data_mesh()))
-  logits = np.asarray(jax.device_get(member.logits(sharded)), np.float64)[:images * crops]
+  logits = np.asarray(jax.device_get(member.logits(sharded)), np.float64)[:count]
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
-  return probs.reshape(images, crops, -1).mean(1)
+  return probs.reshape(count // crops, crops, -1).mean(1)
 
 
 def evaluate(workdirs: list[str], crops: int = 1, weights: str = 'ema',
@@ -162,7 +155,6 @@ def predict(workdir: str, images: list[str], weights: str = 'ema', top: int = 5)
   'probabilities': [p, …]}, …]; class names from the run's dataset."""
   member = load(workdir, weights)
   data = member.config.data
-  names = sources.make_source(data, data.train_split).class_names()
   views = []
   for path in images:
     try:
@@ -171,12 +163,10 @@ def predict(workdir: str, images: list[str], weights: str = 'ema', top: int = 5)
     except OSError as e:
       raise UserError(f'cannot read {path}: {e.strerror or e}') from None
     views.append(preprocess.eval_image(encoded, pipeline.options(data), path))
-  devices = jax.device_count()
-  probs = _mean_over_views(member, np.stack(views), len(views), 1,
-                           -(-len(views) // devices) * devices)
+  probs = _mean_over_views(member, np.stack(views), crops=1, rows=len(views))
   out = []
   for path, p in zip(images, probs):
     best = np.argsort(-p, kind='stable')[:top]
-    out.append({'image': path, 'classes': [names[i] for i in best],
+    out.append({'image': path, 'classes': [member.class_names[i] for i in best],
                 'probabilities': [float(p[i]) for i in best]})
   return out

@@ -49,29 +49,26 @@ ADDED_KEYS = {'data.object_size': [0.16, 0.26], 'per_device_batch': 0, 'fit_batc
 RENAMED_VALUES = {'data.color_distort': {False: 'none'}}
 
 
-def _current_values(flat: dict) -> dict:
-  for key, renamed in RENAMED_VALUES.items():
-    value = flat.get(key)
-    if isinstance(value, bool) and value in renamed:
-      flat[key] = renamed[value]
-  return flat
-
-
 def as_current(recorded: Mapping) -> dict:
   """A config recorded by an earlier version, with today's keys: added keys
   at the values those runs had in effect, renamed values in today's form."""
-  config = json.loads(json.dumps(recorded))
-  for key, value in {**ADDED_KEYS, **RENAMED_VALUES}.items():
-    *parents, leaf = key.split('.')
-    node = config
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    if key in RENAMED_VALUES:
-      if isinstance(node.get(leaf), bool) and node[leaf] in value:
-        node[leaf] = value[node[leaf]]
-    else:
-      node.setdefault(leaf, value)
+  config = jsonable(recorded)
+  for key, value in ADDED_KEYS.items():
+    parent, leaf = _parent(config, key)
+    parent.setdefault(leaf, value)
+  for key, renamed in RENAMED_VALUES.items():
+    parent, leaf = _parent(config, key)
+    if isinstance(parent.get(leaf), bool) and parent[leaf] in renamed:
+      parent[leaf] = renamed[parent[leaf]]
   return config
+
+
+def _parent(config: dict, key: str) -> tuple[dict, str]:
+  """The mapping that holds dotted `key` (made when missing), and its last part."""
+  *parents, leaf = key.split('.')
+  for name in parents:
+    config = config.setdefault(name, {})
+  return config, leaf
 
 
 # --- Layout --------------------------------------------------------------------
@@ -251,7 +248,7 @@ def scalars(flat: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
 def changed_keys(a: Mapping, b: Mapping, *, ignore: Iterable[str] = ()) -> list[str]:
   """Flattened keys whose JSON values differ between two nested mappings, less
   those matching `ignore` (exact keys, or 'prefix.*')."""
-  fa, fb = (_current_values({**ADDED_KEYS, **flatten(jsonable(c))}) for c in (a, b))
+  fa, fb = (flatten(as_current(c)) for c in (a, b))
   ignore = tuple(ignore)
   skip = lambda k: any(k == i or (i.endswith('.*') and k.startswith(i[:-1]))
                        for i in ignore)

@@ -466,8 +466,9 @@ def test_multi_crops_follow_the_144_crop_protocol():
   square at that scale; one view is training's central evaluation crop."""
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (256, 320, 3), dtype=np.uint8)
-  twelve = preprocess.multi_crops(image, 224, 12)
-  all_144 = preprocess.multi_crops(image, 224, 144)
+  opts = preprocess.Options(image_size=224)
+  twelve = preprocess.multi_crops(image, opts, 12)
+  all_144 = preprocess.multi_crops(image, opts, 144)
   assert twelve.shape == (12, 224, 224, 3) and all_144.shape == (144, 224, 224, 3)
   square = image[:, 32:288]                    # the central 256×256 of the 320 width
   expected = [square[:224, :224], square[:224, 32:], square[32:, :224], square[32:, 32:],
@@ -481,10 +482,9 @@ def test_multi_crops_follow_the_144_crop_protocol():
   # The left square of the first scale; the last scale's shorter side is 352.
   np.testing.assert_array_equal(all_144[0], preprocess.to_unit_range(image[:224, :224]))
   np.testing.assert_array_equal(
-      preprocess.multi_crops(image, 224, 1)[0],
-      preprocess.eval_image(image, preprocess.Options(image_size=224)))
-  portrait = preprocess.multi_crops(image.transpose(1, 0, 2), 224, 12)
+      preprocess.multi_crops(image, opts, 1)[0], preprocess.eval_image(image, opts))
+  portrait = preprocess.multi_crops(image.transpose(1, 0, 2), opts, 12)
   np.testing.assert_array_equal(
       portrait[0], preprocess.to_unit_range(square.transpose(1, 0, 2)[:224, :224]))
   with pytest.raises(ConfigError, match='crops must be one of'):
-    preprocess.multi_crops(image, 224, 10)
+    preprocess.multi_crops(image, opts, 10)

@@ -261,13 +261,13 @@ MULTI_CROP_SCALES = (256, 288, 320, 352)
 MULTI_CROPS = (1, 12, 144)
 
 
-def multi_crops(image, image_size: int, crops: int, where: str = 'image') -> np.ndarray:
+def multi_crops(image, opts: Options, crops: int, where: str = 'image') -> np.ndarray:
   """The `crops` views of an image that multi-crop evaluation averages,
-  (crops, image_size, image_size, 3) in [-1, 1].
+  (crops, opts.image_size, opts.image_size, 3) in [-1, 1].
 
   144 — Szegedy et al. 2014 (GoogLeNet), the protocol of the paper's Table 4:
   the image resized so that its shorter side is each of 4 scales (256, 288,
-  320, 352 for a 224 input, here × image_size/224); at each, 3 squares of that
+  320, 352 for a 224 input, here × opts.image_size/224); at each, 3 squares of that
   side (left, centre, right; top, centre, bottom for a portrait image); in
   each square its 4 corner crops, its centre crop and the whole square
   resized; and the mirror image of each: 4 × 3 × 6 × 2.
@@ -276,13 +276,13 @@ def multi_crops(image, image_size: int, crops: int, where: str = 'image') -> np.
   protocol at its first scale on the central square only: 6 views and their
   mirrors (1 × 1 × 6 × 2), so 12 ⊂ 144.
 
-  1 — the central crop of training's evaluation (`eval_image`), for the
-  default `eval_central_fraction`.
+  1 — training's evaluation crop (`eval_image`: the central
+  `opts.eval_central_fraction`).
   """
   if crops not in MULTI_CROPS:
     raise ConfigError(f'crops must be one of {list(MULTI_CROPS)}, got {crops}')
   if crops == 1:
-    return eval_image(image, Options(image_size=image_size), where)[None]
+    return eval_image(image, opts, where)[None]
   img = open_image(image, where)
   try:
     pixels = np.asarray(img.convert('RGB'))
@@ -291,10 +291,10 @@ def multi_crops(image, image_size: int, crops: int, where: str = 'image') -> np.
   scales = MULTI_CROP_SCALES[:1] if crops == 12 else MULTI_CROP_SCALES
   views = []
   for shorter in scales:
-    resized = _resize_shorter(pixels, round(shorter * image_size / 224))
+    resized = _resize_shorter(pixels, round(shorter * opts.image_size / 224))
     squares = _squares(resized)
     for square in (squares[1:2] if crops == 12 else squares):
-      for view in _six_views(square, image_size):
+      for view in _six_views(square, opts.image_size):
         views += [view, view[:, ::-1]]
   return to_unit_range(np.stack(views))
 
