@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from inception_jax import config_lib, models, optim, parallel, train  # noqa: E402
+from inception_jax import config_lib, models, optim, parallel, train, trainstate  # noqa: E402
 
 
 def temp_bytes(config, batch: int, accum: int, image_size: int) -> int:
@@ -45,8 +45,8 @@ def temp_bytes(config, batch: int, accum: int, image_size: int) -> int:
   mesh = parallel.data_mesh()
   tx = optim.make_optimizer(config.optim, steps_per_epoch=100, global_batch=batch)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch=100, global_batch=batch)
-  init, abstract = train._trace_init(config, spec, image_size, tx, parallel.replicated(mesh))
-  graphdef, _ = train._graphdefs(abstract)
+  init, abstract = trainstate.trace_init(config, spec, image_size, tx, parallel.replicated(mesh))
+  graphdef, _ = trainstate.graphdefs(abstract)
   shape = (accum, batch // accum) if accum > 1 else (batch,)
   sharding = parallel.micro_sharded(mesh) if accum > 1 else parallel.data_sharded(mesh)
   images = jax.ShapeDtypeStruct((*shape, image_size, image_size, 3), jnp.float32,

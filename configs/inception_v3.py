@@ -69,6 +69,13 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = spec.to_dict()
+  # Fine-tuning (inception_jax/transfer.py): start from trained weights —
+  # 'run:DIR', 'keras', 'keras:FILE', 'tf_slim:CHECKPOINT' or
+  # 'torchvision:FILE' ('': random) — and keep the parameters whose name
+  # this regular expression matches from the start fixed ('': none), e.g.
+  # 'stem|Mixed_[56]' trains Mixed_7a onwards and the heads.
+  config.init_from = ''
+  config.freeze = ''
 
   config.data = ml_collections.ConfigDict(dict(
       name='tfds:imagenet2012',       # | 'synthetic' | 'folder' | 'tfds:NAME'

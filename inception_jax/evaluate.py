@@ -14,69 +14,25 @@ over all devices like training's.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import os
 
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from inception_jax import checkpointing, models, optim, parallel, rundir, train
+from inception_jax import parallel, train, trainstate
 from inception_jax.data import pipeline, preprocess, sources
 from inception_jax.errors import ConfigError, UserError
 
-WEIGHTS = ('ema', 'raw')
+WEIGHTS = trainstate.WEIGHTS
 
 
-@dataclasses.dataclass
-class Member:
-  """One run of an ensemble: its config and its weights in evaluation mode."""
-  workdir: str
-  config: ml_collections.ConfigDict
-  class_names: list[str]     # of its dataset
-  graphdef: nnx.GraphDef     # the model in evaluation mode
-  params: nnx.State
-  stats: nnx.State
-
-  def logits(self, images):
-    return _forward(self.graphdef, self.params, self.stats, images)
-
+Member = trainstate.RunWeights      # one run of an ensemble
 
 
 def load(workdir: str, weights: str = 'ema') -> Member:
   """A run's config (config.json) and the weights of its latest good checkpoint."""
-  if weights not in WEIGHTS:
-    raise ConfigError(f'weights must be one of {list(WEIGHTS)}, got {weights!r}')
-  recorded = rundir.read_json(os.path.join(workdir, rundir.CONFIG))
-  if recorded is None:
-    raise UserError(f'{workdir} holds no config.json: not a run directory')
-  config = ml_collections.ConfigDict(rundir.as_current(recorded))   # runs of earlier versions too
-  class_names = sources.make_source(config.data, config.data.train_split).class_names()
-  spec = models.InceptionSpec.from_config(config.model, dataset_classes=len(class_names))
-  mesh = parallel.data_mesh()
-  replicated = parallel.replicated(mesh)
-  # The checkpoint's structure: the trainer's own (optimizer state included).
-  tx = optim.make_optimizer(config.optim, steps_per_epoch=1.0, global_batch=config.batch_size)
-  init, abstract = train._trace_init(config, spec, config.data.image_size, tx, replicated)
-  # The run's lock, as training takes it: opening Orbax's manager clears
-  # unfinished saves, which must not happen under a running trainer.
-  try:
-    held = rundir.lock(os.path.join(workdir, '.lock'))
-  except rundir.LockHeld as e:
-    raise UserError(f'a process is training in {workdir} (pid {e.pid}); evaluate it '
-                    f'once it stops, or evaluate a copy') from None
-  with held, checkpointing.CheckpointManager(
-      workdir, every_steps=0, keep=config.keep_checkpoints) as checkpoints:
-    restored = checkpoints.restore(init.out_info)
-  if restored is None:
-    raise UserError(f'{workdir} holds no checkpoint to evaluate')
-  state = restored[0]
-  params, stats = ((state.ema_params, state.ema_batch_stats) if weights == 'ema' else
-                   (state.params, state.batch_stats))
-  _, eval_graphdef = train._graphdefs(abstract)
-  return Member(workdir, config, class_names, eval_graphdef, params, stats)
+  return trainstate.restore_weights(workdir, weights)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -128,7 +84,8 @@ def _mean_over_views(member: Member, views: np.ndarray, crops: int, rows: int) -
   padded = -(-max(rows, count) // devices) * devices
   views = np.concatenate([views, np.zeros((padded - count, *views.shape[1:]), views.dtype)])
   sharded = jax.device_put(views, parallel.data_sharded(parallel.data_mesh()))
-  logits = np.asarray(jax.device_get(member.logits(sharded)), np.float64)[:count]
+  logits = _forward(member.graphdef, member.params, member.stats, sharded)
+  logits = np.asarray(jax.device_get(logits), np.float64)[:count]
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   return probs.reshape(count // crops, crops, -1).mean(1)

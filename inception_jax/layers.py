@@ -5,7 +5,9 @@ Conventions follow TF-slim's `inception_arg_scope`
 BatchNorm has a learned offset but no scale (epsilon 0.001, moving-average
 decay 0.9997), ReLU follows. Average pooling with SAME padding
 divides by the number of real pixels in the window, as TensorFlow does, so
-imported weights give identical outputs.
+imported weights give identical outputs. Two options give torchvision's
+port instead (`interop.from_torchvision`): a BatchNorm scale (γ) and
+average pooling that counts the padded zeros.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class BatchNorm(nnx.Module):
   compute, see `param_dtype`), moving averages with
   decay `momentum` (0.9997) of the batch mean and (biased) variance.
 
+  `scale=True` adds a learned scale γ (torchvision's and Keras's default;
+  TF-slim's Inception has none).
+
   `group_size` > 0 is ghost BatchNorm: each group of that many consecutive
   examples is normalized with its own statistics, which reproduces the
   paper's per-replica statistics (batch 32 on each of 50 replicas) under
@@ -59,9 +64,10 @@ class BatchNorm(nnx.Module):
 
   def __init__(self, num_features: int, *, momentum: float = 0.9997,
                epsilon: float = 1e-3, group_size: int = 0,
-               update_per_group: bool = False,
+               update_per_group: bool = False, scale: bool = False,
                dtype: Any = jnp.float32, use_running_average: bool = False):
     stat_dtype = param_dtype(dtype)
+    self.scale = nnx.Param(jnp.ones((num_features,), stat_dtype)) if scale else None
     self.bias = nnx.Param(jnp.zeros((num_features,), stat_dtype))
     self.mean = nnx.BatchStat(jnp.zeros((num_features,), stat_dtype))
     self.var = nnx.BatchStat(jnp.ones((num_features,), stat_dtype))
@@ -73,7 +79,7 @@ class BatchNorm(nnx.Module):
     bias = self.bias[...]
     if self.use_running_average:
       mean, var = self.mean[...], self.var[...]
-      y = (x.astype(mean.dtype) - mean) * jax.lax.rsqrt(var + self.epsilon) + bias
+      y = (x.astype(mean.dtype) - mean) * self._inverse_std(var) + bias
       return y.astype(self.dtype)
     batch, groups = x.shape[0], 1
     if 0 < self.group_size < batch:
@@ -86,13 +92,17 @@ class BatchNorm(nnx.Module):
     mean = xg.mean(axis=axes, keepdims=True)
     # Two-pass variance: E[x²] − E[x]² cancels badly when |mean| ≫ std.
     var = jnp.square(xg - mean).mean(axis=axes, keepdims=True)
-    y = (xg - mean) * jax.lax.rsqrt(var + self.epsilon) + bias
+    y = (xg - mean) * self._inverse_std(var) + bias
     # set_value, not `[...] =`: the latter compares shardings, which costs a
     # formatted error message per statistic while tracing.
     for moving, stat in ((self.mean, mean), (self.var, var)):
       moving.set_value(moving_update(moving[...], stat.reshape(groups, -1),
                                      self.momentum, self.update_per_group))
     return y.reshape(x.shape).astype(self.dtype)
+
+  def _inverse_std(self, var):
+    inverse = jax.lax.rsqrt(var + self.epsilon)
+    return inverse if self.scale is None else inverse * self.scale[...]
 
 
 def moving_update(moving, stats, momentum: float, per_group: bool = False):
@@ -159,7 +169,7 @@ class ConvBN(nnx.Module):
                kernel_init: Callable = he_normal, dtype: Any = jnp.float32,
                bn_momentum: float = 0.9997, bn_epsilon: float = 1e-3,
                bn_group_size: int = 0, bn_update_per_group: bool = False,
-               rngs: nnx.Rngs):
+               bn_scale: bool = False, rngs: nnx.Rngs):
     if activation not in ACTIVATIONS:
       raise ValueError(f'activation must be one of {ACTIVATIONS}, got {activation!r}')
     if padding not in PADDINGS:
@@ -176,7 +186,7 @@ class ConvBN(nnx.Module):
                          param_dtype=param_dtype(dtype), rngs=rngs)
     self.bn = BatchNorm(out_features, momentum=bn_momentum, epsilon=bn_epsilon,
                         group_size=bn_group_size, update_per_group=bn_update_per_group,
-                        dtype=dtype) if norm else None
+                        scale=bn_scale, dtype=dtype) if norm else None
 
   def __call__(self, x):
     x = self.conv(x)
@@ -189,10 +199,13 @@ class ConvBN(nnx.Module):
                for k in self.kernel_size)
 
 
-def avg_pool(x, window: int, stride: int = 1, padding: str = 'SAME'):
-  """Average pooling; SAME padding excludes the padded zeros (TF semantics)."""
+def avg_pool(x, window: int, stride: int = 1, padding: str = 'SAME',
+             include_pad: bool = False):
+  """Average pooling. With SAME padding the padded zeros are left out of the
+  mean (TensorFlow), or counted (`include_pad`: PyTorch's default, which
+  torchvision's Inception-v3 uses)."""
   return nnx.avg_pool(x, (window, window), strides=(stride, stride),
-                      padding=padding, count_include_pad=False)
+                      padding=padding, count_include_pad=include_pad)
 
 
 def max_pool(x, window: int, stride: int = 1, padding: str = 'VALID'):
@@ -204,15 +217,17 @@ class Pool(nnx.Module):
   """A parameter-free max or average pooling layer that knows its output size."""
 
   def __init__(self, kind: str, window: int, stride: int, padding: str,
-               in_features: int):
+               in_features: int, include_pad: bool = False):
     if kind not in ('max', 'avg'):
       raise ValueError(f"pool kind must be 'max' or 'avg', got {kind!r}")
     self.kind, self.window, self.stride, self.padding = kind, window, stride, padding
+    self.include_pad = include_pad      # average pooling: count SAME's zeros
     self.in_features = self.out_features = in_features
 
   def __call__(self, x):
-    fn = max_pool if self.kind == 'max' else avg_pool
-    return fn(x, self.window, self.stride, self.padding)
+    if self.kind == 'max':
+      return max_pool(x, self.window, self.stride, self.padding)
+    return avg_pool(x, self.window, self.stride, self.padding, self.include_pad)
 
   def out_size(self, size: int) -> int:
     return _out_size(size, self.window, self.stride, self.padding)
@@ -326,6 +341,8 @@ class Builder:
   bn_epsilon: float = 1e-3
   bn_group_size: int = 0
   bn_update_per_group: bool = False
+  bn_scale: bool = False
+  avg_pool_include_pad: bool = False
   factorized_activation: str = 'relu'
   factorization_n: int = 7
   inception_a: str = 'released'
@@ -336,7 +353,8 @@ class Builder:
 
   def layer(self, in_features: int, spec: Conv | PoolSpec) -> nnx.Module:
     if isinstance(spec, PoolSpec):
-      return Pool(spec.kind, spec.window, spec.stride, spec.padding, in_features)
+      return Pool(spec.kind, spec.window, spec.stride, spec.padding, in_features,
+                  include_pad=self.avg_pool_include_pad)
     activation = self.factorized_activation if spec.factorized else 'relu'
     return ConvBN(in_features, self.depth(spec.features), spec.kernel,
                   stride=spec.stride, padding=spec.padding,
@@ -344,7 +362,8 @@ class Builder:
                   kernel_init=spec.kernel_init, dtype=self.dtype,
                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                   bn_group_size=self.bn_group_size,
-                  bn_update_per_group=self.bn_update_per_group, rngs=self.rngs)
+                  bn_update_per_group=self.bn_update_per_group,
+                  bn_scale=self.bn_scale, rngs=self.rngs)
 
   def tower(self, in_features: int, *specs: Conv | PoolSpec) -> Sequential:
     """A chain of layers, named TF-slim style: Conv2d_0a_1x1, AvgPool_0b_3x3, ..."""

@@ -83,6 +83,10 @@ class InceptionSpec:
   bn_group_size: int = 0                   # ghost BN: examples per statistics group (0: whole batch)
   bn_update_per_group: bool = False        # moving averages: one update per group (the paper's
                                            # replicas), not one per step (layers.moving_update)
+  # torchvision's port of the released model (interop.from_torchvision):
+  bn_scale: bool = False                   # BatchNorm with a learned scale γ
+  avg_pool_include_pad: bool = False       # the blocks' 3×3 average pools count
+                                           # SAME's padded zeros (PyTorch's default)
 
   def __post_init__(self):
     object.__setattr__(self, 'blocks', dict(self.blocks))
@@ -143,6 +147,7 @@ class InceptionSpec:
                    bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                    bn_group_size=self.bn_group_size,
                    bn_update_per_group=self.bn_update_per_group,
+                   bn_scale=self.bn_scale, avg_pool_include_pad=self.avg_pool_include_pad,
                    factorized_activation=self.factorized_activation,
                    factorization_n=self.factorization_n,
                    inception_a=self.inception_a)

@@ -23,6 +23,8 @@ with the global step read before it is incremented. A trainer logs
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
 
 import jax
@@ -87,20 +89,36 @@ def learning_rate_schedule(optim_cfg, *, steps_per_epoch: float,
   return schedule
 
 
+def path_name(path) -> str:
+  """A parameter's name: the keys of its tree path joined by '/', as in
+  `Mixed_5b/branch_5x5/Conv2d_0b_5x5/conv/kernel`."""
+  return '/'.join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
 def _is_kernel(path) -> bool:
-  names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-  return bool(names) and names[-1] == 'kernel'
+  return path_name(path).rsplit('/', 1)[-1] == 'kernel'
 
 
-def weight_decay_mask(params) -> Any:
+def frozen_mask(params, freeze: str) -> Any:
+  """True for the parameters that `config.freeze` keeps fixed: those whose
+  `path_name` the regular expression matches from its start ('' freezes
+  nothing). Same structure as `params`, bool leaves."""
+  pattern = re.compile(freeze) if freeze else None
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: bool(pattern and pattern.match(path_name(p))), params)
+
+
+def weight_decay_mask(params, freeze: str = '') -> Any:
   """True for conv and dense kernels (leaves named `kernel`), False for
   biases and BatchNorm offsets — Google decays "weights" only
-  (docs/paper_notes.md#weight-decay).
+  (docs/paper_notes.md#weight-decay) — and for frozen parameters.
 
   `params` is an `nnx.State` of `nnx.Param` (or any nested dict); the mask
   has the same structure with bool leaves, as `optax.masked` expects.
   """
-  return jax.tree_util.tree_map_with_path(lambda p, _: _is_kernel(p), params)
+  return jax.tree.map(lambda kernel, frozen: kernel and not frozen,
+                      jax.tree_util.tree_map_with_path(lambda p, _: _is_kernel(p), params),
+                      frozen_mask(params, freeze))
 
 
 def tf_rmsprop(learning_rate, *, decay: float, epsilon: float,
@@ -120,9 +138,11 @@ def tf_momentum(learning_rate, *, momentum: float) -> optax.GradientTransformati
                      optax.scale_by_learning_rate(learning_rate))
 
 
-def make_optimizer(optim_cfg, *, steps_per_epoch: float,
-                   global_batch: int) -> optax.GradientTransformation:
-  """Weight decay → global-norm clipping → RMSProp or momentum (module doc)."""
+def make_optimizer(optim_cfg, *, steps_per_epoch: float, global_batch: int,
+                   freeze: str = '') -> optax.GradientTransformation:
+  """Weight decay → global-norm clipping → RMSProp or momentum (module doc).
+  Frozen parameters (`frozen_mask`) take no weight decay; the trainer gives
+  them zero gradients and keeps their values."""
   name = optim_cfg.name
   _check(name in OPTIMIZERS,
          f'optim.name must be one of {list(OPTIMIZERS)}, got {name!r}')
@@ -133,7 +153,8 @@ def make_optimizer(optim_cfg, *, steps_per_epoch: float,
                                     global_batch=global_batch)
   parts = []
   if wd > 0:
-    parts.append(optax.add_decayed_weights(wd, mask=weight_decay_mask))
+    parts.append(optax.add_decayed_weights(
+        wd, mask=functools.partial(weight_decay_mask, freeze=freeze)))
   if clip > 0:
     parts.append(optax.clip_by_global_norm(clip))
   if name == 'rmsprop':
@@ -144,14 +165,14 @@ def make_optimizer(optim_cfg, *, steps_per_epoch: float,
   return optax.chain(*parts)
 
 
-def clip_norm(optim_cfg, grads, params):
+def clip_norm(optim_cfg, grads, params, freeze: str = ''):
   """The global norm that `clip_by_global_norm` sees: the gradient with the
   weight decay already added (`make_optimizer`'s order), so the logs show how
   often the threshold (`optim.grad_clip_norm`) clips."""
   wd = float(optim_cfg.weight_decay)
   if wd > 0:
     grads = jax.tree.map(lambda g, p, m: g + wd * p if m else g,
-                         grads, params, weight_decay_mask(params))
+                         grads, params, weight_decay_mask(params, freeze))
   return optax.tree.norm(grads)
 
 

@@ -41,7 +41,9 @@ RESUMABLE_KEYS = NEUTRAL_KEYS + ('total_steps', 'num_epochs')
 ADDED_KEYS = {'data.object_size': [0.16, 0.26], 'per_device_batch': 0, 'fit_batch': False,
               'optim.grad_accum_steps': 1, 'model.bn_update_per_group': False,
               'data.crop_sampler': 'uniform_area', 'data.crop_attempts': 10,
-              'data.min_object_covered': 0.1, 'data.eval_exclude': ''}
+              'data.min_object_covered': 0.1, 'data.eval_exclude': '',
+              'model.bn_scale': False, 'model.avg_pool_include_pad': False,
+              'init_from': '', 'freeze': ''}
 
 
 # Values that older runs recorded under a key whose type changed since, and

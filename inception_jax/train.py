@@ -21,9 +21,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +29,7 @@ import optax
 from flax import nnx
 
 from inception_jax import (checkpointing, cost, losses, models, optim, parallel, rundir,
-                           tracking)
+                           tracking, trainstate, transfer)
 from inception_jax.data import pipeline, sources
 from inception_jax.errors import ConfigError, UserError
 
@@ -82,16 +80,6 @@ class _StopSignal:
     return flag
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  ema_params: Any
-  ema_batch_stats: Any
-
-
 def check_config(config) -> None:
   """Values a config can hold but a run cannot use: clear errors up front."""
   if not 0 <= config.seed < 2**32:
@@ -109,6 +97,7 @@ def check_config(config) -> None:
     raise ConfigError('checkpoint_every_steps must be >= 0 (0: at the end only) '
                       'and keep_checkpoints >= 1')
   tracking.check_config(config.tracking)
+  transfer.check_config(config)
 
 
 def resolve_batch(config, devices: int, quiet: bool = False):
@@ -184,6 +173,7 @@ def make_train_step(graphdef, tx, schedule, config):
   """
   accum = config.optim.grad_accum_steps
   per_group = config.model.get('bn_update_per_group', False)
+  freeze = config.get('freeze', '')
 
   def gradients(params, batch_stats, images, labels, key, rows=None):
     def loss_fn(params):
@@ -197,7 +187,7 @@ def make_train_step(graphdef, tx, schedule, config):
     (_, (parts, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, stats, parts
 
-  def train_step(state: TrainState, batch, seed):
+  def train_step(state: trainstate.TrainState, batch, seed):
     key = jax.random.fold_in(jax.random.key(seed), state.step)
     if accum > 1:
       grads, batch_stats, parts = _accumulate(gradients, state.params, state.batch_stats,
@@ -205,25 +195,40 @@ def make_train_step(graphdef, tx, schedule, config):
     else:
       grads, batch_stats, parts = gradients(state.params, state.batch_stats,
                                             batch['image'], batch['label'], key)
+    # Frozen parameters (config.freeze): no gradient, so no share of the
+    # clipping norm or of the optimizer's averages, and their old values
+    # kept bit for bit (the mask is static: chosen while tracing).
+    frozen = optim.frozen_mask(state.params, freeze) if freeze else None
+    keep = functools.partial(_keep_frozen, frozen)
+    if frozen is not None:
+      grads = keep(grads, jax.tree.map(jnp.zeros_like, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = keep(optax.apply_updates(state.params, updates), state.params)
     decay = config.optim.ema_decay
-    new = TrainState(
+    new = trainstate.TrainState(
         step=state.step + 1, params=params, batch_stats=batch_stats,
         opt_state=opt_state,
-        ema_params=optim.update_ema(state.ema_params, params, state.step, decay),
+        ema_params=keep(optim.update_ema(state.ema_params, params, state.step, decay),
+                        state.ema_params),
         ema_batch_stats=optim.update_ema(state.ema_batch_stats, batch_stats,
                                          state.step, decay))
     metrics = {f'train/{k}': v for k, v in parts.items()}
     metrics['train/grad_norm'] = optax.tree.norm(grads)
     # What clipping sees: the gradient with weight decay added (optim.clip_norm).
-    metrics['train/clip_norm'] = optim.clip_norm(config.optim, grads, state.params)
+    metrics['train/clip_norm'] = optim.clip_norm(config.optim, grads, state.params, freeze)
     if config.optim.grad_clip_norm > 0:
       metrics['train/clipped'] = (metrics['train/clip_norm'] >
                                   config.optim.grad_clip_norm).astype(jnp.float32)
     metrics['train/lr'] = schedule(state.step)
     return new, metrics
   return train_step
+
+
+def _keep_frozen(frozen, new, old):
+  """`new`, with `old`'s leaf where `frozen` (a static mask) says so."""
+  if frozen is None:
+    return new
+  return jax.tree.map(lambda f, n, o: o if f else n, frozen, new, old)
 
 
 def _accumulate(gradients, params, batch_stats, batch, key, *, per_group: bool):
@@ -257,17 +262,12 @@ def _accumulate(gradients, params, batch_stats, batch, key, *, per_group: bool):
   return grads, stats, jax.tree.map(lambda x: x.mean(0), parts)
 
 
-def _seed(config):
-  """`config.seed` as a traced argument of the jitted functions."""
-  return np.uint32(config.seed)
-
-
 def make_eval_step(eval_graphdef):
   @jax.jit          # a nested jit: traced once for both sets of weights
   def forward(params, stats, images):
     return nnx.merge(eval_graphdef, params, stats, copy=True)(images)
 
-  def eval_step(state: TrainState, batch):
+  def eval_step(state: trainstate.TrainState, batch):
     mask, labels = batch['mask'], batch['label']
     sums = {'count': jnp.sum(mask)}
     for prefix, params, stats in (('eval', state.ema_params, state.ema_batch_stats),
@@ -350,13 +350,15 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
                                             dataset_classes=data.num_classes)
     image_size = config.data.image_size
     tx = optim.make_optimizer(config.optim, steps_per_epoch=data.steps_per_epoch,
-                              global_batch=config.batch_size)
+                              global_batch=config.batch_size,
+                              freeze=config.get('freeze', ''))
     schedule = optim.learning_rate_schedule(
         config.optim, steps_per_epoch=data.steps_per_epoch, global_batch=config.batch_size)
     # Tracing builds the model, which refuses an impossible config (an image
     # smaller than the network's minimum) here.
-    init, abstract = _trace_init(config, spec, image_size, tx, replicated)
-    graphdef, eval_graphdef = _graphdefs(abstract)
+    init, abstract = trainstate.trace_init(config, spec, image_size, tx, replicated)
+    graphdef, eval_graphdef = trainstate.graphdefs(abstract)
+    transfer.check_freeze(config.get('freeze', ''), nnx.state(abstract, nnx.Param))
 
     # --- State: a fresh one, or the latest good checkpoint ---------------------
     # Opened once the data and the model are known good: a mistake found
@@ -364,7 +366,9 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     checkpoints = resources.enter_context(checkpointing.CheckpointManager(
         workdir, every_steps=config.checkpoint_every_steps,
         keep=config.keep_checkpoints))
-    state = _init_or_restore(config, init, checkpoints, data.loader, allow_config_change)
+    state = _init_or_restore(config, init, checkpoints, data.loader, allow_config_change,
+                             source=lambda: transfer.source_model(
+                                 config.init_from, spec, image_size))
     start_step = int(state.step)
     finished = rundir.read_json(os.path.join(workdir, rundir.RESULT))
     if finished is not None and start_step >= data.total_steps:
@@ -372,9 +376,10 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
       return finished
     last = {}
     if is_chief:
-      # Rows after the restored step (or all rows, when no checkpoint was
-      # written before a kill) are logged again by this run.
-      rundir.truncate_metrics(workdir, start_step)
+      # Rows after the restored step are logged again by this run; a fresh
+      # start (no checkpoint was written before a kill) logs every row again,
+      # a fine-tuning run's step-0 evaluation included.
+      rundir.truncate_metrics(workdir, start_step if start_step else -1)
       rows = [r for r in rundir.read_metrics(workdir) if 'train/loss' in r]
       last = rows[-1] if rows else {}
 
@@ -394,7 +399,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     train_step = jax.jit(make_train_step(graphdef, tx, schedule, config),
                          donate_argnums=0, out_shardings=(replicated, replicated))
     loop = _Loop(config, data, checkpoints, tracker, progress, stop,
-                 train_step=functools.partial(train_step, seed=_seed(config)),
+                 train_step=functools.partial(train_step, seed=trainstate.seed(config)),
                  eval_step=jax.jit(make_eval_step(eval_graphdef),
                                    out_shardings=replicated))
     state = loop.run(state)
@@ -458,46 +463,22 @@ class _Data:
       yield pipeline.to_global(batch, self.sharding)
 
 
-def _graphdefs(abstract):
-  """The model's structure in training and in evaluation mode (no weights)."""
-  abstract.train()
-  graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-  abstract.eval()
-  eval_graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-  return graphdef, eval_graphdef
-
-
-def _trace_init(config, spec, image_size, tx, replicated):
-  """The traced initialisation of a TrainState, and the model with shapes in
-  place of weights that its trace built (the model is built once)."""
-  built = []
-
-  def init(seed):
-    model = models.Inception(spec, image_size=image_size,
-                             rngs=nnx.Rngs(params=jax.random.key(seed)))
-    graphdef, state = nnx.split(model)
-    built.append((graphdef, jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)))
-    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    copy = lambda tree: jax.tree.map(jnp.copy, tree)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=batch_stats, opt_state=tx.init(params),
-                      ema_params=copy(params), ema_batch_stats=copy(batch_stats))
-  traced = jax.jit(init, out_shardings=replicated).trace(_seed(config))
-  return traced, nnx.merge(*built[0])
-
-
-def _init_or_restore(config, init, checkpoints, loader,
-                     allow_config_change) -> TrainState:
-  """A new TrainState from the traced `init`, or the latest good checkpoint's
-  (onto this run's mesh, whatever the device count it was written on) with the
-  data position."""
+def _init_or_restore(config, init, checkpoints, loader, allow_config_change,
+                     source) -> trainstate.TrainState:
+  """A new TrainState from the traced `init` (with the weights of `source()`
+  when `config.init_from` names one), or the latest good checkpoint's (onto
+  this run's mesh, whatever the device count it was written on) with the data
+  position."""
   # The config is checked before the state is read: a changed model or
   # optimizer is refused by name, and no good checkpoint is set aside for it.
   restored = checkpoints.restore(init.out_info, check_config=lambda saved: _check_resume(
       saved, config, allow_config_change))
   if restored is None:
-    return init.lower().compile()(_seed(config))
+    state = init.lower().compile()(trainstate.seed(config))
+    if config.get('init_from'):
+      log.info('initialising from %s', config.init_from)
+      state = transfer.initialize(state, source())
+    return state
   state, data_state, _ = restored
   loader.set_state(data_state)
   log.info('resumed from the checkpoint at step %d', int(state.step))
@@ -521,9 +502,13 @@ class _Loop:
     self.clipped = []      # the steps' clipped flags since the last log, on the device
     self.eval_examples = 0
 
-  def run(self, state: TrainState) -> TrainState:
+  def run(self, state: trainstate.TrainState) -> trainstate.TrainState:
     config, total = self.config, self.data.total_steps
     start = int(state.step)
+    if start == 0 and config.get('init_from'):
+      # The starting point: the loaded weights on this run's evaluation data.
+      self.eval_metrics = self.evaluate(state)
+      self.tracker.log(0, self.eval_metrics)
     clock = _Clock(start)
     for step in range(start + 1, total + 1):
       state, metrics = self.train_step(state, next(self.data.loader))

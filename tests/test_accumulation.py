@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 from conftest import TINY_CONFIG, assert_close_to_scale
 
-from inception_jax import config_lib, layers, models, optim, parallel, rundir, sweep, train
+from inception_jax import (config_lib, layers, models, optim, parallel, rundir, sweep, train,
+                           trainstate)
 from inception_jax.data import pipeline, sources
 from inception_jax.errors import ConfigError
 
@@ -106,7 +107,7 @@ def _initial_state(build, config):
   spec = models.InceptionSpec.from_config(config.model, dataset_classes=10)
   tx = optim.make_optimizer(config.optim, steps_per_epoch=8, global_batch=32)
   _, params, stats = nnx.split(build(spec, nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
-  return jax.device_get(train.TrainState(
+  return jax.device_get(trainstate.TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
       opt_state=tx.init(params), ema_params=params, ema_batch_stats=stats))
 
@@ -115,7 +116,7 @@ def _steps(config, build, mesh, state, batches):
   """Train steps of `config` on `mesh` from `state`: (losses, final state)."""
   spec = models.InceptionSpec.from_config(config.model, dataset_classes=10)
   # The structure holds the BatchNorm settings: one per config.
-  graphdef, _ = train._graphdefs(nnx.eval_shape(lambda: build(spec, nnx.Rngs(0))))
+  graphdef, _ = trainstate.graphdefs(nnx.eval_shape(lambda: build(spec, nnx.Rngs(0))))
   tx = optim.make_optimizer(config.optim, steps_per_epoch=8, global_batch=32)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch=8, global_batch=32)
   accum = config.optim.grad_accum_steps

@@ -76,7 +76,7 @@ def test_eval_mistakes_are_one_line(tmp_path, capsys):
     assert cli.main(['eval', '--workdir', str(tmp_path)]) == 2
   assert 'a process is training in' in capsys.readouterr().err
   assert cli.main(['eval', '--workdir', str(tmp_path)]) == 2
-  assert 'holds no checkpoint to evaluate' in capsys.readouterr().err
+  assert 'holds no checkpoint: no weights to evaluate' in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(['eval', '--workdir', str(tmp_path), '--crops', '10'])
 

@@ -1,5 +1,7 @@
-"""Parity with Keras's InceptionV3: every weight randomized, BN statistics
-included, transferred with `from_keras`; inference logits must agree."""
+"""Parity with the other implementations of Inception-v3 — Keras's
+InceptionV3, Google's TF-slim `nets/inception_v3.py` (run by TensorFlow) and
+torchvision's `inception_v3` (run by PyTorch): every weight randomized, BN
+statistics included, transferred by `interop`; inference logits must agree."""
 
 import os
 
@@ -70,3 +72,123 @@ def test_to_keras_round_trip_is_exact():
     interop.to_keras(models.create(models.preset('inception_v2', aux_head=False,
                                                  width_multiplier=0.05, min_depth=4),
                                    image_size=75), image_size=75)
+
+
+def _slim_checkpoint(path, images, rng, depth_multiplier):
+  """Google's TF-slim Inception-v3 (the `tf_slim` package's `nets/inception_v3.py`,
+  1001 classes) with random weights and BatchNorm statistics, saved by
+  TensorFlow as a checkpoint at `path`; returns its (logits, aux logits)."""
+  import tensorflow as tf
+  from tensorflow.python.framework import ops
+  # tf_slim 1.1.0, its last release, names `ops.Tensor`, which TensorFlow 2.21
+  # keeps as `tf.Tensor` only.
+  if not hasattr(ops, 'Tensor'):
+    ops.Tensor = tf.Tensor
+  import tf_slim as slim
+  from tf_slim.nets import inception_v3
+  with tf.Graph().as_default():
+    x = tf.compat.v1.placeholder(tf.float32, images.shape)
+    # Another update collection than UPDATE_OPS keeps slim's own BatchNorm
+    # (its Keras-backed one needs tf_keras); in inference both are the same.
+    with slim.arg_scope(inception_v3.inception_v3_arg_scope(updates_collections='bn')):
+      logits, ends = inception_v3.inception_v3(x, num_classes=1001, is_training=False,
+                                               depth_multiplier=depth_multiplier)
+    with tf.compat.v1.Session() as session:
+      for v in tf.compat.v1.global_variables():
+        shape, name = v.shape.as_list(), v.name
+        if 'moving_variance' in name:
+          value = rng.uniform(0.5, 2.0, shape)
+        elif any(k in name for k in ('moving_mean', 'beta', 'biases')):
+          value = rng.normal(0.0, 0.2, shape)
+        else:
+          value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
+        v.load(value.astype('float32'), session)
+      expected = session.run([logits, ends['AuxLogits']], {x: images})
+      tf.compat.v1.train.Saver().save(session, path)
+  return expected
+
+
+def test_from_tf_slim_matches_tf_slim(tmp_path):
+  """A TF-slim checkpoint written by TensorFlow: our logits and auxiliary
+  logits equal slim's, all 1001 with background='keep' and slim's outputs
+  1…1000 with 'drop'."""
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (2, 299, 299, 3)).astype('float32')
+  path = str(tmp_path / 'inception_v3.ckpt')
+  logits, aux = _slim_checkpoint(path, images, rng, depth_multiplier=0.25)
+  assert logits.shape == aux.shape == (2, 1001) and np.abs(logits).max() > 1.0
+  model = interop.from_tf_slim(path, background='keep', width_multiplier=0.25)
+  got, got_aux = jax.jit(lambda x: model(x, return_aux=True))(images)
+  np.testing.assert_array_less(np.abs(np.asarray(got) - logits).max(), 1e-3)
+  np.testing.assert_array_less(np.abs(np.asarray(got_aux) - aux).max(), 1e-3)
+  dropped = interop.from_tf_slim(path, width_multiplier=0.25)
+  assert dropped.Logits.kernel.shape[-1] == 1000
+  np.testing.assert_array_less(np.abs(np.asarray(dropped(images)) - logits[:, 1:]).max(),
+                               1e-3)
+  with pytest.raises(ValueError, match='does not fit'):      # another width
+    interop.from_tf_slim(path, width_multiplier=0.5)
+
+
+def test_from_tf_slim_errors(tmp_path):
+  from inception_jax.errors import UserError
+  with pytest.raises(UserError, match='cannot read the TensorFlow checkpoint'):
+    interop.from_tf_slim(str(tmp_path / 'missing.ckpt'))
+  with pytest.raises(ValueError, match='not a TF-slim inception_v3 checkpoint'):
+    interop.from_tf_slim({'InceptionV1/Logits/Conv2d_0c_1x1/weights': np.zeros((1, 1, 4, 2))})
+
+
+# PyTorch's side runs in a process of its own: torchvision imports triton,
+# whose LLVM crashes a process that has loaded TensorFlow (as Keras does here).
+TORCHVISION_REFERENCE = """
+import sys
+import numpy as np, torch, torchvision
+torch.manual_seed(0)
+rng = np.random.default_rng(0)
+reference = torchvision.models.inception_v3(weights=None, init_weights=True,
+                                            aux_logits=True, num_classes=17)
+norms = [m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+tensor = lambda a: torch.from_numpy(np.asarray(a, np.float32))
+with torch.no_grad():
+  # Statistics near a batch's (momentum 1 keeps the last batch's), then moved:
+  # the activations stay in range through all 96 layers.
+  for m in norms:
+    m.momentum = 1.0
+  reference.train()
+  reference(tensor(rng.uniform(-1, 1, (4, 3, 299, 299))))
+  for m in norms:
+    std = m.running_var.sqrt()
+    m.running_mean += tensor(rng.normal(0, 0.2, std.shape)) * std
+    m.running_var *= tensor(rng.uniform(0.5, 2.0, std.shape))
+    m.weight.copy_(tensor(rng.uniform(0.5, 1.5, std.shape)))
+    m.bias.copy_(tensor(rng.normal(0, 0.2, std.shape)))
+  reference.fc.weight.mul_(0.1)
+reference.eval()
+captured = {}
+reference.Mixed_6e.register_forward_hook(lambda m, i, out: captured.update(x=out))
+images = rng.uniform(-1, 1, (2, 299, 299, 3)).astype('float32')
+with torch.no_grad():
+  logits = reference(tensor(images.transpose(0, 3, 1, 2))).numpy()
+  aux = reference.AuxLogits(captured['x']).numpy()
+torch.save(reference.state_dict(), sys.argv[1] + '/inception_v3.pt')
+np.savez(sys.argv[1] + '/expected.npz', images=images, logits=logits, aux=aux)
+"""
+
+
+def test_from_torchvision_matches_torchvision(tmp_path):
+  """torchvision's inception_v3 (its own initialisation, random BatchNorm
+  scales, offsets and statistics), saved by PyTorch: our logits and auxiliary
+  logits (the model with `bn_scale` and `avg_pool_include_pad`) equal its own."""
+  import subprocess
+  import sys
+  done = subprocess.run([sys.executable, '-c', TORCHVISION_REFERENCE, str(tmp_path)],
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  expected = np.load(tmp_path / 'expected.npz')
+  logits, aux = expected['logits'], expected['aux']
+  assert logits.shape == aux.shape == (2, 17)
+  assert np.abs(logits).max() > 1.0 and np.abs(aux).max() > 1e-3
+  model = interop.from_torchvision(interop.read_torch_state_dict(tmp_path / 'inception_v3.pt'))
+  assert model.Mixed_5b.branch_1x1.Conv2d_0a_1x1.bn.scale is not None
+  got, got_aux = jax.jit(lambda x: model(x, return_aux=True))(expected['images'])
+  np.testing.assert_array_less(np.abs(np.asarray(got) - logits).max(), 1e-3)
+  np.testing.assert_array_less(np.abs(np.asarray(got_aux) - aux).max(), 1e-3)

@@ -236,9 +236,19 @@ def test_avg_pool_excludes_padding_like_tensorflow():
   assert float(layers.avg_pool(x, 3)[0, 0, 0, 0]) == pytest.approx(2.0)
 
 
+def test_avg_pool_include_pad_counts_padding_like_pytorch():
+  """SAME 3×3 average pooling of ones divides by 9 with `include_pad`: a
+  corner is 4/9, an edge 6/9, the inside 1."""
+  pooled = np.asarray(layers.Pool('avg', 3, 1, 'SAME', 1, include_pad=True)(
+      jnp.ones((1, 4, 4, 1))))[0, :, :, 0]
+  np.testing.assert_allclose(pooled[0, 0], 4 / 9, rtol=1e-6)
+  np.testing.assert_allclose(pooled[0, 1], 6 / 9, rtol=1e-6)
+  np.testing.assert_allclose(pooled[1, 1], 1.0, rtol=1e-6)
+
+
 def test_convbn_is_conv_bn_without_scale_then_relu():
   layer = layers.ConvBN(3, 4, 3, rngs=nnx.Rngs(0))
-  assert layer.conv.bias is None and not hasattr(layer.bn, 'scale')
+  assert layer.conv.bias is None and layer.bn.scale is None
   assert layer.bn.epsilon == 1e-3 and layer.bn.momentum == 0.9997
   layer.bn.mean.set_value(jnp.full((4,), 0.5))
   layer.bn.var.set_value(jnp.full((4,), 4.0))
@@ -252,6 +262,14 @@ def test_convbn_is_conv_bn_without_scale_then_relu():
   linear = layers.ConvBN(3, 4, 3, activation='linear', rngs=nnx.Rngs(0))
   linear.eval()
   assert float(jnp.min(linear(x))) < 0
+  # bn_scale (torchvision's port): γ multiplies the normalized value.
+  scaled = layers.ConvBN(3, 4, 3, bn_scale=True, rngs=nnx.Rngs(0))
+  nnx.update(scaled, nnx.state(layer))          # the same kernel, offset and statistics
+  scaled.bn.scale.set_value(jnp.array([1.0, 2.0, 0.5, -1.0]))
+  scaled.eval()
+  gamma = scaled.bn.scale.get_value()
+  expected = jax.nn.relu(gamma * (conv - 0.5) / jnp.sqrt(4.0 + 1e-3) + layer.bn.bias.get_value())
+  np.testing.assert_allclose(scaled(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_registered_block_is_selected_from_the_config():
