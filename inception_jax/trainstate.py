@@ -10,6 +10,7 @@ latest good checkpoint, for evaluation (`evaluate.py`) and fine-tuning
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -104,10 +105,12 @@ def restore_weights(workdir: str, weights: str = 'ema') -> RunWeights:
   # The checkpoint's structure: the trainer's own (optimizer state included).
   tx = optim.make_optimizer(config.optim, steps_per_epoch=1.0, global_batch=config.batch_size)
   init, abstract = trace_init(config, spec, config.data.image_size, tx, replicated)
-  # The run's lock, as training takes it: opening Orbax's manager clears
-  # unfinished saves, which must not happen under a running trainer.
+  # The run's lock, as training takes it (in the first process): opening
+  # Orbax's manager clears unfinished saves, which must not happen under a
+  # running trainer.
   try:
-    held = rundir.lock(os.path.join(workdir, '.lock'))
+    held = (rundir.lock(os.path.join(workdir, '.lock')) if jax.process_index() == 0
+            else contextlib.nullcontext())
   except rundir.LockHeld as e:
     raise UserError(f'a process is training in {workdir} (pid {e.pid}); use its '
                     f'weights once it stops, or those of a copy') from None
