@@ -12,6 +12,7 @@
   python launch.py eval --workdir RUN [--crops 1|12|144] [--ensemble RUN2 ...] [--weights ema|raw]
       [--split NAME] [--limit N] [--json]
   python launch.py predict --workdir RUN [--weights ema|raw] [--json] IMAGE ...
+  python launch.py predict --weights FILE [--labels FILE] [--json] IMAGE ...
 
 `train` on a workdir that holds checkpoints resumes from the latest good one
 (a config that differs in more than harmless keys is refused, unless
@@ -164,7 +165,8 @@ def cmd_predict(args, overrides):
   from inception_jax import evaluate
   if overrides:
     raise UserError('predict takes no --config.* overrides')
-  predictions = evaluate.predict(args.workdir, args.images, weights=args.weights)
+  predictions = evaluate.predict(args.workdir, args.images, weights=args.weights,
+                                 labels=args.labels)
   if args.json:
     print(json.dumps(predictions))
     return 0
@@ -330,9 +332,15 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   p.add_argument('--limit', type=int, help='the first N examples only')
   p.add_argument('--json', action='store_true', help='print one JSON object')
   p.set_defaults(fn=cmd_eval)
-  p = sub.add_parser('predict', help="a run's top-5 classes for image files")
-  p.add_argument('--workdir', required=True, help='run directory (its latest good checkpoint)')
-  p.add_argument('--weights', choices=('ema', 'raw'), default='ema')
+  p = sub.add_parser('predict', help="top-5 classes for image files, from a run or "
+                                     "imported weights")
+  p.add_argument('--workdir', help='run directory (its latest good checkpoint)')
+  p.add_argument('--weights', default='ema',
+                 help="a run's 'ema' or 'raw' weights; without --workdir, imported ones: "
+                      "tf_slim:CHECKPOINT, torchvision:FILE, keras[:FILE], or a file "
+                      "(.pt/.pth torchvision, .h5/.keras Keras, else a TF-slim checkpoint)")
+  p.add_argument('--labels', help='class names, one per line (default: the run\'s '
+                                  'dataset, or numbers)')
   p.add_argument('--json', action='store_true', help='print JSON')
   p.add_argument('images', nargs='+', metavar='IMAGE')
   p.set_defaults(fn=cmd_predict)

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from inception_jax import parallel, train, trainstate
+from inception_jax import models, parallel, train, trainstate, transfer
 from inception_jax.data import pipeline, preprocess, sources
 from inception_jax.errors import ConfigError, UserError
 
@@ -106,12 +106,39 @@ def evaluate(workdirs: list[str], crops: int = 1, weights: str = 'ema',
           'weights': weights}
 
 
-def predict(workdir: str, images: list[str], weights: str = 'ema', top: int = 5) -> list[dict]:
+IMPORTED_SIZE = 299      # the released model's input
+
+
+def imported(weights: str) -> Member:
+  """Imported weights (`transfer.source_of`: 'tf_slim:CKPT', 'torchvision:FILE',
+  'keras[:FILE]' or a file) as a member of the released architecture at
+  299×299, its classes numbered."""
+  model = transfer.source_model(transfer.source_of(weights), models.preset('inception_v3'),
+                                IMPORTED_SIZE)
+  model.eval()
+  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  classes = model.Logits.kernel.shape[-1]
+  return Member(weights, None, [f'class {i}' for i in range(classes)], graphdef, params,
+                stats, 0)
+
+
+def predict(workdir: str | None, images: list[str], weights: str = 'ema', top: int = 5,
+            labels: str | None = None) -> list[dict]:
   """The `top` classes of each image file, most probable first, through the
-  run's evaluation crop: [{'image': path, 'classes': [name, …],
-  'probabilities': [p, …]}, …]; class names from the run's dataset."""
-  member = load(workdir, weights)
-  data = member.config.data
+  evaluation crop: [{'image': path, 'classes': [name, …], 'probabilities':
+  [p, …]}, …]. From a run (`workdir`, its 'ema' or 'raw' weights; class names
+  from its dataset), or, without one, from imported `weights` (`imported`,
+  Google's evaluation crop). `labels`: a file of class names, one per line."""
+  if (workdir is None) != (weights not in WEIGHTS):
+    raise UserError('predict takes a run (--workdir RUN, --weights ema|raw) or imported '
+                    'weights (--weights FILE, without --workdir)')
+  if workdir is not None:
+    member = load(workdir, weights)
+    options = pipeline.options(member.config.data)
+  else:
+    member = imported(weights)
+    options = preprocess.Options(image_size=IMPORTED_SIZE)
+  names = _labels(labels, len(member.class_names)) if labels else member.class_names
   views = []
   for path in images:
     try:
@@ -119,11 +146,22 @@ def predict(workdir: str, images: list[str], weights: str = 'ema', top: int = 5)
         encoded = f.read()
     except OSError as e:
       raise UserError(f'cannot read {path}: {e.strerror or e}') from None
-    views.append(preprocess.eval_image(encoded, pipeline.options(data), path))
+    views.append(preprocess.eval_image(encoded, options, path))
   probs = _mean_over_views(member, np.stack(views), crops=1, rows=len(views))
   out = []
   for path, p in zip(images, probs):
     best = np.argsort(-p, kind='stable')[:top]
-    out.append({'image': path, 'classes': [member.class_names[i] for i in best],
+    out.append({'image': path, 'classes': [names[i] for i in best],
                 'probabilities': [float(p[i]) for i in best]})
   return out
+
+
+def _labels(path: str, classes: int) -> list[str]:
+  try:
+    with open(path) as f:
+      names = [line.strip() for line in f if line.strip()]
+  except OSError as e:
+    raise UserError(f'cannot read the labels file {path}: {e.strerror or e}') from None
+  if len(names) != classes:
+    raise UserError(f'{path} names {len(names)} classes; the model has {classes}')
+  return names

@@ -40,6 +40,20 @@ KINDS = ('run', 'keras', 'tf_slim', 'torchvision')
 HEADS = ('Logits/', 'AuxLogits/')
 
 
+def source_of(weights: str) -> str:
+  """An `init_from` form for `weights`: itself when it names its kind, else by
+  the file's name — `.pt`/`.pth` torchvision, `.h5`/`.keras` Keras, anything else
+  a TF-slim checkpoint."""
+  kind, sep, _ = weights.partition(':')
+  if sep and kind in KINDS or weights == 'keras':
+    return weights
+  if weights.endswith(('.pt', '.pth')):
+    return f'torchvision:{weights}'
+  if weights.endswith(('.h5', '.keras')):
+    return f'keras:{weights}'
+  return f'tf_slim:{weights}'
+
+
 def check_config(config) -> None:
   """`init_from` and `freeze` as written: clear errors before anything runs."""
   init_from = config.get('init_from', '')

@@ -79,6 +79,12 @@ def test_eval_mistakes_are_one_line(tmp_path, capsys):
   assert 'holds no checkpoint: no weights to evaluate' in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(['eval', '--workdir', str(tmp_path), '--crops', '10'])
+  # predict: a run or imported weights, not neither and not both.
+  for args in (['x.png'], ['--workdir', str(tmp_path), '--weights', 'w.pt', 'x.png']):
+    assert cli.main(['predict', *args]) == 2
+    assert 'predict takes a run (--workdir RUN' in capsys.readouterr().err
+  assert cli.main(['predict', '--weights', str(tmp_path / 'missing.pt'), 'x.png']) == 2
+  assert 'cannot read the PyTorch file' in capsys.readouterr().err
 
 
 def test_runs_of_earlier_versions_are_read_with_todays_keys():

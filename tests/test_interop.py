@@ -166,11 +166,13 @@ reference.eval()
 captured = {}
 reference.Mixed_6e.register_forward_hook(lambda m, i, out: captured.update(x=out))
 images = rng.uniform(-1, 1, (2, 299, 299, 3)).astype('float32')
+view = np.load(sys.argv[1] + '/view.npy')[None]      # a photo through the eval crop
 with torch.no_grad():
   logits = reference(tensor(images.transpose(0, 3, 1, 2))).numpy()
   aux = reference.AuxLogits(captured['x']).numpy()
+  photo = torch.softmax(reference(tensor(view.transpose(0, 3, 1, 2))), -1).numpy()[0]
 torch.save(reference.state_dict(), sys.argv[1] + '/inception_v3.pt')
-np.savez(sys.argv[1] + '/expected.npz', images=images, logits=logits, aux=aux)
+np.savez(sys.argv[1] + '/expected.npz', images=images, logits=logits, aux=aux, photo=photo)
 """
 
 
@@ -180,6 +182,16 @@ def test_from_torchvision_matches_torchvision(tmp_path):
   logits (the model with `bn_scale` and `avg_pool_include_pad`) equal its own."""
   import subprocess
   import sys
+
+  from PIL import Image
+
+  from inception_jax import evaluate
+  from inception_jax.data import preprocess
+  photo = tmp_path / 'photo.png'
+  pixels = np.random.default_rng(1).integers(0, 256, (240, 320, 3), np.uint8)
+  Image.fromarray(pixels).save(photo)
+  np.save(tmp_path / 'view.npy', preprocess.eval_image(photo.read_bytes(),
+                                                       preprocess.Options(image_size=299)))
   done = subprocess.run([sys.executable, '-c', TORCHVISION_REFERENCE, str(tmp_path)],
                         capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -192,3 +204,13 @@ def test_from_torchvision_matches_torchvision(tmp_path):
   got, got_aux = jax.jit(lambda x: model(x, return_aux=True))(expected['images'])
   np.testing.assert_array_less(np.abs(np.asarray(got) - logits).max(), 1e-3)
   np.testing.assert_array_less(np.abs(np.asarray(got_aux) - aux).max(), 1e-3)
+  # `predict --weights FILE.pt`: the same top-5 and probabilities as PyTorch's
+  # softmax of the photo's evaluation crop, named from a labels file.
+  (tmp_path / 'labels.txt').write_text(''.join(f'label{i}\n' for i in range(17)))
+  (predicted,) = evaluate.predict(None, [str(photo)], weights=str(tmp_path / 'inception_v3.pt'),
+                                  labels=str(tmp_path / 'labels.txt'))
+  named = [int(name[len('label'):]) for name in predicted['classes']]
+  np.testing.assert_allclose(predicted['probabilities'], expected['photo'][named], atol=1e-5)
+  sixth = np.sort(expected['photo'])[-6]        # the five most probable (up to ties)
+  assert min(predicted['probabilities']) >= sixth - 1e-5
+  assert np.ptp(expected['photo']) > 0.01       # not a flat distribution
