@@ -9,8 +9,10 @@ are type-checked by ml_collections.
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import os
+import sys
 from typing import Any, Iterable, Mapping
 
 import ml_collections
@@ -126,3 +128,32 @@ def set_value(config: ml_collections.ConfigDict, key: str, value: Any,
   except TypeError:
     raise ConfigError(f'config key {key!r} expects {type(current).__name__}, '
                       f'got {value!r}') from None
+
+
+_IMPORTED: dict[str, object] = {}      # .py files imported by `import_modules`, by path
+
+
+def import_modules(spec: str, base: str | None = None) -> list:
+  """Import the comma-separated modules or `.py` files of `spec`
+  (`config.model.imports`): the blocks and stems they register become
+  selectable. A `.py` path is found as config files are (as given, under
+  `base`, under the repository); a module name is imported with the working
+  directory on the path. Each file is executed once per process."""
+  modules = []
+  for item in filter(None, (part.strip() for part in spec.split(','))):
+    if item.endswith('.py'):
+      try:
+        path = os.path.abspath(_resolve(item, base))
+      except ConfigError:
+        raise ConfigError(f'model.imports: {item!r} not found') from None
+      if path not in _IMPORTED:
+        _IMPORTED[path] = load_module(path)
+      modules.append(_IMPORTED[path])
+      continue
+    if os.getcwd() not in sys.path:
+      sys.path.append(os.getcwd())
+    try:
+      modules.append(importlib.import_module(item))
+    except ImportError as e:
+      raise ConfigError(f'model.imports: cannot import {item!r}: {e}') from None
+  return modules

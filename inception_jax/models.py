@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 from flax import nnx
 
-from inception_jax import blocks, layers
+from inception_jax import blocks, config_lib, layers
 from inception_jax.errors import ConfigError
 from inception_jax.layers import Builder
 
@@ -87,9 +87,12 @@ class InceptionSpec:
   bn_scale: bool = False                   # BatchNorm with a learned scale γ
   avg_pool_include_pad: bool = False       # the blocks' 3×3 average pools count
                                            # SAME's padded zeros (PyTorch's default)
+  imports: str = ''                        # modules or .py files (comma-separated) that
+                                           # register blocks or stems: imported first
 
   def __post_init__(self):
     object.__setattr__(self, 'blocks', dict(self.blocks))
+    config_lib.import_modules(self.imports)       # before the block names are checked
     _check_choice('stem', self.stem, blocks.STEMS)
     _check_choice('grid_reduction', self.grid_reduction, GRID_REDUCTIONS)
     _check_choice('inception_a', self.inception_a, ('released', 'figure5'))

@@ -43,6 +43,7 @@ ADDED_KEYS = {'data.object_size': [0.16, 0.26], 'per_device_batch': 0, 'fit_batc
               'data.crop_sampler': 'uniform_area', 'data.crop_attempts': 10,
               'data.min_object_covered': 0.1, 'data.eval_exclude': '',
               'model.bn_scale': False, 'model.avg_pool_include_pad': False,
+              'model.imports': '',
               'init_from': '', 'freeze': ''}
 
 

@@ -1,0 +1,35 @@
+"""A block of your own against Inception-v3: the asymmetric 35×35 block of
+notebooks/my_blocks.py (Section 3.2's remark that asymmetric factorization
+does not work well early), selected from the command line.
+
+`model.imports` imports the file before the model is built, in every process
+that builds it (the sweep, each run, `cost`), so its `blocks.register` makes
+`inception_a_asym` selectable as `model.blocks.grid_35`:
+  v3           inception_v3 as released
+  v3_asym35    the three 35×35 blocks (Mixed_5b–5d) replaced by inception_a_asym
+
+Paper figures: none (the paper states the remark without a measurement).
+Each row runs two seeds at demo scale (three at paper scale).
+
+Arg: scale=demo (default) | paper | tiny.
+  python launch.py cost --sweep sweeps/new_factorization.py
+  python launch.py sweep sweeps/new_factorization.py --workdir runs/new_factorization
+  python launch.py compare runs/new_factorization
+"""
+
+from inception_jax import config_lib
+
+CONFIG = 'configs/inception_v3.py'
+BLOCK_FILE = 'notebooks/my_blocks.py'
+SEEDS = {'paper': [0, 1, 2], 'demo': [0, 1], 'tiny': [0, 1]}
+NONE = dict(top1_error=None, top5_error=None, cost_bn_ops=None)
+
+
+def get_sweep(arg=None):
+  arg = config_lib.parse_arg(arg, scale='demo')
+  config = f'{CONFIG}:model=inception_v3,scale={arg.scale}'
+  asym = {'model.imports': BLOCK_FILE, 'model.blocks.grid_35': 'inception_a_asym'}
+  return [dict(name='v3', config=config, overrides={}, paper=dict(NONE),
+               seeds=SEEDS[arg.scale]),
+          dict(name='v3_asym35', config=config, overrides=asym, paper=dict(NONE),
+               seeds=SEEDS[arg.scale])]
