@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv clean
+.PHONY: demo test notebooks venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,18 @@ demo: $(VENV)/.runtime
 # (xdist_group) so that each such run is made once, by one worker.
 # The SLURM tests use a running cluster: start (as root: install and start) the
 # local one first; without it they fail, naming the command.
+# The notebooks run as tests too (nbmake: each in a fresh kernel, failing on any
+# error), with QUICK=1: the same cells at a smaller scale, outputs not saved.
 test: $(VENV)/.test
 	bash scripts/slurm_local.sh start --install || echo "warning: the local SLURM cluster did not start; the SLURM tests will say why" >&2
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15 tests
+	QUICK=1 $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15 tests --nbmake notebooks
+
+# Re-execute every notebook in place at full scale, refreshing the committed
+# outputs (02 and 03 train: about 25 minutes on 2 CPU cores in all).
+notebooks: $(VENV)/.test
+	for notebook in notebooks/*.ipynb; do \
+	  $(BIN)/jupyter-execute --inplace --timeout=-1 $$notebook || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV)
