@@ -3,7 +3,7 @@
   from_keras(model)          Keras 3 `keras.applications.InceptionV3`
   from_tf_slim(checkpoint)   Google's TF-slim checkpoint (`nets/inception_v3.py`
                              names; the released `inception_v3_2016_08_28`)
-  from_torchvision(state)    a torchvision (or timm) `inception_v3` state dict
+  from_torchvision(state)    a torchvision `inception_v3` state dict
   to_keras(model)            ours → a Keras InceptionV3, to serve with Keras
 
 All four share the TF-slim topology (docs/paper_notes.md#other-implementations):
@@ -221,7 +221,8 @@ def from_torchvision(state_dict: Mapping, *, image_size: int = 299,
                      dtype: str = 'float32') -> models.Inception:
   """Our `inception_v3` with `bn_scale=True, avg_pool_include_pad=True`
   (module doc) holding a torchvision `inception_v3` state dict (tensors or
-  arrays; timm's `inception_v3` uses the same names), in eval mode; the
+  arrays; timm's `inception_v3`, derived from torchvision's, keeps its module
+  names, but only torchvision's is tested), in eval mode; the
   auxiliary head when the state dict has one."""
   tv = {k: _numpy(v) for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
   if 'fc.weight' not in tv:
