@@ -34,3 +34,23 @@ def test_accumulation_memory_benchmark_compares_both_steps():
   assert figures['batches'] == [16] and figures['micro'] == 8
   (accumulated,), (single,) = figures['accumulated_temp_bytes'], figures['single_pass_temp_bytes']
   assert 0 < accumulated < single
+
+
+def test_train_step_benchmark_measures_ours_and_both_peers():
+  """At a small scale (the figures at 299×299: README): this project's step,
+  Keras's and torchvision's, and the matmul ceiling, in one run."""
+  import os
+  env = dict(os.environ, XLA_FLAGS='--xla_backend_optimization_level=0')
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/train_step.py', '--config',
+       'configs/inception_v3.py:scale=tiny', '--image-size', '75', '--batch', '8',
+       '--windows', '1', '--steps', '1'],
+      cwd=config_lib.ROOT, capture_output=True, text=True, timeout=900, env=env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  figures = json.loads(result.stdout.strip().splitlines()[-1])
+  for key in ('images_per_sec', 'keras_images_per_sec', 'torchvision_images_per_sec',
+              'compile_seconds'):
+    assert figures[key] > 0, key
+  assert figures['ratio_vs_keras'] == figures['images_per_sec'] / figures['keras_images_per_sec']
+  assert 0 < figures['matmul_fraction'] < 1
+  assert 'Keras InceptionV3 (JAX)' in result.stdout and 'torchvision inception_v3' in result.stdout
