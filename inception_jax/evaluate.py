@@ -119,7 +119,7 @@ def imported(weights: str) -> Member:
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   classes = model.Logits.kernel.shape[-1]
   return Member(weights, None, [f'class {i}' for i in range(classes)], graphdef, params,
-                stats, 0)
+                stats)
 
 
 def predict(workdir: str | None, images: list[str], weights: str = 'ema', top: int = 5,

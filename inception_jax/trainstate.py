@@ -84,7 +84,6 @@ class RunWeights:
   graphdef: nnx.GraphDef
   params: nnx.State
   stats: nnx.State
-  step: int
 
   def model(self) -> models.Inception:
     return nnx.merge(self.graphdef, self.params, self.stats)
@@ -123,5 +122,4 @@ def restore_weights(workdir: str, weights: str = 'ema') -> RunWeights:
   params, stats = ((state.ema_params, state.ema_batch_stats) if weights == 'ema' else
                    (state.params, state.batch_stats))
   _, eval_graphdef = graphdefs(abstract)
-  return RunWeights(workdir, config, class_names, eval_graphdef, params, stats,
-                    int(state.step))
+  return RunWeights(workdir, config, class_names, eval_graphdef, params, stats)

@@ -13,17 +13,23 @@ import pytest
 from inception_jax import interop
 
 
+def _random_value(name: str, shape, rng) -> np.ndarray:
+  """A random value for the variable `name` (Keras's or TF-slim's naming):
+  moving variances in [0.5, 2], means, offsets and biases around 0, kernels
+  He-normal."""
+  if 'moving_variance' in name:
+    value = rng.uniform(0.5, 2.0, shape)
+  elif any(k in name for k in ('moving_mean', 'beta', 'bias')):     # 'bias', 'biases'
+    value = rng.normal(0.0, 0.2, shape)
+  else:
+    value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
+  return value.astype('float32')
+
+
 def _randomize(model, rng):
   for layer in model.layers:
     for w in layer.weights:
-      shape, path = tuple(w.shape), w.path
-      if 'moving_variance' in path:
-        value = rng.uniform(0.5, 2.0, shape)
-      elif any(k in path for k in ('moving_mean', 'beta', 'bias')):
-        value = rng.normal(0.0, 0.2, shape)
-      else:
-        value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
-      w.assign(value.astype('float32'))
+      w.assign(_random_value(w.path, tuple(w.shape), rng))
 
 
 def test_keras_backend_is_jax():
@@ -95,14 +101,7 @@ def _slim_checkpoint(path, images, rng, depth_multiplier):
                                                depth_multiplier=depth_multiplier)
     with tf.compat.v1.Session() as session:
       for v in tf.compat.v1.global_variables():
-        shape, name = v.shape.as_list(), v.name
-        if 'moving_variance' in name:
-          value = rng.uniform(0.5, 2.0, shape)
-        elif any(k in name for k in ('moving_mean', 'beta', 'biases')):
-          value = rng.normal(0.0, 0.2, shape)
-        else:
-          value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
-        v.load(value.astype('float32'), session)
+        v.load(_random_value(v.name, v.shape.as_list(), rng), session)
       expected = session.run([logits, ends['AuxLogits']], {x: images})
       tf.compat.v1.train.Saver().save(session, path)
   return expected
