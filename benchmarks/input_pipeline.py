@@ -2,11 +2,16 @@
 
 Both sides do the same work on the same generated ImageNet-like JPEGs
 (about 500×375, quality 90): TensorFlow's distorted bounding-box crop (area
-5–100%, aspect 3/4–4/3, covering 10% of the image, 100 attempts), bilinear resize to 299×299, a random flip,
-scaling to [-1, 1], batching. Both run on one core: Grain with one reader
-thread (and OpenCV's resize on one thread), tf.data with
-`num_parallel_calls=1` and one-thread pools; TensorFlow uses
-`decode_and_crop_jpeg`, which decodes only the crop.
+5–100%, aspect 3/4–4/3, covering 10% of the image, 100 attempts), bilinear
+resize to 299×299, a random flip, batching — each side up to what its train
+step takes: tf.data scales to [-1, 1] float32 on the host, as Google's
+pipeline does; ours hands on uint8 pixels, which the step scales on the
+device (`pipeline.network_input`). Both run on one core: Grain with one
+reader thread (and OpenCV's resize on one thread), tf.data with
+`num_parallel_calls=1` and one-thread pools. TensorFlow uses
+`decode_and_crop_jpeg`, which decodes only the crop; ours decodes the whole
+image with libjpeg-turbo (simplejpeg), at a reduced DCT scale when the crop
+is at least twice the output.
 
   python benchmarks/input_pipeline.py [--images 200] [--size 299] [--seconds 10]
 

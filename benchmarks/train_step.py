@@ -8,14 +8,19 @@ the EMA), one BatchNorm group per device batch. Around it, the same run
 measures:
   - a 2048² float32 matmul: the machine's ceiling, as FLOP/s;
   - Keras 3's `InceptionV3` on the JAX backend (`train_on_batch`, jitted,
-    RMSProp, no aux head);
+    RMSProp, no aux head; Keras's 'mixed_bfloat16' policy when the dtype is
+    bfloat16);
   - torchvision's `inception_v3` with PyTorch (channels-last, RMSProp, the aux
-    head from 299×299 up, where its 5×5 layer fits;
-    bfloat16 autocast on a GPU), in a process of its own, where PyTorch is
-    installed.
+    head from 299×299 up, where its 5×5 layer fits; bfloat16 autocast when
+    the dtype is bfloat16), in a process of its own, on the GPU where there
+    is one, where PyTorch is installed.
+
+The dtype is the compute dtype of all three (parameters stay float32);
+`auto`, the default, is bfloat16 on a GPU or TPU and float32 on a CPU, as
+`model.dtype='auto'` of the paper-scale config.
 
   python benchmarks/train_step.py [--config configs/inception_v3.py] [--batch 16]
-      [--image-size 299] [--dtype float32] [--windows 3] [--steps 2]
+      [--image-size 299] [--dtype auto] [--windows 3] [--steps 2]
       [--peers keras,torchvision]
 
 Images/s is the median over `windows` timed windows of `steps` steps each,
@@ -89,8 +94,9 @@ def ours(args) -> dict:
   graphdef, _ = trainstate.graphdefs(abstract)
   rng = np.random.default_rng(0)
   sharding = parallel.data_sharded(mesh)
-  batch = {'image': jax.device_put(rng.uniform(-1, 1, (args.batch, args.image_size,
-                                                      args.image_size, 3)).astype(np.float32),
+  # uint8 pixels, as the input pipeline delivers them (the step scales them).
+  batch = {'image': jax.device_put(rng.integers(0, 256, (args.batch, args.image_size,
+                                                        args.image_size, 3), dtype=np.uint8),
                                    sharding),
            'label': jax.device_put(rng.integers(0, 1000, args.batch).astype(np.int32), sharding)}
   start = time.perf_counter()
@@ -114,6 +120,8 @@ def ours(args) -> dict:
 
 def keras_peer(args) -> float:
   import keras
+  if args.dtype == 'bfloat16':
+    keras.mixed_precision.set_global_policy('mixed_bfloat16')
   model = keras.applications.InceptionV3(weights=None, classifier_activation=None,
                                          input_shape=(args.image_size, args.image_size, 3))
   model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=0.045, rho=0.9,
@@ -132,6 +140,7 @@ TORCHVISION = r'''
 import json, statistics, sys, time
 import torch, torchvision
 batch, size, windows, steps = map(int, sys.argv[1:5])
+bfloat16 = sys.argv[5] == 'bfloat16'
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 # torchvision's aux head needs the 17×17 grid of a 299×299 input.
 model = torchvision.models.inception_v3(weights=None, aux_logits=size >= 299, init_weights=False)
@@ -140,7 +149,7 @@ optimizer = torch.optim.RMSprop(model.parameters(), lr=0.045, alpha=0.9, eps=1.0
 images = torch.rand(batch, 3, size, size, device=device).to(memory_format=torch.channels_last)
 labels = torch.randint(0, 1000, (batch,), device=device)
 def step():
-  with torch.autocast(device, dtype=torch.bfloat16, enabled=device == 'cuda'):
+  with torch.autocast(device, dtype=torch.bfloat16, enabled=bfloat16):
     out = model(images)
     logits, aux = out if isinstance(out, tuple) else (out, None)
     loss = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
@@ -168,7 +177,7 @@ def torchvision_peer(args) -> dict | None:
   Keras loads, do not share one); None where PyTorch is not installed."""
   done = subprocess.run(
       [sys.executable, '-c', TORCHVISION, str(args.batch), str(args.image_size),
-       str(args.windows), str(args.steps)], capture_output=True, text=True)
+       str(args.windows), str(args.steps), args.dtype], capture_output=True, text=True)
   if done.returncode != 0:
     if 'No module named' in done.stderr:
       return None
@@ -181,12 +190,13 @@ def main(argv=None) -> dict:
   parser.add_argument('--config', default='configs/inception_v3.py')
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--image-size', type=int, default=299)
-  parser.add_argument('--dtype', default='float32', choices=sorted(models.DTYPES))
+  parser.add_argument('--dtype', default='auto', choices=sorted(models.DTYPES))
   parser.add_argument('--windows', type=int, default=3)
   parser.add_argument('--steps', type=int, default=2)
   parser.add_argument('--peers', default='keras,torchvision',
                       help="comma-separated: keras, torchvision ('' for none)")
   args = parser.parse_args(argv)
+  args.dtype = jnp.dtype(models.compute_dtype(args.dtype)).name      # 'auto' resolved
   peers = set(filter(None, args.peers.split(',')))
   device = jax.devices()[0]
   print(f'{jax.device_count()} × {device.device_kind} ({jax.default_backend()}), batch '

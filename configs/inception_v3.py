@@ -10,7 +10,7 @@ Arg (comma-separated key=value, all optional):
                  aux weight 0.4, EMA 0.9999; BatchNorm per 32 examples with
                  moving averages updated per group (the paper's 50 replicas),
                  Google's preprocessing (TensorFlow's crop sampler, colour
-                 distortion with hue). The batch on D devices, at most
+                 distortion with hue); bfloat16 compute on accelerators. The batch on D devices, at most
                  per_device_batch=64 images per device at a time
                  (`python launch.py layout --config configs/inception_v3.py`):
 
@@ -110,7 +110,9 @@ def get_config(arg=None):
   if arg.scale == 'paper':
     # The paper's 50 replicas: BatchNorm statistics per 32 examples, and the
     # moving averages updated once per group (0.9997 per update ≈ 0.985 per step).
-    config.model.update(bn_group_size=32, bn_update_per_group=True)
+    # Compute in bfloat16 on GPUs and TPUs (parameters, BatchNorm statistics
+    # and the loss stay float32), in float32 on a CPU.
+    config.model.update(bn_group_size=32, bn_update_per_group=True, dtype='auto')
   else:
     config.data.name = 'synthetic'
     # The class follows the dataset (`data.num_classes` for synthetic data).
@@ -136,6 +138,9 @@ def get_config(arg=None):
   config.eval_every_steps = 10_000    # 0: evaluate at the end only
   config.checkpoint_every_steps = 1000  # 0: at the end (and on SIGTERM) only
   config.keep_checkpoints = 3         # the last N are kept
+  # > 0: a jax.profiler trace of this many steps after the first (compiled)
+  # one, in WORKDIR/profile/ (TensorBoard's profile tab, or Perfetto).
+  config.profile_steps = 0
   config.optim = ml_collections.ConfigDict(dict(
       name='rmsprop',                 # or 'momentum' (Table 3's first row)
       learning_rate=0.045,
@@ -170,11 +175,13 @@ def get_config(arg=None):
   ))
 
   # Resources of a run launched with `launch.py sweep --launcher slurm`
-  # (0 or '' leaves the cluster's default). One task per node; a run of
-  # several nodes joins them through jax.distributed.
+  # (0 or '' leaves the cluster's default). `tasks_per_node` processes on
+  # each node (1: one process drives all its GPUs); a run of several tasks
+  # joins them through jax.distributed.
   config.slurm = ml_collections.ConfigDict(dict(
       partition='',
       nodes=1,
+      tasks_per_node=1,
       gpus_per_node=8 if arg.scale == 'paper' else 0,
       cpus_per_task=16 if arg.scale == 'paper' else 2,
       mem_gb=0,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -57,7 +58,17 @@ LAYOUT = (
 )
 AUX_ENDPOINT = 'Mixed_6e'
 GRID_REDUCTIONS = ('efficient', 'pool_conv', 'conv_pool')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64,
+          'auto': None}
+
+
+def compute_dtype(name: str):
+  """`model.dtype` as a JAX type; 'auto' is bfloat16 on an accelerator (GPU,
+  TPU: their matrix units run it at twice float32's rate or more) and
+  float32 on a CPU."""
+  if name == 'auto':
+    return jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16
+  return DTYPES[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +88,8 @@ class InceptionSpec:
   aux_bn: bool = True                      # Fig. 8 / Table 3 "BN-auxiliary"
   dropout_rate: float = 0.2
   dtype: str = 'float32'                   # compute dtype; parameters float32
-                                           # ('float64': float64 throughout, for numerical checks)
+                                           # ('float64': float64 throughout, for numerical checks;
+                                           # 'auto': bfloat16 on accelerators, float32 on CPU)
   bn_momentum: float = 0.9997
   bn_epsilon: float = 1e-3
   bn_group_size: int = 0                   # ghost BN: examples per statistics group (0: whole batch)
@@ -146,7 +158,7 @@ class InceptionSpec:
 
   def builder(self, rngs: nnx.Rngs) -> Builder:
     return Builder(rngs=rngs, width_multiplier=self.width_multiplier,
-                   min_depth=self.min_depth, dtype=DTYPES[self.dtype],
+                   min_depth=self.min_depth, dtype=compute_dtype(self.dtype),
                    bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                    bn_group_size=self.bn_group_size,
                    bn_update_per_group=self.bn_update_per_group,

@@ -46,6 +46,33 @@ def initialize() -> None:
     jax.distributed.initialize()    # SLURM, Open MPI, Kubernetes, TPU pods
 
 
+_barriers = 0
+
+
+def barrier(name: str, timeout_seconds: int = 3600) -> None:
+  """Wait until every process has arrived here (no-op for one process).
+
+  A barrier of the coordination service that `jax.distributed` started, not
+  a device collective: one process may take minutes longer to compile than
+  another, which a first collective would not survive (Gloo, JAX's CPU
+  collectives, gives up after about 30 s)."""
+  global _barriers
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed        # the client JAX's own multi-process tests use
+  _barriers += 1
+  distributed.global_state.client.wait_at_barrier(
+      f'inception_jax/{name}/{_barriers}', timeout_in_ms=timeout_seconds * 1000)
+
+
+def compiled_together(jitted, *args, **kwargs):
+  """`jitted` compiled for these arguments, returned once every process has
+  compiled it (`barrier`): their first collective then starts together."""
+  compiled = jitted.lower(*args, **kwargs).compile()
+  barrier('compiled')
+  return compiled
+
+
 def compilation_cache_dir() -> str:
   """Where compiled programs are kept between processes: JAX's own setting
   (JAX_COMPILATION_CACHE_DIR; empty turns the cache off), else

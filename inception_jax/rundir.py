@@ -30,7 +30,7 @@ RESULT = 'result.json'
 # Config keys that never change what a run computes: logging, evaluation and
 # checkpoint intervals, tracking, scheduling, input-pipeline throughput.
 NEUTRAL_KEYS = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-                'keep_checkpoints', 'tracking.*', 'slurm.*', 'data.num_workers',
+                'keep_checkpoints', 'profile_steps', 'tracking.*', 'slurm.*', 'data.num_workers',
                 'data.num_threads', 'data.prefetch')
 # Keys a resumed run may change besides: its length.
 RESUMABLE_KEYS = NEUTRAL_KEYS + ('total_steps', 'num_epochs')
@@ -44,7 +44,8 @@ ADDED_KEYS = {'data.object_size': [0.16, 0.26], 'per_device_batch': 0, 'fit_batc
               'data.min_object_covered': 0.1, 'data.eval_exclude': '',
               'model.bn_scale': False, 'model.avg_pool_include_pad': False,
               'model.imports': '',
-              'init_from': '', 'freeze': ''}
+              'init_from': '', 'freeze': '', 'slurm.tasks_per_node': 1,
+              'profile_steps': 0}
 
 
 # Values that older runs recorded under a key whose type changed since, and

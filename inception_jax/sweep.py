@@ -366,8 +366,9 @@ class SweepInterrupted(UserError):
 class SlurmLauncher:
   """One SLURM job per run through submitit, submitted as job arrays (one per
   distinct resource request, from each run's `config.slurm`); waits for them.
-  A run of `slurm.nodes` > 1 starts one task per node, which join through
-  `jax.distributed.initialize()` (`parallel.initialize` detects SLURM)."""
+  A run starts `slurm.tasks_per_node` tasks on each of its `slurm.nodes`;
+  several tasks join through `jax.distributed.initialize()`
+  (`parallel.initialize` detects SLURM)."""
 
   def __init__(self, directory: str, train_job: Callable[[list[str]], dict], *,
                poll_seconds: float = 5.0):
@@ -459,7 +460,8 @@ def _executor_parameters(slurm: dict) -> dict:
   the cluster's default: the option is not passed at all (None), so
   `time_minutes=0` is the partition's limit, not `--time=0` ("no limit")."""
   given = lambda key: slurm.get(key) or None
-  return dict(nodes=slurm.get('nodes') or 1, ntasks_per_node=1,
+  return dict(nodes=slurm.get('nodes') or 1,
+              ntasks_per_node=slurm.get('tasks_per_node') or 1,
               time=given('time_minutes'), cpus_per_task=given('cpus_per_task'),
               partition=given('partition'), gpus_per_node=given('gpus_per_node'),
               mem=f"{slurm['mem_gb']}GB" if slurm.get('mem_gb') else None)
@@ -470,7 +472,10 @@ def _job_outcome(job, workdir: str) -> Outcome:
     return Outcome('failed', None, f'SLURM job {job.job_id} left the queue without '
                    f'a result (cancelled or killed); rerun the sweep to resume it')
   try:
-    code = job.result()['exit_code']
+    # Every task's exit status (a run of several tasks): the first that is
+    # not 0, so that one failed or interrupted process is the run's outcome.
+    codes = [result['exit_code'] for result in job.results()]
+    code = next((c for c in codes if c != 0), 0)
   except Exception as e:     # noqa: BLE001 — submitit wraps a crash of the job
     code, crash = None, str(e).strip().splitlines()[-1][:500]
   else:

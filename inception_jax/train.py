@@ -176,6 +176,8 @@ def make_train_step(graphdef, tx, schedule, config):
   freeze = config.get('freeze', '')
 
   def gradients(params, batch_stats, images, labels, key, rows=None):
+    images = pipeline.network_input(images)
+
     def loss_fn(params):
       model = nnx.merge(graphdef, params, batch_stats, copy=True)
       logits, aux = model(images, return_aux=True, rngs=key, rows=rows)
@@ -272,7 +274,7 @@ def make_eval_step(eval_graphdef):
     sums = {'count': jnp.sum(mask)}
     for prefix, params, stats in (('eval', state.ema_params, state.ema_batch_stats),
                                   ('eval_raw', state.params, state.batch_stats)):
-      logits = forward(params, stats, batch['image'])
+      logits = forward(params, stats, pipeline.network_input(batch['image']))
       k = min(5, logits.shape[-1])
       top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
       sums[f'{prefix}/loss'] = jnp.sum(
@@ -363,6 +365,9 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     # --- State: a fresh one, or the latest good checkpoint ---------------------
     # Opened once the data and the model are known good: a mistake found
     # before this point leaves no Orbax thread behind and no checkpoints/.
+    # Orbax's first collective follows: let no process arrive minutes late
+    # (`parallel.barrier`).
+    parallel.barrier('checkpoints')
     checkpoints = resources.enter_context(checkpointing.CheckpointManager(
         workdir, every_steps=config.checkpoint_every_steps,
         keep=config.keep_checkpoints))
@@ -394,12 +399,14 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     progress = resources.enter_context(_Progress(
         data.total_steps, start_step, is_chief and config.tracking.progress))
     stop = resources.enter_context(_StopSignal())
+    profile = resources.enter_context(_Profile(workdir, start_step,
+                                                     config.get('profile_steps', 0)))
     log.info('training %s for %d steps (%.2f steps per epoch) on %d devices',
              spec.stem, data.total_steps, data.steps_per_epoch, jax.device_count())
     train_step = jax.jit(make_train_step(graphdef, tx, schedule, config),
                          donate_argnums=0, out_shardings=(replicated, replicated))
-    loop = _Loop(config, data, checkpoints, tracker, progress, stop,
-                 train_step=functools.partial(train_step, seed=trainstate.seed(config)),
+    loop = _Loop(config, data, checkpoints, tracker, progress, stop, profile,
+                 train_step=train_step, seed=trainstate.seed(config),
                  eval_step=jax.jit(make_eval_step(eval_graphdef),
                                    out_shardings=replicated))
     state = loop.run(state)
@@ -453,7 +460,8 @@ class _Data:
         config.num_epochs * self.steps_per_epoch)
     self.loader = pipeline.Loader(
         pipeline.train_dataset(train_source, config.data, seed=config.seed,
-                               local_batch=self.local_batch, skipped=self.skipped),
+                               local_batch=self.local_batch, micro_batches=accum,
+                               skipped=self.skipped),
         parallel.micro_sharded(mesh) if accum > 1 else self.sharding, micro_batches=accum)
 
   def eval_batches(self):
@@ -493,11 +501,12 @@ class _Loop:
   non-finite state is never saved.
   """
 
-  def __init__(self, config, data, checkpoints, tracker, progress, stop, *,
-               train_step, eval_step):
+  def __init__(self, config, data, checkpoints, tracker, progress, stop, profile, *,
+               train_step, seed, eval_step):
     self.config, self.data, self.checkpoints = config, data, checkpoints
-    self.tracker, self.progress, self.stop = tracker, progress, stop
-    self.train_step, self.eval_step = train_step, eval_step
+    self.tracker, self.progress, self.stop, self.profile = tracker, progress, stop, profile
+    # Jitted; compiled (by every process) on first use: `_compiled`.
+    self.train_step, self.seed, self.eval_step = train_step, seed, eval_step
     self.last, self.eval_metrics, self.train_time = {}, {}, 0.0
     self.clipped = []      # the steps' clipped flags since the last log, on the device
     self.eval_examples = 0
@@ -511,7 +520,13 @@ class _Loop:
       self.tracker.log(0, self.eval_metrics)
     clock = _Clock(start)
     for step in range(start + 1, total + 1):
-      state, metrics = self.train_step(state, next(self.data.loader))
+      batch = next(self.data.loader)
+      if step == start + 1:
+        self.train_step = parallel.compiled_together(self.train_step, state, batch,
+                                                     seed=self.seed)
+      self.profile.before(step)
+      state, metrics = self.train_step(state, batch, seed=self.seed)
+      self.profile.after(step, state)
       if 'train/clipped' in metrics:
         self.clipped.append(metrics['train/clipped'])
       stopping = self.stop.any_process()
@@ -563,6 +578,8 @@ class _Loop:
   def evaluate(self, state) -> dict[str, float]:
     totals = None
     for batch in self.data.eval_batches():
+      if not isinstance(self.eval_step, jax.stages.Compiled):
+        self.eval_step = parallel.compiled_together(self.eval_step, state, batch)
       sums = self.eval_step(state, batch)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -574,6 +591,39 @@ class _Loop:
           f'(all {len(self.data.eval_source)} skipped, as logged above); nothing to '
           f'evaluate on: check data.name, data.path and data.eval_split')
     return {k: float(v) / count for k, v in totals.items()}
+
+
+class _Profile:
+  """`config.profile_steps` > 0: a `jax.profiler` trace of that many steps
+  after the run's first (compiled) one, written to WORKDIR/profile/
+  (`tensorboard --logdir WORKDIR/profile` with its profile plugin, or the
+  `.trace.json.gz` in Perfetto)."""
+
+  def __init__(self, workdir: str, start: int, steps: int):
+    self.path = os.path.join(os.path.abspath(workdir), 'profile')
+    self.first, self.last, self.tracing = start + 2, start + 1 + steps, False
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self._stop()
+
+  def before(self, step: int) -> None:
+    if step == self.first and self.last >= self.first:
+      jax.profiler.start_trace(self.path, create_perfetto_trace=True)
+      self.tracing = True
+
+  def after(self, step: int, state) -> None:
+    if self.tracing and step == self.last:
+      jax.block_until_ready(state)
+      self._stop()
+      log.info('profiled steps %d-%d: %s', self.first, self.last, self.path)
+
+  def _stop(self) -> None:
+    if self.tracing:
+      self.tracing = False
+      jax.profiler.stop_trace()
 
 
 class _Clock:

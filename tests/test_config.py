@@ -15,7 +15,7 @@ def test_arg_selects_preset_and_scale():
   paper = config_lib.load(CONFIG)
   # The preset's network, with BatchNorm as the paper's 50 replicas had it.
   assert paper.model.to_dict() == models.preset(
-      'inception_v3', bn_group_size=32, bn_update_per_group=True).to_dict()
+      'inception_v3', bn_group_size=32, bn_update_per_group=True, dtype='auto').to_dict()
   assert paper.data.image_size == 299 and paper.data.name == 'tfds:imagenet2012'
   assert config_lib.load(f'{CONFIG}:model=inception_v3_rf79').data.image_size == 79
 

@@ -7,6 +7,7 @@ import pickle
 
 import cv2
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -43,8 +44,10 @@ def test_same_seed_same_batches_other_seed_differs():
   first, second = (np.concatenate([x['index'] for x in a[i:i + 8]]) for i in (0, 8))
   assert sorted(first) == list(range(64))
   assert not np.array_equal(first[:16], second[:16])
-  assert a[0]['image'].shape == (8, 32, 32, 3) and a[0]['image'].dtype == np.float32
-  assert -1.0 <= a[0]['image'].min() and a[0]['image'].max() <= 1.0
+  # uint8 pixels, which the step maps to [-1, 1] on the device.
+  assert a[0]['image'].shape == (8, 32, 32, 3) and a[0]['image'].dtype == np.uint8
+  network = np.asarray(pipeline.network_input(jnp.asarray(a[0]['image'])))
+  assert network.dtype == np.float32 and -1.0 <= network.min() and network.max() <= 1.0
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index():
@@ -60,20 +63,46 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index():
   assert sum(not np.array_equal(seen[0, i], seen[1, i]) for i in range(64)) > 50
   rng = np.random.default_rng([0, 1, 5])
   expected = preprocess.train_image(src[5]['image'], rng, pipeline.options(cfg))
-  np.testing.assert_array_equal(seen[1, 5], expected)
+  # Scaled on the device, the network sees exactly what preprocessing in
+  # float32 on the host gives.
+  np.testing.assert_array_equal(np.asarray(pipeline.network_input(jnp.asarray(seen[1, 5]))),
+                                expected)
 
 
-def test_process_shards_are_disjoint_and_cover_the_split():
+def test_colour_distorted_images_travel_as_float32_in_unit_range():
+  cfg = data_cfg(color_distort='inception')
+  src = sources.make_source(cfg, 'train')
+  batch = take(pipeline.train_dataset(src, cfg, seed=0, local_batch=8), 1)[0]
+  assert batch['image'].dtype == np.float32
+  assert -1.0 <= batch['image'].min() and batch['image'].max() <= 1.0
+  assert pipeline.network_input(batch['image']) is batch['image']
+  rng = np.random.default_rng([0, 0, int(batch['index'][0])])
+  np.testing.assert_array_equal(
+      batch['image'][0], preprocess.train_image(src[int(batch['index'][0])]['image'], rng,
+                                                pipeline.options(cfg)))
+
+
+@pytest.mark.parametrize('micro_batches', [1, 2])
+def test_two_processes_read_shares_of_one_processs_batches(micro_batches):
+  """Global batch b is the same for any number of processes: each holds its
+  share of every (micro-)batch, laid side by side as `to_global` does."""
   cfg = data_cfg()
   src = sources.make_source(cfg, 'train')
-  shards = []
-  for process in range(2):
-    ds = pipeline.train_dataset(src, cfg, seed=0, local_batch=8,
-                                process_index=process, process_count=2)
-    shards.append(np.concatenate([b['index'] for b in take(ds, 4)]))  # one epoch
-  assert len(set(shards[0])) == len(set(shards[1])) == 32
-  assert not set(shards[0]) & set(shards[1])
-  assert set(shards[0]) | set(shards[1]) == set(range(64))
+  whole = take(pipeline.train_dataset(src, cfg, seed=0, local_batch=16,
+                                      micro_batches=micro_batches), 6)   # 1.5 epochs
+  shares = [take(pipeline.train_dataset(src, cfg, seed=0, local_batch=8,
+                                        micro_batches=micro_batches,
+                                        process_index=p, process_count=2), 6)
+            for p in range(2)]
+  for b, batch in enumerate(whole):
+    for key in ('index', 'image'):
+      parts = [share[b][key].reshape(micro_batches, -1, *batch[key].shape[1:])
+               for share in shares]
+      together = np.concatenate(parts, axis=1).reshape(batch[key].shape)
+      np.testing.assert_array_equal(together, batch[key])
+  first_epoch = [set(np.concatenate([b['index'] for b in share[:4]])) for share in shares]
+  assert not first_epoch[0] & first_epoch[1]
+  assert first_epoch[0] | first_epoch[1] == set(range(64))
 
 
 def test_restored_pipeline_continues_with_the_same_batches():
@@ -332,8 +361,10 @@ def test_evaluation_with_every_image_skipped_is_a_clear_error(tmp_path):
       'data.name': 'folder', 'data.path': str(tmp_path), 'data.skip_corrupt': True,
       'batch_size': 8})
   data = train._Data(config, parallel.data_mesh())
-  sums = lambda state, batch: {'count': batch['mask'].sum(), 'eval/loss': batch['mask'].sum()}
-  loop = train._Loop(config, data, None, None, None, None, train_step=None, eval_step=sums)
+  sums = jax.jit(lambda state, batch: {'count': batch['mask'].sum(),
+                                       'eval/loss': batch['mask'].sum()})
+  loop = train._Loop(config, data, None, None, None, None, None, train_step=None, seed=0,
+                     eval_step=sums)
   with pytest.raises(UserError, match=f'every evaluation image in {tmp_path}/validation '
                                       f'failed to decode \\(all 4 skipped'):
     loop.evaluate(state=None)

@@ -338,6 +338,18 @@ def test_bfloat16_computes_in_bfloat16():
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype('float32')}
 
 
+@pytest.mark.parametrize('backend, expected', [('cpu', jnp.float32), ('gpu', jnp.bfloat16),
+                                               ('tpu', jnp.bfloat16)])
+def test_auto_dtype_is_bfloat16_on_accelerators_only(monkeypatch, backend, expected):
+  """`dtype='auto'` (paper scale): bfloat16 compute on a GPU or TPU, float32 on
+  a CPU; the network built on this CPU computes in float32."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  assert models.compute_dtype('auto') == expected
+  spec = models.preset('inception_v3', width_multiplier=0.05, min_depth=4, dtype='auto')
+  model = nnx.eval_shape(lambda: models.Inception(spec, image_size=75, rngs=nnx.Rngs(0)))
+  assert model.dtype == expected
+
+
 def test_float64_is_float64_throughout():
   """`dtype='float64'` (the dtype of the tests that compare device counts):
   parameters, BatchNorm statistics, both heads' logits, the loss and the

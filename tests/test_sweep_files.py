@@ -135,7 +135,7 @@ def test_table2_at_paper_scale_is_the_papers_299_151_79():
                      c.data.image_size).macs for c in configs.values()]
   assert max(macs) / min(macs) < 1.1, macs
   assert configs['rf299'].model.to_dict() == models.preset(
-      'inception_v3', bn_group_size=32, bn_update_per_group=True).to_dict()
+      'inception_v3', bn_group_size=32, bn_update_per_group=True, dtype='auto').to_dict()
 
 
 def test_table2_image_size_arg_keeps_the_grids_equal():

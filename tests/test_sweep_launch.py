@@ -465,6 +465,8 @@ def test_slurm_resources_come_from_the_config():
                                                        'slurm.partition': 'gpu'})
   params = sweep._executor_parameters(config.slurm.to_dict())
   assert params['nodes'] == 4 and params['ntasks_per_node'] == 1
+  tasks = config_lib.load('configs/inception_v3.py', {'slurm.tasks_per_node': 2})
+  assert sweep._executor_parameters(tasks.slurm.to_dict())['ntasks_per_node'] == 2
   assert params['gpus_per_node'] == 8 and params['partition'] == 'gpu'
   assert params['time'] == 72 * 60 and params['cpus_per_task'] == 16
 
@@ -496,24 +498,25 @@ def test_a_run_whose_slurm_job_is_still_queued_is_not_resubmitted(slurm_cluster,
 class _FakeJob:
   """What `_job_outcome` reads of a finished submitit job."""
 
-  def __init__(self, result=None, crash=None, stderr=''):
-    self.job_id, self._result, self._crash, self._stderr = '7', result, crash, stderr
+  def __init__(self, *results, crash=None, stderr=''):
+    self.job_id, self._results, self._crash, self._stderr = '7', results, crash, stderr
 
   def done(self):
     return True
 
-  def result(self):
+  def results(self):           # one per task
     if self._crash:
       raise self._crash
-    return self._result
+    return list(self._results)
 
   def stderr(self):
     return self._stderr
 
 
 def test_a_slurm_job_returns_its_exit_status_as_data(tmp_path):
-  """The job's `train` exit status decides: 0 with a result is done, 4 is
-  interrupted (resumable), anything else (or a crash) failed."""
+  """The job's `train` exit status decides (the first of its tasks' that is not
+  0): 0 with a result is done, 4 is interrupted (resumable), anything else (or
+  a crash) failed."""
   (tmp_path / 'result.json').write_text('{}')
   assert sweep._job_outcome(_FakeJob({'exit_code': 0}), str(tmp_path)).state == 'done'
   os.remove(tmp_path / 'result.json')
@@ -522,6 +525,9 @@ def test_a_slurm_job_returns_its_exit_status_as_data(tmp_path):
   assert (stopped.state, stopped.exit_code) == ('interrupted', 4)
   assert stopped.message == 'error: stopped by SIGTERM after step 3'
   assert sweep._job_outcome(_FakeJob({'exit_code': 2}), str(tmp_path)).state == 'failed'
+  # A job of two tasks: one task interrupted is the run interrupted.
+  two = sweep._job_outcome(_FakeJob({'exit_code': 0}, {'exit_code': 4}), str(tmp_path))
+  assert (two.state, two.exit_code) == ('interrupted', 4)
   crashed = sweep._job_outcome(_FakeJob(crash=RuntimeError('boom\nKeyError: x')),
                                str(tmp_path))
   assert crashed.state == 'failed' and crashed.message == 'KeyError: x'

@@ -15,7 +15,7 @@ from inception_jax import config_lib, rundir, train
 TINY = TINY_CONFIG
 
 
-TINY_RUN = ['eval_every_steps=3']
+TINY_RUN = ['eval_every_steps=3', 'profile_steps=2']
 
 
 @pytest.fixture(scope='module')
@@ -33,6 +33,9 @@ def test_run_directory_follows_the_contract(tiny_run):
   for name in ('config.json', 'metrics.jsonl', 'result.json'):
     assert os.path.isfile(os.path.join(workdir, name)), name
   assert glob.glob(os.path.join(workdir, 'tb', 'events.out.tfevents.*'))
+  # config.profile_steps=2: a trace of steps 2-3, for TensorBoard and Perfetto.
+  for pattern in ('*.xplane.pb', '*.trace.json.gz'):
+    assert glob.glob(os.path.join(workdir, 'profile', 'plugins', 'profile', '*', pattern))
   config = json.load(open(os.path.join(workdir, 'config.json')))
   assert config['model']['stem'] == 'factorized' and config['batch_size'] == 16
   rows = rundir.read_metrics(workdir)

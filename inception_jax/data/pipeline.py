@@ -1,13 +1,20 @@
-"""The Grain input pipeline: shard per process, shuffle per epoch, preprocess,
-batch, prefetch — deterministic and resumable to the exact batch.
+"""The Grain input pipeline: shuffle per epoch, each process's rows of every
+batch, preprocess, batch, prefetch — deterministic and resumable to the
+exact batch. Images travel as uint8 pixels and become the network's [-1, 1]
+input on the device (`network_input`); after colour distortion, as float32
+already in [-1, 1].
 
-Training stream (per process): the process's shard of the split
-(`index::count`), shuffled anew each epoch from the seed, repeated without
-end; example i of epoch e is augmented with a generator seeded by
-(seed, e, i), so any batch is a pure function of the seed and its position.
-The iterator's state (`get_state`/`set_state`) is that position. Corrupt
-images (`data.skip_corrupt`) are dropped in the consuming process, after
-Grain's worker processes; a shard none of whose images decodes is an error.
+Training stream: the whole split, shuffled anew each epoch from the seed,
+repeated without end; example i of epoch e is augmented with a generator
+seeded by (seed, e, i), so any batch is a pure function of the seed and its
+position. Global batch b is positions b·B … (b+1)·B − 1 of that stream, and
+process p of P reads its rows p·B/P … (p+1)·B/P − 1: the global batches are
+the same whatever the number of processes (one process × 8 devices trains
+as two × 4 do). The iterator's state (`get_state`/`set_state`) is the
+position. Corrupt images (`data.skip_corrupt`) are dropped in the consuming
+process, after Grain's worker processes (each process then fills its rows
+from its own next positions); a split none of whose images decodes is an
+error.
 
 Evaluation visits every example of the split exactly once: the process
 shards are padded to the same number of full batches, and a `mask` marks
@@ -25,6 +32,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from inception_jax.data import preprocess, sources
@@ -98,7 +106,8 @@ class _TrainExample:
     rng = np.random.default_rng([self.seed, epoch, int(index)])
     try:
       record = self.source[int(index)]
-      image = preprocess.train_image(record['image'], rng, self.opts, record['where'])
+      image = preprocess.train_image(record['image'], rng, self.opts, record['where'],
+                                     scale=False)
     except preprocess.CorruptImageError as e:
       if not self.skip_corrupt:
         raise
@@ -121,24 +130,47 @@ class _EvalExample:
     if position < len(self.indices):
       try:
         record = self.source[self.indices[position]]
-        image = preprocess.eval_image(record['image'], self.opts, record['where'])
+        image = preprocess.eval_image(record['image'], self.opts, record['where'],
+                                      scale=False)
         return {'image': image, 'label': np.int32(record['label']),
                 'index': np.int32(self.indices[position]), 'mask': np.float32(1)}
       except preprocess.CorruptImageError as e:
         if not self.skip_corrupt:
           raise
         self.skipped.note(e)
-    return {'image': np.zeros((size, size, 3), np.float32),
+    return {'image': np.zeros((size, size, 3), np.uint8),
             'label': np.int32(0), 'index': np.int32(-1), 'mask': np.float32(0)}
+
+
+class _ProcessRows(grain.MapDataset):
+  """Process `index` of `count`'s share of a stream cut into global
+  (micro-)batches of `rows · count`: rows index·rows … (index+1)·rows − 1 of
+  each."""
+
+  def __init__(self, parent: grain.MapDataset, *, rows: int, index: int, count: int):
+    super().__init__(parent)
+    self.rows, self.index, self.count = rows, index, count
+
+  def __len__(self) -> int:
+    return len(self._parent) // self.count
+
+  def __getitem__(self, position):
+    if isinstance(position, slice):
+      return self.slice(position)
+    batch, row = divmod(position, self.rows)
+    return self._parent[(batch * self.count + self.index) * self.rows + row]
+
+  def __str__(self) -> str:
+    return f'ProcessRows(rows={self.rows}, index={self.index}, count={self.count})'
 
 
 class _DropSkipped:
   """A filter: drops skipped examples, counting them. Once every image of the
-  shard has failed there is nothing to train on, and the stream stops with an
+  split has failed there is nothing to train on, and the stream stops with an
   error rather than searching the endless repetition for a good image."""
 
-  def __init__(self, source, shard_size: int, skipped: SkipCounter):
-    self.where, self.shard_size, self.skipped = _where(source), shard_size, skipped
+  def __init__(self, source, split_size: int, skipped: SkipCounter):
+    self.where, self.split_size, self.skipped = _where(source), split_size, skipped
     self._failed: set[int] = set()
 
   def __call__(self, example) -> bool:
@@ -146,10 +178,10 @@ class _DropSkipped:
       return True
     self.skipped.note(example.error)
     self._failed.add(example.index)
-    if len(self._failed) == self.shard_size:
+    if len(self._failed) == self.split_size:
       raise UserError(
           f'every training image in {self.where} failed to decode (all '
-          f'{self.shard_size} skipped, as logged above); nothing to train on: check '
+          f'{self.split_size} skipped, as logged above); nothing to train on: check '
           f'data.name and data.path')
     return False
 
@@ -182,24 +214,29 @@ def _prefetch(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
 
 
 def train_dataset(source, data_cfg, *, seed: int, local_batch: int,
+                  micro_batches: int = 1,
                   process_index: int | None = None,
                   process_count: int | None = None,
                   skipped: SkipCounter | None = None) -> grain.IterDataset:
   """This process's endless stream of training batches ({'image', 'label',
-  'index'}); corrupt images it skips are counted in `skipped`."""
+  'index'}); corrupt images it skips are counted in `skipped`. With
+  `micro_batches` > 1 (gradient accumulation) each process holds its share
+  of every micro-batch, so micro-batches too are the same for any number
+  of processes."""
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
-  shard = grain.MapDataset.range(len(source))[index::count]
-  if len(shard) < local_batch:
+  if len(source) < local_batch * count:
     raise ConfigError(f'the training split has {len(source)} examples, fewer than '
-                      f'one batch per process ({local_batch})')
-  ds = shard.shuffle(seed=seed).repeat(None)
-  ds = ds.map_with_index(_TrainExample(source, options(data_cfg), seed, len(shard),
+                      f'one batch ({local_batch * count})')
+  ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
+  ds = ds.map_with_index(_TrainExample(source, options(data_cfg), seed, len(source),
                                        data_cfg.skip_corrupt))
+  if count > 1:
+    ds = _ProcessRows(ds, rows=local_batch // micro_batches, index=index, count=count)
   ds = _prefetch(ds.to_iter_dataset(_read_options(data_cfg)), data_cfg)
   # Workers prepare examples round-robin; skips are dropped and batches form
   # afterwards, so the stream is the same whatever data.num_workers is.
-  ds = ds.filter(_DropSkipped(source, len(shard),
+  ds = ds.filter(_DropSkipped(source, len(source),
                               SkipCounter() if skipped is None else skipped))
   return ds.batch(local_batch, drop_remainder=True)
 
@@ -220,6 +257,20 @@ def eval_dataset(source, data_cfg, *, local_batch: int,
                            SkipCounter() if skipped is None else skipped))
   ds = _prefetch(ds.to_iter_dataset(_read_options(data_cfg)), data_cfg)
   return ds.batch(local_batch), num_batches
+
+
+def network_input(images: jax.Array) -> jax.Array:
+  """A batch's images as the network takes them, in [-1, 1]: the pipeline
+  delivers uint8 pixels (a quarter of float32's bytes to copy, batch and send
+  to the devices), scaled here on the device to exactly the float32 values
+  `preprocess.to_unit_range` gives (looked up: XLA would fuse x · 2/255 − 1
+  into one rounding); float32 images (after colour distortion) arrive scaled."""
+  if images.dtype != jnp.uint8:
+    return images
+  return jnp.asarray(_UNIT_RANGE)[images]
+
+
+_UNIT_RANGE = preprocess.to_unit_range(np.arange(256, dtype=np.uint8))
 
 
 def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
