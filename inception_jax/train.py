@@ -399,8 +399,8 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     progress = resources.enter_context(_Progress(
         data.total_steps, start_step, is_chief and config.tracking.progress))
     stop = resources.enter_context(_StopSignal())
-    profile = resources.enter_context(_Profile(workdir, start_step,
-                                                     config.get('profile_steps', 0)))
+    profile = resources.enter_context(
+        _Profile(workdir, start_step, config.get('profile_steps', 0)))
     log.info('training %s for %d steps (%.2f steps per epoch) on %d devices',
              spec.stem, data.total_steps, data.steps_per_epoch, jax.device_count())
     train_step = jax.jit(make_train_step(graphdef, tx, schedule, config),
@@ -505,7 +505,8 @@ class _Loop:
                train_step, seed, eval_step):
     self.config, self.data, self.checkpoints = config, data, checkpoints
     self.tracker, self.progress, self.stop, self.profile = tracker, progress, stop, profile
-    # Jitted; compiled (by every process) on first use: `_compiled`.
+    # Jitted; compiled on first use, every process together
+    # (`parallel.compiled_together`).
     self.train_step, self.seed, self.eval_step = train_step, seed, eval_step
     self.last, self.eval_metrics, self.train_time = {}, {}, 0.0
     self.clipped = []      # the steps' clipped flags since the last log, on the device
