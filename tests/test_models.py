@@ -275,11 +275,13 @@ def test_convbn_is_conv_bn_without_scale_then_relu():
 @pytest.mark.parametrize('kernel, in_features, stride, padding', [
     ((3, 3), 64, 1, 'SAME'), ((3, 3), 64, 2, 'VALID'), ((1, 7), 64, 1, 'SAME'),
     ((7, 1), 64, 1, 'SAME'), ((1, 1), 8, 1, 'SAME'), ((3, 3), 8, 2, 'SAME'),
-    ((1, 1), 64, 2, 'VALID')])
+    ((1, 1), 64, 2, 'VALID'), ((3, 3), 8, 1, 'VALID'), ((3, 3), 64, 1, 'VALID'),
+    ((3, 3), 8, 2, 'VALID')])
 def test_conv2d_and_its_gradients_are_xlas_convolution(kernel, in_features, stride, padding):
   """`layers.conv2d` (on CPU: 1×1 as a matrix product, the filter gradient
-  of k×k over ≥ 64 channels as k² products) against XLA's convolution and
-  its autodiff: the same values and gradients up to float32 rounding."""
+  of k×k over ≥ 64 channels as k² products, VALID padded by one and cut)
+  against XLA's convolution and its autodiff: the same values and gradients
+  up to float32 rounding."""
   x = jax.random.normal(jax.random.key(0), (2, 9, 10, in_features))
   w = jax.random.normal(jax.random.key(1), (*kernel, in_features, 5)) * 0.1
   ours = lambda x, w: jnp.sum(jnp.sin(layers.conv2d(x, w, stride, padding)))
