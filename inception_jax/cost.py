@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from inception_jax import models
+from inception_jax import layers, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,11 +133,13 @@ def count(spec: models.InceptionSpec | Mapping[str, Any],
   params = size(nnx.state(model)) - aux_params
   trainable = size(nnx.state(model, nnx.Param)) - aux_trainable
   forward, state, x = _forward(model, image_size, return_aux=False)
-  macs = jaxpr_macs(jax.make_jaxpr(forward)(state, x))
+  with layers.as_written():
+    macs = jaxpr_macs(jax.make_jaxpr(forward)(state, x))
   aux_macs = 0
   if spec.aux_head:
     forward, state, x = _forward(model, image_size, return_aux=True)
-    aux_macs = jaxpr_macs(jax.make_jaxpr(forward)(state, x)) - macs
+    with layers.as_written():
+      aux_macs = jaxpr_macs(jax.make_jaxpr(forward)(state, x)) - macs
   return Cost(params=params, trainable_params=trainable, macs=int(macs),
               aux_params=aux_params, aux_macs=int(aux_macs),
               image_size=image_size, num_classes=spec.num_classes)
@@ -147,7 +149,8 @@ def xla_flops(model: models.Inception, image_size: int) -> float:
   """XLA's own count (`cost_analysis()['flops']`) for the compiled eval
   forward pass at batch 1: 2 flops per multiply-add plus element-wise work."""
   forward, state, x = _forward(model, image_size, return_aux=False)
-  analysis = jax.jit(forward).lower(state, x).compile().cost_analysis()
+  with layers.as_written():
+    analysis = jax.jit(forward).lower(state, x).compile().cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0]
   return float(analysis['flops'])

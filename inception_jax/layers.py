@@ -12,6 +12,8 @@ average pooling that counts the padded zeros.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 from typing import Any, Callable
@@ -158,6 +160,22 @@ class Dropout(nnx.Module):
 
 # --- Convolution, expressed for the backend -------------------------------------
 
+_AS_WRITTEN = contextvars.ContextVar('as_written', default=False)
+
+
+@contextlib.contextmanager
+def as_written():
+  """Within it, `conv2d` is XLA's plain convolution on every backend: the
+  network as the paper writes it, which `cost.py` counts. The CPU's faster
+  expressions below compute the same values but more multiply-adds (the
+  padded outputs that a VALID convolution cuts off)."""
+  token = _AS_WRITTEN.set(True)
+  try:
+    yield
+  finally:
+    _AS_WRITTEN.reset(token)
+
+
 def conv2d(x, kernel, stride: int = 1, padding: str = 'SAME'):
   """NHWC × HWIO convolution, TensorFlow's SAME / VALID padding.
 
@@ -169,7 +187,7 @@ def conv2d(x, kernel, stride: int = 1, padding: str = 'SAME'):
   saves), and an unpadded one pads a row and a column (`_cpu_conv`).
   Elsewhere (cuDNN and TPU convolutions are fast) it is XLA's convolution. The
   values are the same up to float rounding."""
-  if jax.default_backend() != 'cpu':
+  if jax.default_backend() != 'cpu' or _AS_WRITTEN.get():
     return _xla_conv(x, kernel, stride, padding)
   if kernel.shape[:2] == (1, 1) and stride == 1:
     return jnp.einsum('nhwc,co->nhwo', x, kernel[0, 0])
