@@ -56,7 +56,7 @@ def measure(args: list[str]) -> dict:
   """One `train_step.py` run in a new process: its output passes through,
   its last line (the JSON figures) is the point."""
   proc = subprocess.run([sys.executable, os.path.join(HERE, 'train_step.py'), *args],
-                        capture_output=True, text=True)
+                        capture_output=True, text=True, check=False)
   sys.stdout.write(proc.stdout)
   if proc.returncode:
     sys.stderr.write(proc.stderr)

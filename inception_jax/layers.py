@@ -168,7 +168,8 @@ def as_written():
   """Within it, `conv2d` is XLA's plain convolution on every backend: the
   network as the paper writes it, which `cost.py` counts. The CPU's faster
   expressions below compute the same values but more multiply-adds (the
-  padded outputs that a VALID convolution cuts off)."""
+  padded outputs that a VALID convolution cuts off). It acts when a function
+  is traced: `jax.jit` does not retrace an already-traced function for it."""
   token = _AS_WRITTEN.set(True)
   try:
     yield
