@@ -24,7 +24,7 @@ optim=rmsprop | momentum (default: the config's); lrs=A/B/… (learning rates
 in place of the factors) and smoothings=A/B/… (in place of SMOOTHINGS).
   python launch.py cost --sweep sweeps/lr_grid.py:scale=paper
   # the study that chose the demo's momentum learning rate (README):
-  python launch.py sweep sweeps/lr_grid.py:model=inception_v2,optim=momentum,lrs=0.01/0.03/0.1,smoothings=0 \
+  python launch.py sweep sweeps/lr_grid.py:model=inception_v2,optim=momentum,lrs=0.01/0.02/0.03,smoothings=0 \
       --seeds 2 --parallel 2 --workdir runs/momentum_lr
 """
 

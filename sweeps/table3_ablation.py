@@ -57,7 +57,7 @@ PAPER = {
 
 
 # The demo's momentum learning rate, from the study in the README.
-MOMENTUM_DEMO_LR = 0.03
+MOMENTUM_DEMO_LR = 0.02
 # Seeds per row: a difference means something only against their spread.
 SEEDS = {'demo': [0, 1], 'paper': [0, 1, 2], 'tiny': None}
 
