@@ -6,10 +6,10 @@ table and a plot.
       [--peers keras,torchvision] [--plot docs/images/train_step_vs_batch.png]
 
 Each point is one `train_step.py` measurement (median of its timed windows)
-in a process of its own: measured one after another in a single process, the
-compiled programs and caches of earlier points slowed the later ones (this
-project's step fell to 0.64–0.82 of Keras's at batch 16, against 1.1 alone).
-The last line is one JSON object with every point.
+in a process of its own: measured one after another in a single process, this
+project's step fell to 0.64–0.82 of Keras's after the first points, against
+1.1 when measured alone (the cause was not pinned down; separate processes
+remove it). The last line is one JSON object with every point.
 """
 
 from __future__ import annotations
