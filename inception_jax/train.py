@@ -522,7 +522,7 @@ class _Loop:
     clock = _Clock(start)
     for step in range(start + 1, total + 1):
       batch = next(self.data.loader)
-      if step == start + 1:
+      if not isinstance(self.train_step, jax.stages.Compiled):
         self.train_step = parallel.compiled_together(self.train_step, state, batch,
                                                      seed=self.seed)
       self.profile.before(step)
