@@ -27,7 +27,8 @@ devices  batch  micro-batches  per device  BN groups  learning rate  steps/epoch
                  scaled with it (fit_batch, base_batch_size=1600)
   scale=demo     width ×0.125 at 75×75 on the embedded synthetic dataset (10
                  classes), 1000 steps of batch 32, adapted recipe (see below)
-  scale=tiny     width ×0.05 at 75×75, 6 steps of batch 16: seconds, for tests
+  scale=tiny     width ×0.05 at 75×75, one Inception module per grid
+                 (model.modules_per_grid), 6 steps of batch 16: seconds, for tests
 
 Commands, expected runtime and result:
   python launch.py train --config configs/inception_v3.py:scale=demo --workdir runs/demo
@@ -52,10 +53,11 @@ import ml_collections
 from inception_jax import config_lib, models
 
 SCALES = {
-    #        width, min_depth, image size (None: the preset's)
-    'paper': (1.0, 16, None),
-    'demo': (0.125, 8, 75),
-    'tiny': (0.05, 4, 75),
+    #        width, min_depth, image size (None: the preset's), modules per grid
+    'paper': (1.0, 16, None, models.RELEASED_MODULES),
+    'demo': (0.125, 8, 75, models.RELEASED_MODULES),
+    # Every kind of layer once, with half the layers to trace and compile.
+    'tiny': (0.05, 4, 75, (1, 1, 1)),
 }
 
 
@@ -63,8 +65,9 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, model='inception_v3', scale='paper')
   if arg.scale not in SCALES:
     raise config_lib.ConfigError(f'scale must be one of {sorted(SCALES)}, got {arg.scale!r}')
-  width, min_depth, image_size = SCALES[arg.scale]
-  spec = models.preset(arg.model, width_multiplier=width, min_depth=min_depth)
+  width, min_depth, image_size, modules = SCALES[arg.scale]
+  spec = models.preset(arg.model, width_multiplier=width, min_depth=min_depth,
+                       modules_per_grid=modules)
 
   config = ml_collections.ConfigDict()
   config.seed = 0

@@ -6,7 +6,8 @@ auxiliary head on the last 17×17 block, and the classifier (Table 1 as
 released in TF-slim `nets/inception_v3.py`; see
 docs/paper_notes.md#table-1-and-the-released-code). Which block fills each
 slot comes from the block registry, so a new factorization is a config
-change, not an edit here.
+change, not an edit here; how many modules each grid has is one too
+(`modules_per_grid`: Table 1 as printed has five at 17×17).
 
 Presets (`PRESETS`):
   inception_v3                 the released architecture (= Table 3's last row,
@@ -23,6 +24,7 @@ Presets (`PRESETS`):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, Mapping
 
 import jax
@@ -56,7 +58,9 @@ LAYOUT = (
     ('Mixed_7b', 'grid_8', {}),
     ('Mixed_7c', 'grid_8', {}),
 )
-AUX_ENDPOINT = 'Mixed_6e'
+GRIDS = ('grid_35', 'grid_17', 'grid_8')
+RELEASED_MODULES = (3, 4, 2)      # LAYOUT's modules on each of GRIDS
+MAX_MODULES = 20                  # per grid (layout's names end in a letter)
 GRID_REDUCTIONS = ('efficient', 'pool_conv', 'conv_pool')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64,
           'auto': None}
@@ -82,6 +86,8 @@ class InceptionSpec:
   inception_a: str = 'released'            # or 'figure5' (Fig. 5 literally)
   factorization_n: int = 7                 # Fig. 6's n
   factorized_activation: str = 'relu'      # Section 3.1: or 'linear'
+  modules_per_grid: tuple[int, int, int] = RELEASED_MODULES   # Table 1: modules at
+                                           # 35×35, 17×17, 8×8 (`layout`; printed: 3, 5, 2)
   width_multiplier: float = 1.0            # TF-slim depth_multiplier
   min_depth: int = 16
   aux_head: bool = True
@@ -104,6 +110,7 @@ class InceptionSpec:
 
   def __post_init__(self):
     object.__setattr__(self, 'blocks', dict(self.blocks))
+    object.__setattr__(self, 'modules_per_grid', _module_counts(self.modules_per_grid))
     config_lib.import_modules(self.imports)       # before the block names are checked
     _check_choice('stem', self.stem, blocks.STEMS)
     _check_choice('grid_reduction', self.grid_reduction, GRID_REDUCTIONS)
@@ -172,6 +179,37 @@ class InceptionSpec:
     return blocks.STEM_IMAGE_SIZE[self.stem]
 
 
+def _module_counts(counts) -> tuple[int, int, int]:
+  try:
+    counts = tuple(int(n) for n in counts)
+  except (TypeError, ValueError):
+    counts = ()
+  if len(counts) != len(GRIDS) or not all(1 <= n <= MAX_MODULES for n in counts):
+    raise ConfigError(f'model.modules_per_grid must be three counts from 1 to '
+                      f'{MAX_MODULES} (35×35, 17×17, 8×8 grids), e.g. '
+                      f'{RELEASED_MODULES} as released; got {counts or "something else"}')
+  return counts
+
+
+def layout(modules_per_grid=RELEASED_MODULES) -> tuple:
+  """LAYOUT with `modules_per_grid` Inception modules on the 35×35, 17×17 and
+  8×8 grids: a grid's first n released modules, or all of them followed by
+  copies of its last one (the names go on: Mixed_6f, Mixed_6g, ...). The
+  grid reductions stay. (3, 5, 2) is Table 1 as printed read literally: a
+  fifth 17×17 module like Mixed_6e."""
+  counts = dict(zip(GRIDS, _module_counts(modules_per_grid)))
+  rows = []
+  for slot, group in itertools.groupby(LAYOUT, key=lambda row: row[1]):
+    group = list(group)
+    if slot in counts:
+      name, _, kwargs = group[-1]
+      group += [(name[:-1] + chr(ord(name[-1]) + i), slot, kwargs)
+                for i in range(1, counts[slot] - len(group) + 1)]
+      group = group[:counts[slot]]
+    rows += group
+  return tuple(rows)
+
+
 def _check_choice(key, value, choices):
   if value not in choices:
     raise ConfigError(f'model.{key} must be one of {sorted(choices)}, got {value!r}')
@@ -234,8 +272,11 @@ class Inception(nnx.Module):
     b = spec.builder(rngs)
     self.stem = blocks.STEMS[spec.stem](b)
     width = self.stem.out_features
-    self.block_names = tuple(name for name, _, _ in LAYOUT)
-    for name, slot, kwargs in LAYOUT:
+    rows = layout(spec.modules_per_grid)
+    self.block_names = tuple(name for name, _, _ in rows)
+    # The auxiliary head sits on the last 17×17 module (Mixed_6e as released).
+    self.aux_endpoint = [name for name, slot, _ in rows if slot == 'grid_17'][-1]
+    for name, slot, kwargs in rows:
       block = blocks.get_block(spec.slot_block(slot))(width, b=b, **kwargs)
       setattr(self, name, block)
       width = block.out_features
@@ -246,8 +287,8 @@ class Inception(nnx.Module):
           f'image size {image_size}×{image_size} is too small for this model '
           f"(stem {spec.stem!r}): the minimum is "
           f'{self.min_image_size}×{self.min_image_size}')
-    aux_grid = self.grid_size(image_size, until=AUX_ENDPOINT)
-    aux_width = getattr(self, AUX_ENDPOINT).out_features
+    aux_grid = self.grid_size(image_size, until=self.aux_endpoint)
+    aux_width = getattr(self, self.aux_endpoint).out_features
     self.AuxLogits = (blocks.AuxHead(aux_width, spec.num_classes, b=b,
                                      grid_size=aux_grid, bn_fc=spec.aux_bn)
                       if spec.aux_head else None)
@@ -290,7 +331,7 @@ class Inception(nnx.Module):
     aux = None
     for name in self.block_names:
       x = getattr(self, name)(x)
-      if name == AUX_ENDPOINT and return_aux and self.AuxLogits is not None:
+      if name == self.aux_endpoint and return_aux and self.AuxLogits is not None:
         aux = self.AuxLogits(x).astype(self.logits_dtype)
     return x, aux
 

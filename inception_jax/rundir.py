@@ -45,7 +45,7 @@ ADDED_KEYS = {'data.object_size': [0.16, 0.26], 'per_device_batch': 0, 'fit_batc
               'model.bn_scale': False, 'model.avg_pool_include_pad': False,
               'model.imports': '',
               'init_from': '', 'freeze': '', 'slurm.tasks_per_node': 1,
-              'profile_steps': 0}
+              'profile_steps': 0, 'model.modules_per_grid': [3, 4, 2]}
 
 
 # Values that older runs recorded under a key whose type changed since, and

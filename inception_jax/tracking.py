@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from typing import Any, Mapping
 
@@ -83,7 +84,7 @@ class Tracker:
     rundir.write_json(os.path.join(workdir, 'config.json'), self.config)
     self._metrics = open(os.path.join(workdir, rundir.METRICS), 'a')
     if tensorboard:
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _tensorboardx().SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, 'tb'), flush_secs=30)
       _write_hparams(self._tb.logdir, self.config, ended=False)
     if wandb:
@@ -150,6 +151,22 @@ class Tracker:
       self._wandb = None
 
 
+def _tensorboardx():
+  """tensorboardX, imported without PyTorch when PyTorch is not loaded yet:
+  tensorboardX imports it only to accept torch tensors, which we never log,
+  and the import takes seconds (`None` in `sys.modules` makes it fail, which
+  tensorboardX expects)."""
+  if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
+    import tensorboardX
+    return tensorboardX
+  sys.modules['torch'] = None
+  try:
+    import tensorboardX
+  finally:
+    del sys.modules['torch']
+  return tensorboardX
+
+
 def _close_tensorboard(tb) -> None:
   """Close a SummaryWriter. One that cannot flush (a full disk) has its thread
   stopped and is marked closed, so that its exit handler does not fail again."""
@@ -170,6 +187,7 @@ def _write_hparams(directory: str, config: Mapping, *, ended: bool) -> None:
   (config keys, FINAL_METRICS), the session start (the flattened config) and,
   once the run has finished, the session end. One file, replaced as a whole,
   so a resumed run keeps one session and its current config."""
+  _tensorboardx()
   from tensorboardX.proto.event_pb2 import Event
   from tensorboardX.record_writer import RecordWriter
   from tensorboardX.summary import hparams

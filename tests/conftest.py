@@ -26,7 +26,7 @@ from inception_jax import cli, config_lib, models  # noqa: E402
 
 ROOT = config_lib.ROOT
 TINY_CONFIG = 'configs/inception_v3.py:scale=tiny'    # 6 steps of a 4-channel network
-TINY = dict(width_multiplier=0.05, min_depth=4)
+TINY = dict(width_multiplier=0.05, min_depth=4, modules_per_grid=(1, 1, 1))   # as its config
 
 
 def assert_close_to_scale(actual, desired, rtol, name=''):

@@ -1,6 +1,7 @@
 """Config loading: arg strings, overrides, type checks and clear errors."""
 
 import pytest
+from conftest import TINY
 
 from inception_jax import config_lib, models, sweep
 from inception_jax.errors import ConfigError
@@ -64,6 +65,6 @@ def test_table3_sweep_expands_to_the_five_rows():
   assert f7.model.stem == 'factorized' and f7.model.aux_bn is False
   # At demo and tiny scale the number of classes follows the dataset.
   assert v3.model.aux_bn is True and v3.model.to_dict() == dict(
-      models.preset('inception_v3', width_multiplier=0.05, min_depth=4).to_dict(),
+      models.preset('inception_v3', **TINY).to_dict(),
       num_classes=None)
   assert all(c.model.width_multiplier == 0.05 for c in configs.values())

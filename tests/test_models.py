@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from inception_jax import blocks, layers, losses, models
+from inception_jax import blocks, config_lib, layers, losses, models, rundir
 from inception_jax.errors import ConfigError
 
 VARIANTS = [
@@ -127,6 +127,38 @@ def test_released_filter_counts():
   # Fig. 7: the expanded bank's fork.
   fork = model.Mixed_7b.branch_3x3dbl.fork
   assert [l.kernel_size for l in fork.sublayers()] == [(1, 3), (3, 1)]
+
+
+def test_modules_per_grid_drops_or_repeats_the_grids_modules():
+  """Table 1 as printed (five 17×17 modules) adds a copy of Mixed_6e, the
+  aux head moving onto it; one module per grid keeps each grid's first."""
+  released, widths = _widths(models.preset('inception_v3'))
+  printed, printed_widths = _widths(models.preset('inception_v3', modules_per_grid=(3, 5, 2)))
+  assert printed.block_names == released.block_names[:8] + ('Mixed_6f',) + released.block_names[8:]
+  assert printed_widths == dict(widths, Mixed_6f=768)
+  assert printed.aux_endpoint == 'Mixed_6f' and released.aux_endpoint == 'Mixed_6e'
+  count = lambda module: sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+  assert count(printed) == count(released) + count(released.Mixed_6e)
+  assert count(printed.Mixed_6f.branch_nxn) == count(released.Mixed_6e.branch_nxn)
+
+  shallow, shallow_widths = _widths(models.preset('inception_v3', modules_per_grid=(1, 1, 1)))
+  assert shallow.block_names == ('Mixed_5b', 'Mixed_6a', 'Mixed_6b', 'Mixed_7a', 'Mixed_7b')
+  assert shallow.aux_endpoint == 'Mixed_6b'
+  # Fig. 10's pooling branch passes its input on: 256 + 384 + 96 channels.
+  assert shallow_widths == dict({n: widths[n] for n in shallow.block_names}, Mixed_6a=736)
+  first = next(l for l in layers.iter_layers(shallow.Mixed_6a) if isinstance(l, layers.ConvBN))
+  assert first.conv.kernel.get_value().shape[2] == widths['Mixed_5b']    # 256, not 288
+  assert shallow.grid_size(299) == 8 and shallow.min_image_size == released.min_image_size
+
+  # From the command line, and a run recorded before the option: as released.
+  config = config_lib.load('configs/inception_v3.py', ['model.modules_per_grid=(3,5,2)'])
+  assert models.InceptionSpec.from_config(config.model).modules_per_grid == (3, 5, 2)
+  old = config.to_dict()
+  del old['model']['modules_per_grid']
+  assert rundir.as_current(old)['model']['modules_per_grid'] == list(models.RELEASED_MODULES)
+  for bad in ((0, 4, 2), (3, 4), 'many', (3, 21, 2)):
+    with pytest.raises(ConfigError, match=r'modules_per_grid must be three counts from 1 to 20'):
+      models.preset('inception_v3', modules_per_grid=bad)
 
 
 def test_width_multiplier_follows_tf_slim_depth():

@@ -4,6 +4,8 @@ failed, resumed and finished runs), wandb's mode and where it logs."""
 import glob
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 from conftest import TINY_CONFIG
@@ -79,6 +81,24 @@ def test_hparams_session_starts_with_the_tracker_and_ends_with_the_run(tmp_path)
   written = scalars(workdir)
   for name in metrics:     # the final values, under the declared names, once each
     assert written[name] == [(6, pytest.approx(RESULT['metrics'][name]))], name
+
+
+def test_tensorboard_logging_does_not_import_pytorch(tmp_path):
+  """PyTorch is installed here (the interop tests), and tensorboardX would
+  import it: seconds in every training process. The scalars still arrive."""
+  script = ('import sys\n'
+            'from inception_jax import tracking\n'
+            f'with tracking.Tracker({str(tmp_path)!r}, {{"seed": 0}}) as tracker:\n'
+            '  tracker.log(3, {"train/loss": 1.25})\n'
+            'print("torch" in sys.modules)\n'
+            'import torch\n'                     # and PyTorch is still importable
+            'print(torch.ones(2).sum().item())\n')
+  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                        cwd=config_lib.ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == ['False', '2.0']
+  assert scalars(str(tmp_path)) == {'train/loss': [(3, 1.25)]}
+  assert tracking._tensorboardx() is sys.modules['tensorboardX']
 
 
 def test_a_resumed_run_keeps_one_session_with_its_current_config(tmp_path):

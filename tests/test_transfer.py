@@ -7,7 +7,7 @@ import re
 import jax
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG
+from conftest import TINY, TINY_CONFIG
 
 from inception_jax import config_lib, optim, rundir, train, trainstate
 from inception_jax.errors import ConfigError
@@ -58,7 +58,7 @@ def _state(**options) -> trainstate.TrainState:
   from flax import nnx
 
   from inception_jax import models
-  spec = models.preset('inception_v3', width_multiplier=0.05, min_depth=4, **options)
+  spec = models.preset('inception_v3', **TINY, **options)
   _, params, stats = nnx.split(models.create(spec, image_size=75), nnx.Param, nnx.BatchStat)
   return trainstate.TrainState(step=0, params=params, batch_stats=stats, opt_state=None,
                                ema_params=params, ema_batch_stats=stats)
