@@ -15,6 +15,9 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # programs many times: share compilations through JAX's persistent cache.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
     os.environ.get('TMPDIR', '/tmp'), 'inception_jax_test_jax_cache'))
+# Every compilation, however quick (the evaluation step, a pytree sum): with
+# JAX's 1 s threshold a tiny run compiled about a second of them anew each time.
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import TINY
 from flax import nnx
 
 from inception_jax import blocks, config_lib, layers, losses, models, rundir
@@ -333,14 +334,13 @@ def test_registered_block_is_selected_from_the_config():
 
   try:
     spec = models.InceptionSpec.from_config(dict(
-        width_multiplier=0.05, min_depth=4,
-        blocks=dict(models.DEFAULT_BLOCKS, grid_17='test_plain_17')))
+        TINY, blocks=dict(models.DEFAULT_BLOCKS, grid_17='test_plain_17')))
     model = models.Inception(spec, image_size=75, rngs=nnx.Rngs(0))
-    assert model.Mixed_6c.layer_names == ('Conv2d_0a_3x3',)
+    assert model.Mixed_6b.layer_names == ('Conv2d_0a_3x3',)
     x = jax.random.normal(jax.random.key(0), (2, 75, 75, 3))
     (loss, _), grads = _loss_and_grads(model, x, jnp.array([0, 1]))
     assert np.isfinite(float(loss))
-    kernel = grads['Mixed_6c']['Conv2d_0a_3x3']['conv']['kernel'].get_value()
+    kernel = grads['Mixed_6b']['Conv2d_0a_3x3']['conv']['kernel'].get_value()
     assert kernel.shape[:2] == (3, 3) and np.any(np.asarray(kernel))
   finally:
     del blocks.BLOCKS['test_plain_17']
@@ -381,8 +381,7 @@ def test_registering_a_name_again_replaces_it_with_a_warning():
 
 
 def test_bfloat16_computes_in_bfloat16():
-  spec = models.preset('inception_v3', width_multiplier=0.05, min_depth=4,
-                       dtype='bfloat16')
+  spec = models.preset('inception_v3', **TINY, dtype='bfloat16')
   model = models.Inception(spec, image_size=75, rngs=nnx.Rngs(0))
   model.eval()
   grid, _ = model.features(jnp.zeros((1, 75, 75, 3)))
