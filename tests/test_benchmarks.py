@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from conftest import FAST_COMPILE
+
 from inception_jax import config_lib
 
 
@@ -23,7 +25,7 @@ def test_accumulation_memory_benchmark_compares_both_steps():
   """At the tiny scale (the figures at 299×299: README): a batch of 16 as two
   micro-batches of 8 needs less temporary memory than in one pass."""
   import os
-  env = dict(os.environ, XLA_FLAGS='--xla_backend_optimization_level=0')
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
   result = subprocess.run(
       [sys.executable, 'benchmarks/accumulation_memory.py', '--config',
        'configs/inception_v3.py:scale=tiny', '--batches', '16', '--micro', '8',
@@ -42,7 +44,7 @@ def test_train_step_benchmark_measures_ours_and_both_peers():
   bfloat16, as on a GPU (`--dtype auto` there): all three peers in mixed
   precision."""
   import os
-  env = dict(os.environ, XLA_FLAGS='--xla_backend_optimization_level=0')
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
   result = subprocess.run(
       [sys.executable, 'benchmarks/train_step.py', '--config',
        'configs/inception_v3.py:scale=tiny', '--image-size', '75', '--batch', '8',
