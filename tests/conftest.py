@@ -1,5 +1,6 @@
-"""Test setup: 8 simulated CPU devices and the Keras JAX backend, both set
-before JAX or Keras is first imported."""
+"""Test setup, before JAX or Keras is first imported: 8 simulated CPU
+devices, flags that make XLA compile quickly, JAX's persistent compilation
+cache, and the Keras JAX backend."""
 
 import importlib.metadata
 import os
@@ -40,9 +41,13 @@ def _xla_knows(flag: str) -> bool:
 # step took 60 s at the default level, 35 s at level 0; one tiny training
 # process compiles with 16 s of CPU instead of 25 s with the old generator.
 # Every process a test starts inherits these flags.
-FAST_COMPILE = ' '.join(
-    ['--xla_backend_optimization_level=0'] +
-    [flag for flag in ['--xla_cpu_use_fusion_emitters=false'] if _xla_knows(flag)])
+OLD_FUSION = _xla_knows('--xla_cpu_use_fusion_emitters=false')
+FAST_COMPILE = ' '.join(['--xla_backend_optimization_level=0'] +
+                        ['--xla_cpu_use_fusion_emitters=false'] * OLD_FUSION)
+# The opposite, for one jitted function of a test that runs it hundreds of
+# times (`jax.jit(..., compiler_options=RUN_FAST)`): XLA's defaults.
+RUN_FAST = {'xla_backend_optimization_level': 3,
+            **({'xla_cpu_use_fusion_emitters': True} if OLD_FUSION else {})}
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + FAST_COMPILE +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('KERAS_BACKEND', 'jax')

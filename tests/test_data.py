@@ -1,6 +1,7 @@
 """The input pipeline: determinism, sharding, exact resume, exact evaluation,
 the three sources and the Inception preprocessing."""
 
+import functools
 import io
 import os
 import pickle
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import RUN_FAST
 from PIL import Image
 
 from inception_jax import config_lib
@@ -471,16 +473,21 @@ def test_synthetic_needs_a_convnet_not_a_linear_model():
 
   def accuracy(model, steps=400):
     opt = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, opt))
 
-    @nnx.jit
-    def step(model, opt, x, y):
+    # 400 steps: compiled to run fast, not to compile fast (conftest).
+    @functools.partial(jax.jit, compiler_options=RUN_FAST)
+    def step(state, x, y):
+      model, opt = nnx.merge(graphdef, state)
       loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
       opt.update(model, nnx.grad(loss)(model))
+      return nnx.state((model, opt))
 
     rng = np.random.default_rng(0)
     for _ in range(steps):
       idx = rng.integers(0, len(x_train), 64)
-      step(model, opt, x_train[idx], y_train[idx])
+      state = step(state, x_train[idx], y_train[idx])
+    model, _ = nnx.merge(graphdef, state)
     predict = nnx.jit(lambda m, x: m(x).argmax(-1))
     return float(jnp.mean(predict(model, x_test) == y_test))
 
