@@ -41,9 +41,9 @@ def _xla_knows(flag: str) -> bool:
 # step took 60 s at the default level, 35 s at level 0; one tiny training
 # process compiles with 16 s of CPU instead of 25 s with the old generator.
 # Every process a test starts inherits these flags.
-OLD_FUSION = _xla_knows('--xla_cpu_use_fusion_emitters=false')
-FAST_COMPILE = ' '.join(['--xla_backend_optimization_level=0'] +
-                        ['--xla_cpu_use_fusion_emitters=false'] * OLD_FUSION)
+OLD_FUSION_FLAG = '--xla_cpu_use_fusion_emitters=false'
+OLD_FUSION = _xla_knows(OLD_FUSION_FLAG)
+FAST_COMPILE = '--xla_backend_optimization_level=0' + (f' {OLD_FUSION_FLAG}' if OLD_FUSION else '')
 # The opposite, for one jitted function of a test that runs it hundreds of
 # times (`jax.jit(..., compiler_options=RUN_FAST)`): XLA's defaults.
 RUN_FAST = {'xla_backend_optimization_level': 3,
