@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test notebooks venv clean
+.PHONY: demo test notebooks venv prepare-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,19 @@ $(VENV)/.runtime: requirements.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.test: requirements.txt requirements-test.txt $(VENV)/.runtime
+# Preparing datasets (`launch.py prepare imagenet2012 …`) adds TensorFlow,
+# which TFDS's builders need; training does not.
+$(VENV)/.prepare: requirements.txt requirements-prepare.txt $(VENV)/.runtime
+	$(BIN)/pip install -q -r requirements-prepare.txt
+	touch $@
+
+$(VENV)/.test: requirements.txt requirements-prepare.txt requirements-test.txt $(VENV)/.prepare
 	$(BIN)/pip install -q -r requirements-test.txt
 	touch $@
 
 venv: $(VENV)/.test
+
+prepare-venv: $(VENV)/.prepare
 
 # The Table 3 ablation at demo scale on the embedded dataset: five rows × two
 # seeds in runs/table3_demo/NAME/seed_K/, two at a time, skipped when finished,

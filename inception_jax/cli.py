@@ -10,15 +10,20 @@
   python launch.py compare DIR [--format text|markdown|json|html]
   python launch.py layout --config configs/inception_v3.py[:ARG] [--devices 1,8,…] [--config.KEY=VALUE ...]
   python launch.py eval --workdir RUN [--crops 1|12|144] [--ensemble RUN2 ...] [--weights ema|raw]
-      [--split NAME] [--limit N] [--json]
+      [--split NAME] [--exclude FILE | --no-exclude] [--limit N] [--json]
   python launch.py predict --workdir RUN [--weights ema|raw] [--json] IMAGE ...
   python launch.py predict --weights FILE [--labels FILE] [--json] IMAGE ...
+  python launch.py prepare imagenet2012 --manual_dir DIR [--data_dir DIR]
 
 `train` on a workdir that holds checkpoints resumes from the latest good one
 (a config that differs in more than harmless keys is refused, unless
 --allow_config_change). SIGTERM, SIGINT or SIGUSR2 (SLURM's warning before a
 time limit) finishes the current step, saves a checkpoint and exits; rerun the
 same command to resume. `train` on a finished run changes nothing.
+
+`prepare` builds a TFDS dataset (ImageNet from its tar files) as ArrayRecord,
+the format training reads, or adds ArrayRecord files to one that TFDS
+prepared as TFRecord.
 
 `sweep` trains each run of a sweep file in DIR/NAME, or each of its seeds in
 DIR/NAME/seed_K when the run has seeds (--seeds N: seeds 0 … N-1 for every
@@ -148,14 +153,19 @@ def cmd_compare(args, overrides):
 def cmd_eval(args, overrides):
   from inception_jax import evaluate
   if overrides:
-    raise UserError('eval takes no --config.* overrides: it evaluates runs as they were trained')
+    raise UserError('eval takes no --config.* overrides: it evaluates runs as they were '
+                    'trained (--exclude FILE sets the images left out)')
+  exclude = '' if args.no_exclude else args.exclude
   result = evaluate.evaluate([args.workdir, *args.ensemble], crops=args.crops,
-                             weights=args.weights, split=args.split, limit=args.limit)
+                             weights=args.weights, split=args.split, limit=args.limit,
+                             exclude=exclude)
   if args.json:
     print(json.dumps(result))
   else:
+    left_out = (f' ({result["excluded"]:,} left out by {result["exclude"]})'
+                if result['exclude'] else '')
     print(f"top-1 error {100 * (1 - result['top1']):.2f}%  top-5 error "
-          f"{100 * (1 - result['top5']):.2f}%  ({result['examples']} images × "
+          f"{100 * (1 - result['top5']):.2f}%  ({result['examples']:,} images{left_out} × "
           f"{result['crops']} crops, {len(result['members'])} run(s), "
           f"{result['weights']} weights)")
   return 0
@@ -174,6 +184,14 @@ def cmd_predict(args, overrides):
     print(p['image'])
     for name, probability in zip(p['classes'], p['probabilities']):
       print(f'  {probability:6.3f}  {name}')
+  return 0
+
+
+def cmd_prepare(args, overrides):
+  from inception_jax.data import prepare
+  if overrides:
+    raise UserError('prepare takes no --config.* overrides')
+  print(prepare.prepare(args.dataset, manual_dir=args.manual_dir, data_dir=args.data_dir))
   return 0
 
 
@@ -329,6 +347,13 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
                  help="more runs: the members' probabilities are averaged")
   p.add_argument('--weights', choices=('ema', 'raw'), default='ema')
   p.add_argument('--split', help="the split (default: the run's data.eval_split)")
+  exclusion = p.add_mutually_exclusive_group()
+  exclusion.add_argument('--exclude', metavar='FILE',
+                         help="leave out the images this file names (the ILSVRC 2014 "
+                              "blacklist: the paper's 48,238 images; default: the run's "
+                              "data.eval_exclude)")
+  exclusion.add_argument('--no-exclude', action='store_true',
+                         help="every image of the split, whatever the run's data.eval_exclude")
   p.add_argument('--limit', type=int, help='the first N examples only')
   p.add_argument('--json', action='store_true', help='print one JSON object')
   p.set_defaults(fn=cmd_eval)
@@ -344,6 +369,14 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   p.add_argument('--json', action='store_true', help='print JSON')
   p.add_argument('images', nargs='+', metavar='IMAGE')
   p.set_defaults(fn=cmd_predict)
+  p = sub.add_parser('prepare', help='build a TFDS dataset (ImageNet from its tar files) '
+                                     'in the format training reads (ArrayRecord)')
+  p.add_argument('dataset', help="TFDS's name: imagenet2012")
+  p.add_argument('--manual_dir', help='the downloaded files (ILSVRC2012_img_train.tar, '
+                                      'ILSVRC2012_img_val.tar)')
+  p.add_argument('--data_dir', help='where TFDS writes it (default ~/tensorflow_datasets); '
+                                    'train with --config.data.data_dir=DIR')
+  p.set_defaults(fn=cmd_prepare)
   p = sub.add_parser('layout', help='how the batch runs on each device count')
   p.add_argument('--config', required=True, help='config FILE.py[:ARG]')
   p.add_argument('--devices', default='1,8,16,32,64', help='comma-separated device counts')

@@ -41,14 +41,20 @@ def _forward(graphdef, params, stats, images):
 
 
 def probabilities(members: list[Member], crops: int = 1, split: str | None = None,
-                  limit: int | None = None, batch: int | None = None):
+                  limit: int | None = None, batch: int | None = None,
+                  exclude: str | None = None):
   """(probabilities (examples, classes), labels): each image's softmax
   probabilities averaged over its `crops` views and over the members.
-  `split` defaults to the first member's `data.eval_split`; `limit` takes
-  the first examples only; `batch` views go through the network at a time
-  (default: the first run's evaluation batch, its micro-batch)."""
-  first = members[0].config.data
-  source = sources.make_source(first, split or first.eval_split)
+  `split` defaults to the first member's `data.eval_split`; `exclude` is a
+  file naming examples to leave out (default: the first run's
+  `data.eval_exclude`, '' for none); `limit` takes the first examples only;
+  `batch` views go through the network at a time (default: the first run's
+  evaluation batch, its micro-batch)."""
+  return _probabilities(members, _source(members[0], split, exclude), crops, limit, batch)
+
+
+def _probabilities(members: list[Member], source, crops: int, limit: int | None,
+                   batch: int | None):
   count = len(source) if limit is None else min(limit, len(source))
   for member in members[1:]:
     if len(member.class_names) != source.num_classes:
@@ -68,6 +74,11 @@ def probabilities(members: list[Member], crops: int = 1, split: str | None = Non
       summed = summed + _mean_over_views(member, views, crops, rows=per_batch * crops)
     chunks.append(summed / len(members))
   return np.concatenate(chunks), np.asarray(labels)
+
+
+def _source(member: Member, split: str | None, exclude: str | None):
+  data = member.config.data
+  return sources.make_source(data, split or data.eval_split, exclude)
 
 
 def _views(member: Member, record, crops: int) -> np.ndarray:
@@ -92,18 +103,25 @@ def _mean_over_views(member: Member, views: np.ndarray, crops: int, rows: int) -
 
 
 def evaluate(workdirs: list[str], crops: int = 1, weights: str = 'ema',
-             split: str | None = None, limit: int | None = None) -> dict:
-  """Top-1 and top-5 accuracy of a run or an ensemble (the first run's data)."""
+             split: str | None = None, limit: int | None = None,
+             exclude: str | None = None) -> dict:
+  """Top-1 and top-5 accuracy of a run or an ensemble (the first run's data),
+  on `split` less the examples that file `exclude` names (default: the first
+  run's `data.eval_exclude`; '' for none): the paper's 48,238 ImageNet
+  validation images with the ILSVRC 2014 blacklist."""
   if crops not in preprocess.MULTI_CROPS:
     raise ConfigError(f'crops must be one of {list(preprocess.MULTI_CROPS)}, got {crops}')
   members = [load(w, weights) for w in workdirs]
-  probs, labels = probabilities(members, crops, split, limit)
+  source = _source(members[0], split, exclude)
+  probs, labels = _probabilities(members, source, crops, limit, batch=None)
   k = min(5, probs.shape[1])
   ranked = np.argsort(-probs, axis=1, kind='stable')
   return {'top1': float(np.mean(ranked[:, 0] == labels)),
           'top5': float(np.mean((ranked[:, :k] == labels[:, None]).any(1))),
           'crops': crops, 'examples': len(labels), 'members': list(workdirs),
-          'weights': weights}
+          'weights': weights,
+          # The exclusion file and how many examples of the split it left out.
+          'exclude': getattr(source, 'path', ''), 'excluded': getattr(source, 'excluded', 0)}
 
 
 IMPORTED_SIZE = 299      # the released model's input

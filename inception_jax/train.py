@@ -336,16 +336,17 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
   # checkpoints keep it as run on these devices (what a resume compares with).
   given, config = config, resolve_batch(config, jax.device_count())
   is_chief = jax.process_index() == 0
-  if is_chief:
-    _check_writable(workdir)
   with contextlib.ExitStack() as resources:
-    resources.enter_context(_WorkdirLock(workdir, enabled=is_chief))
-
     # --- Mesh and data ---------------------------------------------------------
+    # The data is opened (and so checked) before anything is written: a wrong
+    # data_dir or split leaves no run directory behind.
     mesh = parallel.data_mesh()
     replicated = parallel.replicated(mesh)
     data = _Data(config, mesh)
     resources.callback(data.loader.close)
+    if is_chief:
+      _check_writable(workdir)
+    resources.enter_context(_WorkdirLock(workdir, enabled=is_chief))
 
     # --- Model and optimizer ---------------------------------------------------
     spec = models.InceptionSpec.from_config(config.model,

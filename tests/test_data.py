@@ -293,7 +293,7 @@ def test_eval_exclude_leaves_named_validation_images_out(tmp_path):
   assert validation[0]['where'].endswith('dog/0.jpg')
   assert len(sources.make_source(cfg, 'train')) == 10
   cfg.eval_exclude = str(tmp_path / 'missing.txt')
-  with pytest.raises(ConfigError, match='eval_exclude: cannot read .*missing.txt'):
+  with pytest.raises(ConfigError, match='cannot read the exclusion file .*missing.txt'):
     sources.make_source(cfg, 'validation')
   listing.write_text('cat/0.jpg\n1.png\ndog/0.jpg\n')
   cfg.eval_exclude = str(listing)
@@ -431,7 +431,7 @@ def test_tfds_array_record_dataset_through_the_pipeline(tmp_path):
   assert len(validation) == 9 and sorted(validation.names()) == [
       f'ILSVRC2012_val_{n:08d}.JPEG' for n in (1, 2, 4, 6, 7, 8, 9, 10, 11)]
   assert validation[0]['label'] in range(4)
-  with pytest.raises(UserError, match='not prepared.*tfds build'):
+  with pytest.raises(UserError, match='not prepared.*inception_jax prepare tiny_shapes'):
     sources.make_source(data_cfg(name='tfds:tiny_shapes', data_dir=str(tmp_path / 'x')),
                         'train')
 

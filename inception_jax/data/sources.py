@@ -4,8 +4,8 @@
   folder        `config.data.path` = ROOT with ROOT/train/<class>/* and
                 ROOT/validation/<class>/* (JPEG or PNG); class ids from the
                 sorted folder names of train/
-  tfds:NAME     a TFDS dataset prepared in ArrayRecord format, read through
-                `tfds.data_source` (`config.data.data_dir`)
+  tfds:NAME     a TFDS dataset prepared in ArrayRecord format (`prepare.py`),
+                read at random through TFDS (`config.data.data_dir`)
 
 Each source has `len()`, `[index]` → {'image': encoded bytes or uint8 array,
 'label': int, 'where': a name for error messages}, `num_classes`, `where`,
@@ -15,6 +15,7 @@ the split's name for error messages, `names()`, each example's file name
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -108,34 +109,46 @@ def _class_folders(root: str, split: str) -> list[str]:
 
 
 class TfdsSource:
-  """A TFDS image-classification dataset prepared as ArrayRecord files;
-  images stay encoded until preprocessing."""
+  """A TFDS image-classification dataset prepared as ArrayRecord files
+  (`python -m inception_jax prepare NAME`); images stay encoded until
+  preprocessing. Data prepared in another format, a `data_dir` one level too
+  deep, a split that is not there or has no labels: one line each."""
 
   def __init__(self, name: str, split: str, data_dir: str | None = None):
     import tensorflow_datasets as tfds
-    data_dir = data_dir or None
-    try:
-      builder = tfds.builder(name, data_dir=data_dir)
-      info = builder.info
-      prepared = builder.is_prepared()
-    except Exception as e:
-      raise UserError(f'TFDS dataset {name!r}: {e}') from None
-    if not prepared:
+    from tensorflow_datasets.core import file_adapters
+    data_dir = os.path.expanduser(data_dir) if data_dir else None
+    # Read from the prepared files' own metadata (`builder_from_directory`):
+    # the registered builder ignores the ArrayRecord files that `prepare`
+    # adds beside TFRecord ones (DatasetInfo.read_from_directory skips
+    # alternative_file_formats in TFDS 4.9).
+    reader = tfds.builder_from_directory(_prepared_dir(tfds, name, data_dir))
+    info = reader.info
+    if not info.available_file_formats() & file_adapters.FileFormat.with_random_access():
       raise UserError(
-          f'TFDS dataset {name!r} is not prepared in '
-          f'{data_dir or "~/tensorflow_datasets"}; prepare it with '
-          f'`tfds build {name} --file_format=array_record '
-          f'[--data_dir=DIR] [--manual_dir=DIR]` (see README)')
+          f'TFDS dataset {name!r} in {reader.data_dir} is stored as '
+          f'{_FORMAT_NAMES.get(info.file_format.value, info.file_format.value)}, which has '
+          f'no random access; add ArrayRecord files '
+          f'beside it with `python -m inception_jax prepare {name}'
+          f'{f" --data_dir {data_dir}" if data_dir else ""}` (as much disk space again)')
     if split not in info.splits:
-      raise ConfigError(f'TFDS dataset {name!r} has no split {split!r}; '
-                        f'splits: {sorted(info.splits)}')
-    self._source = tfds.data_source(
-        name, split=split, data_dir=data_dir,
-        decoders={'image': tfds.decode.SkipDecoding()})
-    self.num_classes = info.features['label'].num_classes
-    self._class_names = list(info.features['label'].names)
+      raise ConfigError(f'TFDS dataset {name!r} in {reader.data_dir} has no split '
+                        f'{split!r}; it has {", ".join(sorted(info.splits))}')
+    features = list(info.features.keys()) if hasattr(info.features, 'keys') else []
+    label = info.features['label'] if 'label' in features else None
+    if not isinstance(label, tfds.features.ClassLabel) or 'image' not in features:
+      raise ConfigError(f'TFDS dataset {name!r} is not an image classification dataset '
+                        f'(features: {", ".join(features) or "one"}; needed: image and '
+                        f'label, a class label)')
+    self._source = reader.as_data_source(
+        split, decoders={'image': tfds.decode.SkipDecoding()})
+    self.num_classes = label.num_classes
+    self._class_names = list(label.names)
     self.name, self.split = name, split
     self.where = f'TFDS {name}[{split}]'
+    if len(self) and int(self._source[0]['label']) < 0:
+      raise ConfigError(f'{self.where} has no labels (label -1, as ImageNet\'s test split): '
+                        f'it cannot be trained or evaluated on')
 
   def __len__(self):
     return len(self._source)
@@ -161,6 +174,44 @@ class TfdsSource:
     return f'TfdsSource({self.name}[{self.split}], {len(self)} examples)'
 
 
+@contextlib.contextmanager
+def tfds_quiet():
+  """TFDS's warnings off while it looks for data that may not be there yet
+  ("Variant folder … has no dataset_info.json"): the caller says what is wrong."""
+  absl = logging.getLogger('absl')
+  level = absl.level
+  absl.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    absl.setLevel(level)
+
+
+_FORMAT_NAMES = {'tfrecord': 'TFRecord', 'riegeli': 'Riegeli'}
+
+
+def _prepared_dir(tfds, name: str, data_dir: str | None) -> str:
+  """The version folder of prepared dataset `name` in `data_dir`."""
+  try:
+    with tfds_quiet():
+      builder = tfds.builder(name, data_dir=data_dir)
+      prepared = builder.is_prepared()
+  except Exception as e:            # an unknown name, a bad version: TFDS's own words
+    raise UserError(f'TFDS dataset {name!r}: {str(e).splitlines()[0]}') from None
+  if prepared:
+    return builder.data_dir
+  base = name.split(':')[0].split('/')[0]
+  parts = os.path.abspath(data_dir or '').split(os.sep)
+  if data_dir and base in parts:
+    above = os.sep.join(parts[:parts.index(base)]) or os.sep
+    raise UserError(f'data.data_dir {data_dir} is inside the dataset; give the folder '
+                    f'that holds {base}/: --config.data.data_dir={above}')
+  raise UserError(
+      f'TFDS dataset {name!r} is not prepared in {data_dir or "~/tensorflow_datasets"}; '
+      f'prepare it with `python -m inception_jax prepare {base} [--manual_dir DIR]'
+      f'{f" --data_dir {data_dir}" if data_dir else ""}` (see README)')
+
+
 def _text(value) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -175,7 +226,7 @@ class Excluding:
 
   def __init__(self, source, path: str):
     names = _read_exclusions(path)
-    self._source, self.num_classes = source, source.num_classes
+    self._source, self.num_classes, self.path = source, source.num_classes, path
     own = self._names = source.names()
     left_out = lambda name: name in names or os.path.basename(name) in names
     self._kept = [i for i, name in enumerate(own) if not left_out(name)]
@@ -183,7 +234,7 @@ class Excluding:
     unknown = len(names - known)
     self.excluded = len(own) - len(self._kept)
     self.where = source.where
-    log.info('data.eval_exclude: %d of %d examples of %s left out (%s)%s',
+    log.info('%d of %d examples of %s left out (%s)%s',
              self.excluded, len(own), source.where, path,
              f'; {unknown} names of the file are not in it' if unknown else '')
 
@@ -205,22 +256,24 @@ def _read_exclusions(path: str) -> set[str]:
     with open(path) as f:
       lines = [line.split('#')[0].strip() for line in f]
   except OSError as e:
-    raise ConfigError(f'data.eval_exclude: cannot read {path}: {e.strerror or e}') from None
+    raise ConfigError(f'cannot read the exclusion file {path}: {e.strerror or e}') from None
   return {f'ILSVRC2012_val_{int(line):08d}.JPEG' if line.isdigit() else line
           for line in lines if line}
 
 
-def make_source(data_cfg, split: str):
+def make_source(data_cfg, split: str, exclude: str | None = None):
   """The source named by `data_cfg.name` for `split` (`data.train_split` or
-  `data.eval_split`). Synthetic images are drawn at image_size / 0.875, so
-  evaluation's central crop returns the network's input size."""
+  `data.eval_split`), less the examples named in file `exclude` (default:
+  `data.eval_exclude` for the evaluation split; '' for none). Synthetic
+  images are drawn at image_size / 0.875, so evaluation's central crop
+  returns the network's input size."""
   source = _source(data_cfg, split)
-  exclude = data_cfg.get('eval_exclude', '')
-  if exclude and split == data_cfg.eval_split:
+  if exclude is None:
+    exclude = data_cfg.get('eval_exclude', '') if split == data_cfg.eval_split else ''
+  if exclude:
     source = Excluding(source, exclude)
     if not len(source):
-      raise ConfigError(f'data.eval_exclude ({exclude}) leaves no example of '
-                        f'{source.where} to evaluate')
+      raise ConfigError(f'{exclude} leaves no example of {source.where} to evaluate')
   return source
 
 
