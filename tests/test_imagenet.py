@@ -186,6 +186,32 @@ def test_tfrecord_data_is_refused_in_one_line_then_converted(tmp_path, cli_main)
   assert converted == reference and len(converted) == 6
 
 
+def test_a_dataset_without_class_labels_is_one_line(tmp_path):
+  import tensorflow_datasets as tfds
+
+  class UnlabelledImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
+          'caption': tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(2):
+        yield i, {'image': np.zeros((8, 8, 3), np.uint8), 'caption': 'nothing'}
+
+  UnlabelledImages(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
+  config = _data_cfg(str(tmp_path))
+  config.name = 'tfds:unlabelled_images'
+  with pytest.raises(UserError, match=r"'unlabelled_images' is not an image classification "
+                                      r'dataset \(features: caption, image; needed'):
+    sources.make_source(config, 'train')
+
+
 @pytest.mark.parametrize('names, message', [
     (['val/ILSVRC2012_val_00000001.JPEG'], "holds 'val/ILSVRC2012_val_00000001.JPEG'"),
     (['./', './ILSVRC2012_val_00000001.JPEG'], "holds './'"),

@@ -59,7 +59,8 @@ def prepare(name: str, manual_dir: str | None = None, data_dir: str | None = Non
     from tensorflow_datasets.core import file_adapters
     formats = tfds.builder_from_directory(builder.data_dir).info.available_file_formats()
     if file_adapters.FileFormat.ARRAY_RECORD in formats:
-      log.info('%s is prepared as ArrayRecord in %s already', name, builder.data_dir)
+      log.info('%s is prepared as ArrayRecord in %s already (delete that folder to '
+               'build it again)', name, builder.data_dir)
     else:
       _add_array_record(builder.data_dir)
   else:

@@ -16,6 +16,7 @@ the split's name for error messages, `names()`, each example's file name
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 
@@ -202,7 +203,10 @@ def _prepared_dir(tfds, name: str, data_dir: str | None) -> str:
     return builder.data_dir
   base = name.split(':')[0].split('/')[0]
   parts = os.path.abspath(data_dir or '').split(os.sep)
-  if data_dir and base in parts:
+  inside = data_dir and any(glob.glob(os.path.join(data_dir, *['*'] * depth,
+                                                   'dataset_info.json'))
+                            for depth in range(3))           # version, config/version
+  if inside and base in parts:
     above = os.sep.join(parts[:parts.index(base)]) or os.sep
     raise UserError(f'data.data_dir {data_dir} is inside the dataset; give the folder '
                     f'that holds {base}/: --config.data.data_dir={above}')
