@@ -139,7 +139,7 @@ class TfdsSource:
     label = info.features['label'] if 'label' in features else None
     if not isinstance(label, tfds.features.ClassLabel) or 'image' not in features:
       raise ConfigError(f'TFDS dataset {name!r} is not an image classification dataset '
-                        f'(features: {", ".join(features) or "one"}; needed: image and '
+                        f'(features: {", ".join(sorted(features)) or "one"}; needed: image and '
                         f'label, a class label)')
     self._source = reader.as_data_source(
         split, decoders={'image': tfds.decode.SkipDecoding()})
