@@ -123,17 +123,17 @@ def check_imagenet(manual_dir: str, synsets: list[str]) -> list[str]:
                     f'(the ILSVRC2012 files from image-net.org)')
   notes = []
   if os.path.exists(train):
-    notes.append(check_train_names(_member_names(train, TRAIN_TAR), set(synsets)))
+    notes.append(check_train_names(_member_names(train), set(synsets)))
   else:
     notes.append(f'{TRAIN_TAR} is not in {manual_dir}: no train split')
   if os.path.exists(val):
-    notes.append(check_validation_names(_member_names(val, VAL_TAR)))
+    notes.append(check_validation_names(_member_names(val)))
   else:
     notes.append(f'{VAL_TAR} is not in {manual_dir}: no validation split')
   return notes
 
 
-def _member_names(path: str, label: str) -> list[str]:
+def _member_names(path: str) -> list[str]:
   """Every member's name, folders with a trailing '/'."""
   try:
     with tarfile.open(path, 'r:') as tar:
