@@ -72,9 +72,9 @@ def prepare(name: str, manual_dir: str | None = None, data_dir: str | None = Non
                         f'directory with --manual_dir DIR ({TRAIN_TAR}, {VAL_TAR})')
       for note in check_imagenet(manual_dir, builder.info.features['label'].names):
         log.info('%s', note)
-    builder = _builder(tfds, name, data_dir, file_format='array_record')
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    builder.download_and_prepare(download_config=config)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+        file_format='array_record')
   return summary(tfds.builder_from_directory(builder.data_dir), data_dir)
 
 
@@ -101,9 +101,9 @@ def _import_tfds_builders():
   return tfds
 
 
-def _builder(tfds, name: str, data_dir: str | None, **kwargs):
+def _builder(tfds, name: str, data_dir: str | None):
   try:
-    return tfds.builder(name, data_dir=data_dir, **kwargs)
+    return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     close = difflib.get_close_matches(name, tfds.list_builders(), n=1)
     hint = f' (did you mean {close[0]}?)' if close else ''
