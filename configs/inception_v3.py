@@ -174,6 +174,14 @@ def get_config(arg=None):
       wandb_init_timeout=30.0,        # seconds; then the run goes on without wandb
       wandb_project='inception_jax',
       wandb_group='',                 # sweeps set this to the sweep's name
+      # A sweep sets these for each run: its name ROW/seed_K (wandb's run name
+      # and the log lines'; default the workdir's name), its row (wandb's job
+      # type), the key=value pairs its row changes (wandb's tags) and the keys
+      # that vary across the sweep (listed first in TensorBoard's HParams).
+      run_name='',
+      job_type='',
+      tags=[],
+      hparams_first=[],
       progress=True,                  # progress bar on a terminal
   ))
 
@@ -207,7 +215,8 @@ def get_config(arg=None):
     config.batch_size = 32
     config.total_steps = 1000
     config.log_every_steps = 10
-    config.eval_every_steps = 500
+    # Ten points a curve for the report (500 images, about a second each).
+    config.eval_every_steps = 100
     config.checkpoint_every_steps = 500
     config.data.crop_area_min = 0.8
     config.data.object_size = (0.3, 0.4)

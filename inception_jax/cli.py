@@ -8,6 +8,7 @@
   python launch.py sweep sweeps/table3_ablation.py[:ARG] --workdir DIR
       [--launcher local|slurm] [--parallel N] [--only NAME,...] [--seeds N] [--rerun-stale]
   python launch.py compare DIR [--format text|markdown|json|html]
+  python launch.py sync DIR [--dry-run]
   python launch.py layout --config configs/inception_v3.py[:ARG] [--devices 1,8,…] [--config.KEY=VALUE ...]
   python launch.py eval --workdir RUN [--crops 1|12|144] [--ensemble RUN2 ...] [--weights ema|raw]
       [--split NAME] [--exclude FILE | --no-exclude] [--limit N] [--json]
@@ -35,7 +36,11 @@ reverse) is stale: reported, not retrained; --rerun-stale moves its
 directory to DIR/NAME.stale-TIME and trains it again. `compare` prints the table of a sweep directory, one row
 per run: mean ± standard deviation over its seeds and the difference to the
 previous and the first row, marked where Welch's t-test finds it significant
-(html: writes DIR/report.html).
+(html: writes DIR/report.html). `sync` uploads every offline wandb run of a
+sweep (or a run) directory with `wandb sync`.
+
+Metrics follow one convention everywhere (logs, TensorBoard, wandb, result.json,
+compare, eval, the report): top-1 and top-5 error in %, as the paper gives them.
 
 Exit status: 0 done; 1 a sweep run failed (the others went on); 2 an error a
 user can cause (one line on stderr); 3 the loss or gradient became
@@ -50,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 
 from inception_jax import rundir
@@ -75,14 +81,16 @@ def cmd_train(args, overrides):
   parallel.use_compilation_cache()
   from inception_jax import config_lib, train
   config = config_lib.load(args.config, overrides)
+  _name_log_lines(train.run_name(config, args.workdir))
   if config.model.get('dtype') == 'float64':     # numerical checks: float64 throughout
     import jax
     jax.config.update('jax_enable_x64', True)
   result = train.run(config, args.workdir, allow_config_change=args.allow_config_change)
   metrics = result['metrics']
-  if 'eval/top1' in metrics:
-    print(f"eval/top1 {metrics['eval/top1']:.4f}  eval/top5 {metrics['eval/top5']:.4f}  "
-          f"eval/loss {metrics['eval/loss']:.4f}  ({result['steps']} steps, "
+  top1, top5 = rundir.error_percent(metrics, 'top1'), rundir.error_percent(metrics, 'top5')
+  if top1 is not None:
+    print(f"top-1 error {top1:.2f}%  top-5 error {top5:.2f}%  eval loss "
+          f"{metrics['eval/loss']:.4f}  ({result['steps']} steps, "
           f"{result['wall_time_sec']:.0f} s) → {args.workdir}")
   return 0
 
@@ -123,7 +131,7 @@ def cmd_sweep(args, overrides):
     launcher = sweep.LocalLauncher(args.parallel)
   outcomes = sweep.run_sweep(args.sweep, args.workdir, launcher=launcher,
                              only=args.only, rerun_stale=args.rerun_stale,
-                             seeds=sweep.parse_seeds(args.seeds))
+                             seeds=sweep.parse_seeds(args.seeds), command=args.command_line)
   print('\n' + sweep.summary(outcomes))
   print('\n' + report.render(args.workdir, 'text'))
   code = sweep.exit_code(outcomes.values())
@@ -140,6 +148,18 @@ def cmd_sweep(args, overrides):
           f'the sweep file gives them; rerun with --rerun-stale to train them again '
           f'(their directories are kept as NAME.stale-TIME)', file=sys.stderr)
   return code
+
+
+def cmd_sync(args, overrides):
+  from inception_jax import tracking
+  if overrides:
+    raise UserError('sync takes no --config.* overrides')
+  code = tracking.sync(args.workdir, dry_run=args.dry_run)
+  if code:
+    print(f'error: wandb sync exited with status {code} (its messages above); '
+          f'rerun `sync` once it can reach the server', file=sys.stderr)
+    return 1
+  return 0
 
 
 def cmd_compare(args, overrides):
@@ -164,8 +184,8 @@ def cmd_eval(args, overrides):
   else:
     left_out = (f' ({result["excluded"]:,} left out by {result["exclude"]})'
                 if result['exclude'] else '')
-    print(f"top-1 error {100 * (1 - result['top1']):.2f}%  top-5 error "
-          f"{100 * (1 - result['top5']):.2f}%  ({result['examples']:,} images{left_out} × "
+    print(f"top-1 error {result['top1_error']:.2f}%  top-5 error "
+          f"{result['top5_error']:.2f}%  ({result['examples']:,} images{left_out} × "
           f"{result['crops']} crops, {len(result['members'])} run(s), "
           f"{result['weights']} weights)")
   return 0
@@ -264,8 +284,7 @@ def _cost_table(rows) -> str:
 
 def _configure_logging() -> None:
   """The application's log levels (a library call leaves them alone)."""
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
-                      datefmt='%H:%M:%S')
+  logging.basicConfig(level=logging.INFO, format=LOG_FORMAT.format(''), datefmt='%H:%M:%S')
   logging.getLogger('absl').setLevel(logging.WARNING)      # Orbax's INFO is a flood
   # "Unable to initialize backend 'tpu'" and the like: JAX probing for
   # accelerators, not a problem.
@@ -277,6 +296,19 @@ def _configure_logging() -> None:
   for name in ('absl', 'asyncio'):
     logging.getLogger(name).addFilter(_not_disk_full)
   _quiet_closed_loops()
+
+
+LOG_FORMAT = '%(asctime)s %(levelname)s {}%(message)s'
+
+
+def _name_log_lines(name: str) -> None:
+  """Start each log line with [NAME]: the run's lines stay apart in a sweep's
+  and SLURM's logs."""
+  formatter = logging.Formatter(LOG_FORMAT.format(f"[{name.replace('%', '%%')}] "),
+                                datefmt='%H:%M:%S')
+  for handler in logging.getLogger().handlers:
+    if getattr(handler.formatter, '_fmt', None) == LOG_FORMAT.format(''):   # ours
+      handler.setFormatter(formatter)
 
 
 def _not_disk_full(record: logging.LogRecord) -> bool:
@@ -336,6 +368,12 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   p.add_argument('--rerun-stale', action='store_true',
                  help='move stale runs aside (NAME.stale-TIME) and train them again')
   p.set_defaults(fn=cmd_sweep)
+  p = sub.add_parser('sync', help="upload a sweep's (or a run's) offline wandb runs "
+                                  "(wandb sync)")
+  p.add_argument('workdir', help='sweep or run directory')
+  p.add_argument('--dry-run', action='store_true',
+                 help='list the runs and the wandb command, upload nothing')
+  p.set_defaults(fn=cmd_sync)
   p = sub.add_parser('compare', help='the table of a sweep directory')
   p.add_argument('workdir', help='sweep directory')
   p.add_argument('--format', choices=('text', 'markdown', 'json', 'html'), default='text')
@@ -384,6 +422,7 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   try:
     overrides, rest = _split_overrides(argv)
     args = parser.parse_args(rest)
+    args.command_line = ' '.join(shlex.quote(a) for a in [prog, *argv])
     return args.fn(args, overrides)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)

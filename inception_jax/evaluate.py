@@ -2,7 +2,7 @@
 image (Tables 3 and 4, `preprocess.multi_crops`) and ensembles of runs
 (Table 5).
 
-  evaluate(['runs/v3'], crops=144)              # → {'top1', 'top5', 'crops', ...}
+  evaluate(['runs/v3'], crops=144)    # → {'top1_error', 'top5_error', 'crops', ...}
   python launch.py eval --workdir runs/v3 --crops 144 [--ensemble runs/v3b …]
 
 Each run's weights come from its latest good checkpoint (the EMA weights, or
@@ -105,7 +105,7 @@ def _mean_over_views(member: Member, views: np.ndarray, crops: int, rows: int) -
 def evaluate(workdirs: list[str], crops: int = 1, weights: str = 'ema',
              split: str | None = None, limit: int | None = None,
              exclude: str | None = None) -> dict:
-  """Top-1 and top-5 accuracy of a run or an ensemble (the first run's data),
+  """Top-1 and top-5 error (%) of a run or an ensemble (the first run's data),
   on `split` less the examples that file `exclude` names (default: the first
   run's `data.eval_exclude`; '' for none): the paper's 48,238 ImageNet
   validation images with the ILSVRC 2014 blacklist."""
@@ -116,8 +116,9 @@ def evaluate(workdirs: list[str], crops: int = 1, weights: str = 'ema',
   probs, labels = _probabilities(members, source, crops, limit, batch=None)
   k = min(5, probs.shape[1])
   ranked = np.argsort(-probs, axis=1, kind='stable')
-  return {'top1': float(np.mean(ranked[:, 0] == labels)),
-          'top5': float(np.mean((ranked[:, :k] == labels[:, None]).any(1))),
+  wrong = lambda hits: 100 * float(np.sum(~hits)) / len(labels)   # as training's
+  return {'top1_error': wrong(ranked[:, 0] == labels),
+          'top5_error': wrong((ranked[:, :k] == labels[:, None]).any(1)),
           'crops': crops, 'examples': len(labels), 'members': list(workdirs),
           'weights': weights,
           # The exclusion file and how many examples of the split it left out.

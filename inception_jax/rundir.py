@@ -217,6 +217,18 @@ def read_metrics(workdir: str) -> list[dict]:
           if row is not None]
 
 
+def error_percent(metrics: Mapping, key: str = 'top1',
+                  prefix: str = 'eval') -> float | None:
+  """`prefix/key_error` of a metrics row or result (top-1/top-5 error in %,
+  the project's one convention), or None. Runs written before that
+  convention logged the accuracy as a fraction (`eval/top1`): converted."""
+  value = metrics.get(f'{prefix}/{key}_error')
+  if isinstance(value, (int, float)):
+    return float(value)
+  accuracy = metrics.get(f'{prefix}/{key}')
+  return 100 * (1 - accuracy) if isinstance(accuracy, (int, float)) else None
+
+
 def truncate_metrics(workdir: str, step: int) -> int:
   """Drop the metrics rows logged after `step` (a resumed run logs them again)
   and lines cut short; returns how many were dropped."""

@@ -28,7 +28,9 @@ import dataclasses
 import itertools
 import logging
 import os
+import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -71,6 +73,53 @@ class Run:
     args += [f'--config.{k}={_cli_value(v)}' for k, v in self.overrides.items()]
     return args + [f'--config.tracking.wandb_group={group}',
                    '--config.tracking.progress=false']
+
+
+def label(runs: list[Run]) -> list[Run]:
+  """The runs (one per seed) with what dashboards show of them, as tracking
+  overrides: the name ROW/seed_K (wandb's run name; TensorBoard's is the
+  directory's), the row (wandb's job type), the `key=value` pairs the row
+  changes against the sweep's first row (wandb's tags) and the keys that
+  vary across the sweep, then `seed` (first in TensorBoard's HParams).
+  A row whose config cannot be built gets its name alone (training reports
+  the error)."""
+  rows = list(dict.fromkeys(r.name.partition('/')[0] for r in runs))
+  configs = {}
+  for run in runs:
+    row = run.name.partition('/')[0]
+    if row not in configs:
+      try:
+        configs[row] = rundir.flatten(run.build_config().to_dict())
+      except UserError:
+        configs[row] = None
+  built = [c for c in configs.values() if c is not None]
+  keys = sorted(set().union(*built)) if built else []
+  varying = [k for k in keys if k != 'seed' and not _neutral(k)
+             and len({repr(c.get(k)) for c in built}) > 1]
+  seeds = {run.overrides.get('seed') for run in runs} - {None}
+  first = configs.get(rows[0]) if rows else None
+  labelled = []
+  for run in runs:
+    row = run.name.partition('/')[0]
+    config = configs[row]
+    tracking = {'tracking.run_name': run.name, 'tracking.job_type': row}
+    if config is not None:
+      tracking['tracking.hparams_first'] = varying + (['seed'] if len(seeds) > 1 else [])
+      tracking['tracking.tags'] = [_tag(k, config.get(k)) for k in varying
+                                   if first is not None and config.get(k) != first.get(k)]
+    labelled.append(dataclasses.replace(run, overrides={**run.overrides, **tracking}))
+  return labelled
+
+
+def _neutral(key: str) -> bool:
+  return any(key == n or (n.endswith('.*') and key.startswith(n[:-1]))
+             for n in rundir.NEUTRAL_KEYS)
+
+
+def _tag(key: str, value: Any) -> str:
+  """'optim.name=momentum', cut to wandb's 64 characters a tag."""
+  text = f'{key}={value}'
+  return text if len(text) <= 64 else text[:63] + '…'
 
 
 def _cli_value(value: Any) -> str:
@@ -151,7 +200,8 @@ class Record:
   NAME or NAME/seed_K (rewritten atomically on every change, so a report can
   read it while runs go on)."""
 
-  def __init__(self, directory: str, path_arg: str, runs: list[Run]):
+  def __init__(self, directory: str, path_arg: str, runs: list[Run],
+               command: str | None = None):
     self.path = os.path.join(directory, 'sweep.json')
     try:
       previous = rundir.read_json(self.path, {}).get('status', {})
@@ -160,6 +210,7 @@ class Record:
       previous = {}
     self.data = {
         'sweep': path_arg, 'name': sweep_name(path_arg),
+        'provenance': provenance(command),
         'runs': [dataclasses.asdict(r) for r in runs],
         'status': {r.name: previous.get(r.name, {'state': 'pending'})
                    for run in runs for r in run.per_seed()},
@@ -179,6 +230,24 @@ class Record:
 
   def _write(self) -> None:
     rundir.write_json(self.path, self.data)
+
+
+def provenance(command: str | None) -> dict:
+  """Where this invocation of the sweep comes from: the command, the commit
+  of the package's checkout (None outside git) and whether files differ from
+  it, the time, the host."""
+  def git(*args):
+    try:
+      proc = subprocess.run(['git', '-C', _PACKAGE_PARENT, *args], capture_output=True,
+                            text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+      return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+  commit = git('rev-parse', '--short', 'HEAD')
+  changed = git('status', '--porcelain', '--untracked-files=no') if commit else None
+  return {'command': command, 'commit': commit,
+          'dirty': None if changed is None else bool(changed),
+          'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'host': os.uname().nodename}
 
 
 def finished(workdir: str) -> bool:
@@ -491,16 +560,17 @@ def _job_outcome(job, workdir: str) -> Outcome:
 
 def run_sweep(path_arg: str, directory: str, *, launcher, only: str | None = None,
               rerun_stale: bool = False, seeds: list[int] | None = None,
-              echo: Callable[[str], None] = print) -> dict[str, Outcome]:
+              echo: Callable[[str], None] = print,
+              command: str | None = None) -> dict[str, Outcome]:
   """Train the sweep's runs, each seed in its own run directory (DIRECTORY/NAME
   or DIRECTORY/NAME/seed_K), holding DIRECTORY/.sweep.lock throughout; returns
   the outcome of each selected run directory. `seeds` replaces the sweep
   file's. A stale run is reported, or with `rerun_stale` moved aside and
-  trained again."""
+  trained again. `command` (the command line) goes into sweep.json."""
   all_runs = load_sweep(path_arg, seeds)
   selected = {r.name for r in select(all_runs, only)}
   with lock_directory(directory):
-    record = Record(directory, path_arg, all_runs)
+    record = Record(directory, path_arg, all_runs, command)
     outcomes, jobs_per_run = {}, []
     for run in all_runs:
       jobs_per_run.append(jobs := [])
@@ -523,8 +593,10 @@ def run_sweep(path_arg: str, directory: str, *, launcher, only: str | None = Non
     # A full table exists early, and the later seeds of a run reuse the
     # programs its first seed compiled (also when several train at once).
     jobs = [one for wave in itertools.zip_longest(*jobs_per_run) for one in wave if one]
-    outcomes.update(_train(jobs, directory, record, launcher, rerun_stale,
-                           sweep_name(path_arg), echo))
+    labelled = {r.name: r for r in label([one for run in all_runs
+                                          for one in run.per_seed()])}
+    outcomes.update(_train([labelled[r.name] for r in jobs], directory, record, launcher,
+                           rerun_stale, sweep_name(path_arg), echo))
   return {r.name: outcomes[r.name] for run in all_runs if run.name in selected
           for r in run.per_seed() if r.name in outcomes}
 
@@ -578,29 +650,195 @@ def _train(runs, directory, record, launcher, rerun_stale, group, echo):
       echo(f'[{run.name}] skipped: finished earlier')
     else:
       jobs.append((run, workdir))
-  started = {}
+  progress = Progress([run.name for run, _ in jobs], directory,
+                      parallel=getattr(launcher, 'parallel', len(jobs)), echo=echo)
 
   def on_start(run: Run, detail: str = '') -> None:
-    started[run.name] = time.time()
     resumed = os.path.isdir(os.path.join(directory, run.name, 'checkpoints'))
     record.set(run.name, 'running', detail)
-    echo(f'[{run.name}] {"resuming" if resumed else "started"}'
-         + (f' ({detail})' if detail else ''))
+    progress.started(run.name, f'{"resuming" if resumed else "started"}'
+                     + (f' ({detail})' if detail else ''), resumed)
 
   def on_end(run: Run, outcome: Outcome) -> None:
-    outcome.message = outcome.message or f'{time.time() - started[run.name]:.0f} s'
+    seconds = progress.seconds(run.name)
+    outcome.message = outcome.message or f'{seconds:.0f} s'
     outcomes[run.name] = outcome
     record.set(run.name, outcome.state, outcome.message, outcome.exit_code)
-    echo(f'[{run.name}] {outcome.state}: {outcome.message}')
+    progress.ended(run.name, outcome.state, outcome.message, seconds)
 
   try:
     if jobs:
-      launcher.launch(jobs, group, on_start, on_end)
+      with progress:
+        launcher.launch(jobs, group, on_start, on_end)
   except SweepInterrupted as e:
     for run, _ in jobs:
       if run.name not in outcomes:
         outcomes[run.name] = Outcome('pending', None, f'not started: stopped by {e}')
   return {run.name: outcomes[run.name] for run in runs if run.name in outcomes}
+
+
+class Progress:
+  """What a sweep prints as it goes. At the start: how many runs, where their
+  logs are and the TensorBoard command. A line per run started and per run
+  ended, the latter with k/N done, running, failed and the time left, from
+  the finished runs' times (a run that resumed or failed does not count
+  towards the estimate). A line when a row's first run compiles (the silent
+  minute of a cold start). On a terminal, a bar of finished runs under those
+  lines (tqdm, lines written above it) with each running run's step, read
+  from its train.log."""
+
+  _STEP = re.compile(r'\bstep (\d+)/(\d+)\b')
+  _COMPILING = 'compiling the train step'
+
+  def __init__(self, names: list[str], directory: str, *, parallel: int,
+               echo: Callable[[str], None], terminal: bool | None = None):
+    self.names, self.directory, self.parallel = names, directory, max(1, parallel)
+    self.echo_line = echo
+    self.terminal = (sys.stdout.isatty() and sys.stderr.isatty() if terminal is None
+                     else terminal)
+    self.begun, self.durations, self.states, self.resumed = {}, [], {}, set()
+    self.status, self._offsets, self._compiled_rows = {}, {}, set()
+    self._lock, self._stop = threading.Lock(), threading.Event()
+    self._thread = self.bar = self._redirect = None
+
+  def __enter__(self):
+    n = len(self.names)
+    rows = len(dict.fromkeys(name.partition('/')[0] for name in self.names))
+    self.echo(f'{n} run{"s" * (n != 1)} to train ({rows} row{"s" * (rows != 1)}), '
+              f'{min(self.parallel, n)} at a time; logs in '
+              f'{os.path.join(self.directory, "ROW", "seed_K", "train.log")}')
+    self.echo(f'watch them: tensorboard --logdir {self.directory}')
+    if self.terminal:
+      from tqdm import tqdm
+      from tqdm.contrib.logging import logging_redirect_tqdm
+      self.bar = tqdm(total=n, unit='run', dynamic_ncols=True,
+                      bar_format='{bar:20} {n_fmt}/{total_fmt} runs  {desc}')
+      self._redirect = logging_redirect_tqdm()
+      self._redirect.__enter__()
+    self._thread = threading.Thread(target=self._watch, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+    if self.bar is not None:
+      self._redirect.__exit__(*exc)
+      self.bar.close()
+      self.bar = None
+
+  def echo(self, line: str) -> None:
+    if self.bar is not None:
+      self.bar.write(line)
+    else:
+      self.echo_line(line)
+
+  def started(self, name: str, what: str, resumed: bool = False) -> None:
+    with self._lock:
+      self.begun[name] = time.time()
+      if resumed:
+        self.resumed.add(name)
+      self.status[name] = 'starting'
+      self._offsets[name] = _size(self._log(name))   # a resumed run's old lines: not news
+    self.echo(f'[{name}] {what}')
+
+  def seconds(self, name: str) -> float:
+    return time.time() - self.begun.get(name, time.time())
+
+  def ended(self, name: str, state: str, message: str, seconds: float) -> None:
+    with self._lock:
+      self.states[name] = state
+      self.status.pop(name, None)
+      if state == 'done' and name not in self.resumed:
+        self.durations.append(seconds)
+      counts = self.counts()
+    detail = message if state != 'done' else _duration(seconds)
+    self.echo(f'[{name}] {state}: {detail} · {counts}')
+    if self.bar is not None:
+      self.bar.update(1)
+      self._refresh()
+
+  def counts(self) -> str:
+    """'3/10 done, 2 running, 1 failed, about 8m left'."""
+    states = list(self.states.values())
+    running = len(self.begun) - len(self.states)
+    parts = [f'{states.count("done")}/{len(self.names)} done', f'{running} running']
+    parts += [f'{states.count(s)} {s}' for s in ('failed', 'interrupted')
+              if states.count(s)]
+    left = self.seconds_left()
+    if left is not None:
+      parts.append(f'about {_duration(left)} left')
+    elif not self.durations:
+      parts.append('time left: known once a run finishes')
+    return ', '.join(parts)
+
+  def seconds_left(self) -> float | None:
+    """A finished run's time for each run not started, and what it has left
+    for each running one, shared over the runs that train at once; a run's
+    time is the mean of the latest few (a row's first seed compiles, the
+    later ones reuse its programs). None before the first run finished or
+    after the last."""
+    queued = len(self.names) - len(self.begun)
+    if not self.durations or queued + len(self.begun) - len(self.states) == 0:
+      return None
+    mean = statistics.fmean(self.durations[-max(self.parallel, 2):])
+    running = [time.time() - t for n, t in self.begun.items() if n not in self.states]
+    work = queued * mean + sum(max(mean - elapsed, 0.0) for elapsed in running)
+    return work / min(self.parallel, max(queued + len(running), 1))
+
+  def _log(self, name: str) -> str:
+    return os.path.join(self.directory, name, 'train.log')
+
+  def _watch(self) -> None:
+    while not self._stop.wait(1.0):
+      with self._lock:
+        running = [n for n in self.begun if n not in self.states]
+      for name in running:
+        self._read(name)
+      if self.bar is not None:
+        self._refresh()
+
+  def _read(self, name: str) -> None:
+    """New lines of a running run's train.log: its step, and whether it compiles."""
+    path = self._log(name)
+    try:
+      with open(path, errors='replace') as f:
+        f.seek(self._offsets.get(name, 0))
+        text = f.read()
+        self._offsets[name] = f.tell()
+    except OSError:
+      return
+    for line in text.splitlines():
+      row = name.partition('/')[0]
+      if self._COMPILING in line and row not in self._compiled_rows:
+        self._compiled_rows.add(row)
+        self.status[name] = 'compiling'
+        self.echo(f'[{name}] compiling the model (the first run of its row; a minute '
+                  f'or more on a few CPU cores when JAX\'s compilation cache is cold)')
+      elif (match := self._STEP.search(line)) is not None:
+        self.status[name] = f'step {match[1]}/{match[2]}'
+
+  def _refresh(self) -> None:
+    with self._lock:
+      running = [f'{n} {self.status.get(n, "")}'.strip() for n in self.begun
+                 if n not in self.states]
+      left = self.seconds_left()
+    eta = '' if left is None else f'~{_duration(left)} left · '
+    self.bar.set_description_str(eta + ' · '.join(running), refresh=True)
+
+
+def _size(path: str) -> int:
+  try:
+    return os.path.getsize(path)
+  except OSError:
+    return 0
+
+
+def _duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
 
 
 def summary(outcomes: dict[str, Outcome]) -> str:

@@ -2,13 +2,17 @@
 
 Only process 0 writes. Always: `config.json`, `metrics.jsonl` (one JSON
 object a line, appended and flushed as it goes) and, at the end,
-`result.json` (written atomically). TensorBoard event files under `tb/`,
-unless `tracking.tensorboard=False`, with the HParams session written when
-the run starts (so running and failed runs show in the HParams tab) and
-ended when it finishes. wandb under `wandb/` when installed and
-`tracking.wandb=True`, in `tracking.wandb_mode` (`offline` by default, or
-WANDB_MODE when set); one log line says where it logs, and a wandb that
-cannot start is one warning, not the end of the run.
+`result.json` (written atomically). TensorBoard event files in the run
+directory itself, unless `tracking.tensorboard=False`, so that
+`tensorboard --logdir SWEEP` names each run ROW/seed_K; the HParams session
+is written when the run starts (so running and failed runs show in the
+HParams tab) and ended when it finishes. wandb under `wandb/` when installed
+and `tracking.wandb=True`, in `tracking.wandb_mode` (`offline` by default, or
+WANDB_MODE when set), named `tracking.run_name` (a sweep's ROW/seed_K), in
+the group `tracking.wandb_group` (the sweep) with job type and tags from the
+sweep; one log line says where it logs, and a wandb that cannot start is one
+warning, not the end of the run. Metrics follow one convention: top-1/top-5
+error in % (`eval/top1_error`), as the paper's tables give them.
 """
 
 from __future__ import annotations
@@ -30,12 +34,12 @@ log = logging.getLogger(__name__)
 WANDB_MODES = ('offline', 'online', 'disabled')
 _WANDB_ALIASES = {'dryrun': 'offline', 'run': 'online'}     # wandb's older names
 
-# The metrics the HParams session declares: result.json's final metrics,
-# logged as scalars under these tags.
-FINAL_METRICS = ('eval/top1', 'eval/top5', 'eval/loss', 'eval_raw/top1',
-                 'eval_raw/top5', 'eval_raw/loss', 'train/loss')
-# The HParams session's own event file in tb/, replaced as a whole: it sorts
-# before the writer's files, so TensorBoard meets the session first.
+# The metrics the HParams session declares: result.json's final metrics (the
+# comparison table's), logged as scalars under these tags.
+FINAL_METRICS = ('eval/top1_error', 'eval/top5_error', 'eval/loss', 'eval_raw/top1_error',
+                 'eval_raw/top5_error', 'eval_raw/loss', 'train/loss')
+# The HParams session's own event file, replaced as a whole: it sorts before
+# the writer's files, so TensorBoard meets the session first.
 HPARAMS_EVENTS = 'events.out.tfevents.0.hparams'
 
 
@@ -74,9 +78,9 @@ class Tracker:
                tensorboard: bool = True, wandb: bool = False,
                wandb_mode: str = 'offline', wandb_init_timeout: float = 30.0,
                wandb_project: str = 'inception_jax', wandb_group: str = '',
-               run_name: str = ''):
+               run_name: str = '', job_type: str = '', tags=(), hparams_first=()):
     self.workdir, self.enabled = workdir, enabled
-    self.config = dict(config)
+    self.config, self.hparams_first = dict(config), list(hparams_first)
     self._tb = self._wandb = None
     self._tb_logged = {}              # tag -> (step, value) last written
     if not enabled:
@@ -85,12 +89,12 @@ class Tracker:
     self._metrics = open(os.path.join(workdir, rundir.METRICS), 'a')
     if tensorboard:
       SummaryWriter = _tensorboardx().SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, 'tb'), flush_secs=30)
-      _write_hparams(self._tb.logdir, self.config, ended=False)
+      self._tb = SummaryWriter(workdir, flush_secs=30)
+      _write_hparams(self._tb.logdir, self.config, self.hparams_first, ended=False)
     if wandb:
       self._wandb = _start_wandb(
           workdir, self.config, mode=wandb_mode, init_timeout=wandb_init_timeout,
-          project=wandb_project, group=wandb_group,
+          project=wandb_project, group=wandb_group, job_type=job_type, tags=list(tags),
           name=run_name or os.path.basename(os.path.abspath(workdir)))
 
   def __enter__(self):
@@ -125,7 +129,7 @@ class Tracker:
         value = float(value)
         if math.isfinite(value) and self._tb_logged.get(key) != (step, value):
           self._tb.add_scalar(key, value, step)
-      _write_hparams(self._tb.logdir, self.config, ended=True)
+      _write_hparams(self._tb.logdir, self.config, self.hparams_first, ended=True)
     if self._wandb is not None:
       self._wandb.summary.update(dict(result.get('metrics', {})))
     self.close()
@@ -182,16 +186,24 @@ def _close_tensorboard(tb) -> None:
     raise
 
 
-def _write_hparams(directory: str, config: Mapping, *, ended: bool) -> None:
+def _write_hparams(directory: str, config: Mapping, first=(), *, ended: bool) -> None:
   """TensorBoard's HParams session for the run in `directory`: the experiment
   (config keys, FINAL_METRICS), the session start (the flattened config) and,
   once the run has finished, the session end. One file, replaced as a whole,
-  so a resumed run keeps one session and its current config."""
+  so a resumed run keeps one session and its current config.
+
+  `first` (a sweep's keys that vary, then `seed`) are listed first and
+  marked as differing: TensorBoard orders the experiment's keys differing
+  first, then by name, so the ablation's columns lead and the constants
+  follow. Without them (a single run) every key is listed by name."""
   _tensorboardx()
   from tensorboardX.proto.event_pb2 import Event
   from tensorboardX.record_writer import RecordWriter
   from tensorboardX.summary import hparams
-  summaries = hparams(rundir.scalars(rundir.flatten(config)), dict.fromkeys(FINAL_METRICS))
+  flat = rundir.scalars(rundir.flatten(config))
+  ordered = {k: flat[k] for k in [*first, *sorted(flat)] if k in flat}
+  summaries = hparams(ordered, dict.fromkeys(FINAL_METRICS))
+  _mark_differing(summaries[0], set(first))
   now, temporary = time.time(), os.path.join(directory, '.hparams.tmp')
   with rundir.writing(os.path.join(directory, HPARAMS_EVENTS)):
     writer = RecordWriter(temporary)
@@ -203,7 +215,22 @@ def _write_hparams(directory: str, config: Mapping, *, ended: bool) -> None:
     os.replace(temporary, os.path.join(directory, HPARAMS_EVENTS))
 
 
-def _start_wandb(workdir, config, *, mode, init_timeout, project, group, name):
+def _mark_differing(experiment_summary, keys: set[str]) -> None:
+  """Set HParamInfo.differs on `keys` in tensorboardX's experiment summary.
+  tensorboardX's copy of the HParams protos predates the field, so the
+  content is rewritten with TensorBoard's own (the same wire format)."""
+  if not keys:
+    return
+  from tensorboard.plugins.hparams import plugin_data_pb2
+  content = experiment_summary.value[0].metadata.plugin_data
+  data = plugin_data_pb2.HParamsPluginData.FromString(content.content)
+  for info in data.experiment.hparam_infos:
+    info.differs = info.name in keys
+  content.content = data.SerializeToString()
+
+
+def _start_wandb(workdir, config, *, mode, init_timeout, project, group, job_type,
+                 tags, name):
   """A wandb run in `mode` (WANDB_MODE overrides it), or None. One log line
   says where the run is logged, or one warning why wandb did not start."""
   effective = resolve_wandb_mode(mode)
@@ -223,6 +250,7 @@ def _start_wandb(workdir, config, *, mode, init_timeout, project, group, name):
     # silent: wandb's own banner would repeat the line below, and asks the
     # server for the user name first (seconds, or a timeout offline).
     run = wandb.init(project=project, group=group or None, name=name,
+                     job_type=job_type or None, tags=tags or None,
                      dir=directory, config=config, mode=effective,
                      id=_wandb_id(workdir), resume='allow',
                      settings=wandb.Settings(silent=True, init_timeout=init_timeout,
@@ -259,3 +287,38 @@ def _wandb_id(workdir: str) -> str:
   with open(path, 'w') as f:
     f.write(run_id)
   return run_id
+
+
+# --- Uploading offline runs ----------------------------------------------------
+
+def offline_runs(directory: str) -> list[str]:
+  """The wandb offline runs under `directory` (a sweep or a run directory):
+  every RUN/wandb/offline-run-* there, sorted."""
+  found = []
+  for root, dirs, _ in os.walk(directory):
+    if os.path.basename(root) == 'wandb':
+      found += [os.path.join(root, d) for d in dirs if d.startswith('offline-run-')]
+      dirs[:] = []
+    else:                                   # checkpoints hold no wandb runs
+      dirs[:] = [d for d in dirs if d not in ('checkpoints', 'profile')]
+  return sorted(found)
+
+
+def sync(directory: str, *, dry_run: bool = False, echo=print) -> int:
+  """Upload every offline wandb run under `directory` with wandb's own
+  `wandb sync` (one call for them all; `dry_run`: wandb lists what it would
+  upload); returns its exit status."""
+  import subprocess
+  if not os.path.isdir(directory):
+    raise ConfigError(f'no directory {directory!r}')
+  runs = offline_runs(directory)
+  if not runs:
+    raise ConfigError(f'no offline wandb runs under {directory} (runs log to wandb '
+                      f'with tracking.wandb=True, offline by default, when wandb is '
+                      f'installed)')
+  command = [sys.executable, '-m', 'wandb', 'sync', *(['--dry-run'] if dry_run else []),
+             *runs]
+  echo(f'{len(runs)} offline wandb run(s) under {directory}; running '
+       f'wandb sync{" --dry-run" if dry_run else ""}', flush=True)
+  return subprocess.run(command).returncode
+

@@ -184,7 +184,8 @@ def make_train_step(graphdef, tx, schedule, config):
       total, parts = losses.inception_loss(
           logits, aux, labels, smoothing=config.loss.label_smoothing,
           aux_weight=config.loss.aux_weight)
-      parts['top1'] = jnp.mean(jnp.argmax(logits, -1) == labels)
+      # Top-1 error in %, the paper's (and every report's) convention.
+      parts['top1_error'] = 100 * jnp.mean(jnp.argmax(logits, -1) != labels)
       return total, (parts, nnx.state(model, nnx.BatchStat))
     (_, (parts, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, stats, parts
@@ -279,25 +280,32 @@ def make_eval_step(eval_graphdef):
       top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
       sums[f'{prefix}/loss'] = jnp.sum(
           losses.smoothed_cross_entropy(logits, labels, 0.0) * mask)
-      sums[f'{prefix}/top1'] = jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
-      sums[f'{prefix}/top5'] = jnp.sum(top5 * mask)
+      # Misclassified images, counted: `evaluate` makes them errors in %.
+      sums[f'{prefix}/top1_error'] = jnp.sum((jnp.argmax(logits, -1) != labels) * mask)
+      sums[f'{prefix}/top5_error'] = jnp.sum(~top5 * mask)
     return sums
   return eval_step
 
 
 class _Progress:
-  """A one-line progress bar on a terminal: step, loss, images/s, time left."""
+  """A one-line progress bar on a terminal: step, loss, images/s, time left.
+  While it shows, log lines are written above it (tqdm's logging redirect),
+  never onto the bar's line."""
 
   def __init__(self, total: int, start: int, enabled: bool):
-    self.bar = None
+    self.bar, self._redirect = None, contextlib.nullcontext()
     if enabled and sys.stderr.isatty():
       from tqdm import tqdm
+      from tqdm.contrib.logging import logging_redirect_tqdm
       self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
+      self._redirect = logging_redirect_tqdm()
 
   def __enter__(self):
+    self._redirect.__enter__()
     return self
 
   def __exit__(self, *exc):
+    self._redirect.__exit__(*exc)
     if self.bar is not None:
       self.bar.close()
 
@@ -396,14 +404,20 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
         wandb_mode=config.tracking.wandb_mode,
         wandb_init_timeout=config.tracking.wandb_init_timeout,
         wandb_project=config.tracking.wandb_project,
-        wandb_group=config.tracking.wandb_group))
+        wandb_group=config.tracking.wandb_group, run_name=run_name(config, workdir),
+        job_type=config.tracking.get('job_type', ''),
+        tags=config.tracking.get('tags', []),
+        hparams_first=config.tracking.get('hparams_first', [])))
     progress = resources.enter_context(_Progress(
         data.total_steps, start_step, is_chief and config.tracking.progress))
     stop = resources.enter_context(_StopSignal())
     profile = resources.enter_context(
         _Profile(workdir, start_step, config.get('profile_steps', 0)))
-    log.info('training %s for %d steps (%.2f steps per epoch) on %d devices',
-             spec.stem, data.total_steps, data.steps_per_epoch, jax.device_count())
+    log.info('training %s (%s stem, width ×%g, %d×%d input, %d classes) for %d steps '
+             '(%.2f steps per epoch) on %d %s device(s) in %s', run_name(config, workdir),
+             spec.stem, spec.width_multiplier, image_size, image_size, data.num_classes,
+             data.total_steps, data.steps_per_epoch, jax.device_count(),
+             jax.devices()[0].platform, workdir)
     train_step = jax.jit(make_train_step(graphdef, tx, schedule, config),
                          donate_argnums=0, out_shardings=(replicated, replicated))
     loop = _Loop(config, data, checkpoints, tracker, progress, stop, profile,
@@ -419,6 +433,13 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
                      last, start_step, start_time)
     tracker.finish(result)
     return result
+
+
+def run_name(config, workdir: str) -> str:
+  """The run's name in logs and wandb: `tracking.run_name` (a sweep's
+  ROW/seed_K), else its directory's name."""
+  return (config.tracking.get('run_name', '')
+          or os.path.basename(os.path.abspath(workdir)))
 
 
 def _result(config, c: cost.Cost, data, loop, last, start_step, start_time) -> dict:
@@ -438,7 +459,10 @@ def _result(config, c: cost.Cost, data, loop, last, start_step, start_time) -> d
                                / max(loop.train_time, 1e-9)),
       'wall_time_sec': time.time() - start_time,
       'devices': jax.device_count(),
+      'device_kind': jax.devices()[0].device_kind,
+      'platform': jax.devices()[0].platform,
       'processes': jax.process_count(),
+      'finished_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
       'resumed_from_step': start_step,
   }
 
@@ -524,8 +548,14 @@ class _Loop:
     for step in range(start + 1, total + 1):
       batch = next(self.data.loader)
       if not isinstance(self.train_step, jax.stages.Compiled):
-        self.train_step = parallel.compiled_together(self.train_step, state, batch,
-                                                     seed=self.seed)
+        # Compilation is not training: left out of images/s and of the time left.
+        with clock.paused():
+          log.info('compiling the train step (XLA; a new model takes a while, '
+                   'a cached one seconds)')
+          begin = time.time()
+          self.train_step = parallel.compiled_together(self.train_step, state, batch,
+                                                       seed=self.seed)
+          log.info('compiled the train step in %.1f s', time.time() - begin)
       self.profile.before(step)
       state, metrics = self.train_step(state, batch, seed=self.seed)
       self.profile.after(step, state)
@@ -592,7 +622,10 @@ class _Loop:
           f'every evaluation image in {self.data.eval_source.where} failed to decode '
           f'(all {len(self.data.eval_source)} skipped, as logged above); nothing to '
           f'evaluate on: check data.name, data.path and data.eval_split')
-    return {k: float(v) / count for k, v in totals.items()}
+    # Errors in % as `evaluate.evaluate` computes them (100 · wrong / images),
+    # so a run's own figures and a later `eval` of it agree exactly.
+    return {k: (100 * float(v) if k.endswith('_error') else float(v)) / count
+            for k, v in totals.items()}
 
 
 class _Profile:

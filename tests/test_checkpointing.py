@@ -119,7 +119,7 @@ def test_sigkill_at_any_moment_then_resume_is_exact(
   with open(workdir / 'metrics.jsonl', 'a') as f:     # and a row cut short by it
     f.write('{"step": 6, "train/lo')
 
-  evaluated = lambda: [r for r in rundir.read_metrics(str(workdir)) if 'eval/top1' in r]
+  evaluated = lambda: [r for r in rundir.read_metrics(str(workdir)) if 'eval/top1_error' in r]
   kill_when(workdir, lambda: 10 in logged_steps(workdir), 'step 10')
   assert not evaluated(), 'killed after the evaluation at step 10'
 
@@ -207,10 +207,10 @@ def test_one_device_and_eight_devices_agree(one_device64, reference64):
   assert one['devices'] == 1 and eight['devices'] == 8
   assert logged_steps(one_device64) == [1, 2, 3, 4, 5]
   np.testing.assert_allclose(losses(one_device64), losses(reference64)[:5], rtol=1e-9)
-  evaluated = {w: [r for r in rundir.read_metrics(str(w)) if r['step'] == 5 and 'eval/top1' in r]
+  evaluated = {w: [r for r in rundir.read_metrics(str(w)) if r['step'] == 5 and 'eval/top1_error' in r]
                for w in (one_device64, reference64)}
   (one, ), (eight, ) = evaluated.values()
-  for key in ('eval/top1', 'eval/top5', 'eval_raw/top1', 'eval_raw/top5'):
+  for key in ('eval/top1_error', 'eval/top5_error', 'eval_raw/top1_error', 'eval_raw/top5_error'):
     assert one[key] == eight[key], key
   for key in ('eval/loss', 'eval_raw/loss'):
     assert one[key] == pytest.approx(eight[key], rel=1e-9), key

@@ -25,8 +25,8 @@ def test_one_crop_is_the_runs_own_evaluation(tiny_run, capsys, weights, prefix):
   workdir, result = tiny_run
   assert cli.main(['eval', '--workdir', workdir, '--weights', weights, '--json']) == 0
   figures = json.loads(capsys.readouterr().out)
-  assert figures['top1'] == result['metrics'][f'{prefix}/top1']
-  assert figures['top5'] == result['metrics'][f'{prefix}/top5']
+  assert figures['top1_error'] == result['metrics'][f'{prefix}/top1_error']
+  assert figures['top5_error'] == result['metrics'][f'{prefix}/top5_error']
   assert (figures['crops'], figures['examples'], figures['members']) == (1, 100, [workdir])
   assert cli.main(['eval', '--workdir', workdir, '--weights', weights]) == 0
   assert 'top-1 error' in capsys.readouterr().out

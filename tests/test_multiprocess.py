@@ -50,7 +50,7 @@ def assert_trains_as(workdir, reference):
   for step, row in rows.items():
     assert abs(row['train/loss'] - expected[step]['train/loss']) < 1e-4, (step, row, expected)
   ours = json.load(open(os.path.join(reference, 'result.json')))['metrics']
-  for key in ('eval/loss', 'eval/top1', 'eval_raw/loss'):
+  for key in ('eval/loss', 'eval/top1_error', 'eval_raw/loss'):
     assert abs(result['metrics'][key] - ours[key]) < 1e-4, (key, result['metrics'], ours)
 
 

@@ -110,7 +110,7 @@ def test_every_compare_format(failing_sweep, cli_main):
                                                      ('third', 1)]
   for row in rows:
     if row['name'] in results:
-      errors = [100 * (1 - r['metrics']['eval/top1']) for r in results[row['name']]]
+      errors = [r['metrics']['eval/top1_error'] for r in results[row['name']]]
       assert [s['top1_error'] for s in row['per_seed']] == pytest.approx(errors, abs=1e-3)
       assert row['top1_error_mean'] == pytest.approx(np.mean(errors), abs=1e-3)
       if len(errors) > 1:
@@ -133,7 +133,7 @@ def test_runs_share_a_wandb_group_and_tensorboard_hparams(failing_sweep):
     config = json.load(open(os.path.join(workdir, name, 'config.json')))
     assert config['tracking']['wandb_group'] == 'three'
     hparams = {}
-    for events in glob.glob(os.path.join(workdir, name, 'tb', 'events.*')):
+    for events in glob.glob(os.path.join(workdir, name, 'events.*')):
       for event in EventFileLoader(events).Load():
         for value in event.summary.value:
           if value.metadata.plugin_data.plugin_name == 'hparams':
@@ -279,7 +279,7 @@ def test_an_interrupted_run_under_a_changed_config_is_stale(tmp_path, cli_main):
 
 class FakeLauncher:
   """Trains nothing: each run it is given ends 'done' with the config.json
-  and result.json a finished run writes (top-1 accuracy 0.5 + seed / 100)."""
+  and result.json a finished run writes (top-1 error 50 − seed %)."""
 
   def __init__(self):
     self.launched = []
@@ -292,8 +292,8 @@ class FakeLauncher:
       os.makedirs(workdir, exist_ok=True)
       rundir.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
       rundir.write_json(os.path.join(workdir, 'result.json'), {
-          'steps': 2, 'metrics': {'eval/top1': 0.5 + config.seed / 100,
-                                  'eval/top5': 0.9}})
+          'steps': 2, 'metrics': {'eval/top1_error': 50.0 - config.seed,
+                                  'eval/top5_error': 10.0}})
       on_end(run, sweep.Outcome('done', 0))
 
 

@@ -15,22 +15,23 @@ from inception_jax.errors import ConfigError
 
 TINY = TINY_CONFIG
 FAKE_KEY = 'f' * 40
-RESULT = {'metrics': {'eval/top1': 0.25, 'eval/top5': 0.75, 'eval/loss': 2.0,
-                      'eval_raw/top1': 0.2, 'eval_raw/top5': 0.7, 'eval_raw/loss': 2.1,
+RESULT = {'metrics': {'eval/top1_error': 75.0, 'eval/top5_error': 25.0, 'eval/loss': 2.0,
+                      'eval_raw/top1_error': 80.0, 'eval_raw/top5_error': 30.0,
+                      'eval_raw/loss': 2.1,
                       'train/loss': 1.5},
           'steps': 6}
 
 
 def tensorboard_events(workdir):
-  """Every event in WORKDIR/tb/, file by file in TensorBoard's (name) order."""
+  """Every event in WORKDIR, file by file in TensorBoard's (name) order."""
   from tensorboard.backend.event_processing.event_file_loader import (
       LegacyEventFileLoader)
-  for path in sorted(glob.glob(os.path.join(workdir, 'tb', '*tfevents*'))):
+  for path in sorted(glob.glob(os.path.join(workdir, '*tfevents*'))):
     yield from LegacyEventFileLoader(path).Load()
 
 
 def hparams_records(workdir):
-  """The HParams plugin's records in WORKDIR/tb/: (kind, data) in file order,
+  """The HParams plugin's records in WORKDIR: (kind, data) in file order,
   kind one of 'experiment', 'session_start_info', 'session_end_info'."""
   from tensorboard.plugins.hparams import plugin_data_pb2
   records = []
@@ -58,7 +59,7 @@ def the_session(workdir):
 
 
 def scalars(workdir):
-  """{tag: [(step, value), ...]} of every scalar in WORKDIR/tb/."""
+  """{tag: [(step, value), ...]} of every scalar in WORKDIR."""
   out = {}
   for event in tensorboard_events(workdir):
     for value in event.summary.value:

@@ -32,7 +32,7 @@ def test_run_directory_follows_the_contract(tiny_run):
   assert jax.device_count() == 8
   for name in ('config.json', 'metrics.jsonl', 'result.json'):
     assert os.path.isfile(os.path.join(workdir, name)), name
-  assert glob.glob(os.path.join(workdir, 'tb', 'events.out.tfevents.*'))
+  assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
   # config.profile_steps=2: a trace of steps 2-3, for TensorBoard and Perfetto.
   for pattern in ('*.xplane.pb', '*.trace.json.gz'):
     assert glob.glob(os.path.join(workdir, 'profile', 'plugins', 'profile', '*', pattern))
@@ -47,17 +47,20 @@ def test_run_directory_follows_the_contract(tiny_run):
   # Logged every step: the fraction of the interval's steps clipped is 0 or 1,
   # and says whether the norm after weight decay passed 2.0.
   assert all(r['train/clipped'] == float(r['train/clip_norm'] > 2.0) for r in train_rows)
-  eval_rows = [r for r in rows if 'eval/top1' in r]
+  eval_rows = [r for r in rows if 'eval/top1_error' in r]
   assert [r['step'] for r in eval_rows] == [3, 6]
   for row in eval_rows:
-    for key in ('eval/loss', 'eval/top1', 'eval/top5', 'eval_raw/loss',
-                'eval_raw/top1', 'eval_raw/top5'):
+    for key in ('eval/loss', 'eval/top1_error', 'eval/top5_error', 'eval_raw/loss',
+                'eval_raw/top1_error', 'eval_raw/top5_error'):
       assert key in row
-    assert 0 <= row['eval/top1'] <= row['eval/top5'] <= 1
+    # Errors in %: top-1 at least top-5; 100 images, so whole percents.
+    assert 0 <= row['eval/top5_error'] <= row['eval/top1_error'] <= 100
+    assert row['eval/top1_error'] == round(row['eval/top1_error'])
   saved = json.load(open(os.path.join(workdir, 'result.json')))
   assert saved['steps'] == 6 and saved['devices'] == 8 and saved['grad_accum_steps'] == 1
   assert saved['eval_examples'] == 100                 # the whole synthetic split
-  assert saved['metrics']['eval/top1'] == eval_rows[-1]['eval/top1']
+  assert saved['metrics']['eval/top1_error'] == eval_rows[-1]['eval/top1_error']
+  assert saved['platform'] == 'cpu' and saved['device_kind'] and saved['finished_at']
   assert saved['params'] > 0 and saved['macs'] > 0
   # 256 examples / 16 = 16 steps per epoch: no decay within 6 steps.
   assert train_rows[0]['train/lr'] == pytest.approx(0.045)

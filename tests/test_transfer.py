@@ -35,10 +35,10 @@ def test_a_run_from_another_starts_at_its_accuracy_and_keeps_frozen_weights(
   config = config_lib.load(TINY_CONFIG, SOURCE_RUN + [f'init_from=run:{workdir}',
                                                       f'freeze={FREEZE}'])
   train.run(config, str(tmp_path))
-  evals = [r for r in rundir.read_metrics(str(tmp_path)) if 'eval/top1' in r]
+  evals = [r for r in rundir.read_metrics(str(tmp_path)) if 'eval/top1_error' in r]
   assert [r['step'] for r in evals] == [0, 6]
   # Step 0 evaluates the loaded weights: the source's final evaluation.
-  assert evals[0]['eval/top1'] == result['metrics']['eval/top1']
+  assert evals[0]['eval/top1_error'] == result['metrics']['eval/top1_error']
   assert evals[0]['eval/loss'] == pytest.approx(result['metrics']['eval/loss'], rel=1e-6)
   loaded = _named(trainstate.restore_weights(workdir, 'ema').params)
   for weights in ('raw', 'ema'):
