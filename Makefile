@@ -41,11 +41,13 @@ demo: $(VENV)/.runtime
 # Two workers; tests that share a module's expensive runs are grouped
 # (xdist_group) so that each such run is made once, by one worker.
 # The SLURM tests use a running cluster: start (as root: install and start) the
-# local one first; without it they fail, naming the command.
+# local one first; without it they fail, naming the command. The HTML report's
+# test loads it in headless Chromium: installed first (as root) when missing.
 # The notebooks run as tests too (nbmake: each in a fresh kernel, failing on any
 # error), with QUICK=1: the same cells at a smaller scale, outputs not saved.
 test: $(VENV)/.test
 	bash scripts/slurm_local.sh start --install || echo "warning: the local SLURM cluster did not start; the SLURM tests will say why" >&2
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || echo "warning: Chromium did not install (apt-get install chromium); the report's browser test will say why" >&2
 	QUICK=1 $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15 tests --nbmake notebooks
 
 # Re-execute every notebook in place at full scale, refreshing the committed

@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import re
+import subprocess
 from typing import IO, Any, Iterable, Mapping
 
 from inception_jax.errors import UserError
@@ -160,6 +161,24 @@ def jsonable(tree: Any) -> Any:
   return json.loads(json.dumps(tree, default=_default))
 
 
+def source_commit() -> dict:
+  """{'commit': short hash, 'dirty': whether tracked files differ from it} of
+  the checkout this package runs from; None for each outside git."""
+  def git(*args):
+    try:
+      proc = subprocess.run(['git', '-C', _PACKAGE_PARENT, *args], capture_output=True,
+                            text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+      return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+  commit = git('rev-parse', '--short', 'HEAD')
+  changed = git('status', '--porcelain', '--untracked-files=no') if commit else None
+  return {'commit': commit, 'dirty': None if changed is None else bool(changed)}
+
+
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def write_text(path: str, text: str) -> None:
   """Replace `path` atomically with `text` (on failure, `path` is as it was)."""
   tmp = f'{path}.tmp'
@@ -261,15 +280,19 @@ def scalars(flat: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
           for k, v in flat.items()}
 
 
+def matches(key: str, patterns: Iterable[str]) -> bool:
+  """Whether a flattened key is one of `patterns` (exact keys, or 'prefix.*')."""
+  return any(key == p or (p.endswith('.*') and key.startswith(p[:-1])) for p in patterns)
+
+
 def changed_keys(a: Mapping, b: Mapping, *, ignore: Iterable[str] = ()) -> list[str]:
   """Flattened keys whose JSON values differ between two nested mappings, less
   those matching `ignore` (exact keys, or 'prefix.*')."""
   fa, fb = (flatten(as_current(c)) for c in (a, b))
   ignore = tuple(ignore)
-  skip = lambda k: any(k == i or (i.endswith('.*') and k.startswith(i[:-1]))
-                       for i in ignore)
   return sorted(k for k in fa.keys() | fb.keys()
-                if fa.get(k, '<missing>') != fb.get(k, '<missing>') and not skip(k))
+                if fa.get(k, '<missing>') != fb.get(k, '<missing>')
+                and not matches(k, ignore))
 
 
 def config_differences(a: Mapping, b: Mapping, *,

@@ -94,7 +94,7 @@ def label(runs: list[Run]) -> list[Run]:
         configs[row] = None
   built = [c for c in configs.values() if c is not None]
   keys = sorted(set().union(*built)) if built else []
-  varying = [k for k in keys if k != 'seed' and not _neutral(k)
+  varying = [k for k in keys if k != 'seed' and not rundir.matches(k, rundir.NEUTRAL_KEYS)
              and len({repr(c.get(k)) for c in built}) > 1]
   seeds = {run.overrides.get('seed') for run in runs} - {None}
   first = configs.get(rows[0]) if rows else None
@@ -109,11 +109,6 @@ def label(runs: list[Run]) -> list[Run]:
                                    if first is not None and config.get(k) != first.get(k)]
     labelled.append(dataclasses.replace(run, overrides={**run.overrides, **tracking}))
   return labelled
-
-
-def _neutral(key: str) -> bool:
-  return any(key == n or (n.endswith('.*') and key.startswith(n[:-1]))
-             for n in rundir.NEUTRAL_KEYS)
 
 
 def _tag(key: str, value: Any) -> str:
@@ -233,20 +228,11 @@ class Record:
 
 
 def provenance(command: str | None) -> dict:
-  """Where this invocation of the sweep comes from: the command, the commit
-  of the package's checkout (None outside git) and whether files differ from
-  it, the time, the host."""
-  def git(*args):
-    try:
-      proc = subprocess.run(['git', '-C', _PACKAGE_PARENT, *args], capture_output=True,
-                            text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-      return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
-  commit = git('rev-parse', '--short', 'HEAD')
-  changed = git('status', '--porcelain', '--untracked-files=no') if commit else None
-  return {'command': command, 'commit': commit,
-          'dirty': None if changed is None else bool(changed),
+  """Where the latest invocation of the sweep comes from: the command, the
+  commit of the package's checkout (None outside git) and whether files
+  differ from it, the time, the host. (Each run's result.json records the
+  commit that trained it.)"""
+  return {'command': command, **rundir.source_commit(),
           'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'host': os.uname().nodename}
 
 

@@ -463,6 +463,7 @@ def _result(config, c: cost.Cost, data, loop, last, start_step, start_time) -> d
       'platform': jax.devices()[0].platform,
       'processes': jax.process_count(),
       'finished_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+      **rundir.source_commit(),            # the code that trained it
       'resumed_from_step': start_step,
   }
 

@@ -175,6 +175,8 @@ def test_log_lines_name_their_run_and_metrics_are_errors_in_percent(tiny_sweep):
     result = json.load(open(os.path.join(directory, name, 'result.json')))
     assert 0 <= result['metrics']['eval/top1_error'] <= 100
     assert 'eval/top1' not in result['metrics']
+    # The code that trained it: this checkout's commit (the tests run in one).
+    assert result['commit'] == rundir.source_commit()['commit']
     evaluated = [r for r in rundir.read_metrics(os.path.join(directory, name))
                  if 'eval/top1_error' in r]
     assert [r['step'] for r in evaluated] == [2, 4]

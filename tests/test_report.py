@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html.parser
+import importlib.util
 import json
+import math
 import os
 import warnings
 
@@ -12,6 +15,26 @@ from scipy import stats as scipy_stats
 
 from inception_jax import report
 from inception_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    'report_browser', os.path.join(ROOT, 'scripts', 'report_browser.py'))
+report_browser = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report_browser)
+
+
+def external_loads(page):
+  """The src / href attributes of the page's tags that name another resource
+  than the page itself (a fragment, a data: URL): what a browser would fetch."""
+  found = []
+
+  class Parser(html.parser.HTMLParser):
+    def handle_starttag(self, tag, attrs):
+      found.extend(v for k, v in attrs if k in ('src', 'href') and v and
+                   not v.startswith(('#', 'data:')))
+
+  Parser().feed(page)
+  return found
 
 PAPER = {
     'inception_v2': dict(top1_error=23.4, top5_error=None, cost_bn_ops=3.8),
@@ -85,7 +108,9 @@ def test_collect_rows_in_sweep_order_with_errors_in_percent(table3):
   assert v2.paper['top1_error'] == 23.4
   assert r.rows[2].mean('top1_error') == pytest.approx(20.0)
   assert len(v2.runs[0].curves['train/loss']) == 20
-  assert v2.runs[0].curves['eval/top1'] == [(10, 0.6), (20, 0.7)]
+  # Old runs logged accuracy fractions (eval/top1 0.6, 0.7): read as error in %.
+  steps, errors = zip(*v2.runs[0].curves['eval/top1_error'])
+  assert steps == (10, 20) and errors == pytest.approx((40.0, 30.0))
 
 
 def test_failed_run_has_its_state_and_blank_figures(table3):
@@ -165,8 +190,8 @@ def test_html(table3):
   assert '<table>' in page and '</table>' in page
   for name in ('inception_v2', 'v2_rmsprop', 'inception_v3', 'paper top-1'):
     assert name in page
-  assert 'data:image/png;base64,' in page
-  assert '<link' not in page and '<script' not in page  # self-contained
+  assert 'Plotly.newPlot' in page and '<img' not in page
+  assert '<link' not in page and not external_loads(page)  # self-contained
 
 
 def test_html_that_cannot_be_written_is_one_line(table3, cli_main):
@@ -214,7 +239,7 @@ def test_without_sweep_json(tmp_path):
                                                       ('zeta', 'done')]
   assert r.rows[1].mean('top1_error') == pytest.approx(30.0)
   assert 'paper' not in report.format_markdown(r).split('\n')[2]
-  assert 'data:image/png;base64,' in open(report.write_html(r, directory)).read()
+  assert 'Plotly.newPlot' in open(report.write_html(r, directory)).read()
 
 
 def test_html_without_curves(tmp_path):
@@ -382,7 +407,8 @@ def test_text_and_markdown_show_spread_deltas_and_the_rule(seeded):
   assert line('single').count('n/a (1 seed)') == 2
   assert '22.00 (1)' in line('single')
   assert line('partial').endswith('2 done, 1 failed')
-  assert "Welch's t-test over seeds, two-sided p < 0.05" in text
+  assert ("p-value of Welch's t-test over seeds (two-sided); * exceeds the noise "
+          "(p < 0.05)") in text
   assert 'partial/seed_2: failed: loss is NaN at step 3' in text
   header = next(l for l in text.splitlines() if l.startswith('run'))
   assert 'Δ prev' in header and 'Δ first' in header
@@ -404,8 +430,11 @@ def test_mean_curve_is_the_mean_and_range_over_seeds(seeded):
 
 def test_html_has_curves_bars_and_the_rule(seeded):
   page = open(report.write_html(report.collect(seeded), seeded)).read()
-  assert page.count('data:image/png;base64,') == 2
-  assert 'alt="learning curves"' in page and 'alt="final top-1 error"' in page
+  assert page.count('class="plotly-graph-div"') == 3     # loss, error, final error
+  for title in (r'"train loss\u003cbr\u003e\u003csup\u003emean over seeds',   # <br><sup>
+                r'"eval top-1 error (%)\u003cbr\u003e',
+                r'"final top-1 error (%)\u003cbr\u003e'):
+    assert title in page
   assert "Welch&#x27;s t-test" in page
   assert '<tr class="failed">' in page                  # a failed seed marks its row
 
@@ -434,3 +463,209 @@ def test_sweep_directories_written_before_seeds_still_read(table3):
   assert v3['top1_delta_first'] == {'delta': pytest.approx(-4.0), 'p_value': None,
                                     'significant': None, 'note': 'n/a (1 seed)'}
   assert v3['top1_delta_prev'] is None                  # the row above has no result
+
+
+# The demo's shape: eval every 100 of 1000 steps, the new metric convention
+# (error in %), provenance, and rows 2–5 at the ceiling.
+
+# name: (config change, final top-1 error % per seed, final eval loss per seed,
+# steps over which each seed's error decays)
+DEMO = {
+    'inception_v2': ({}, [7.9, 13.6], [0.30, 0.45], [300, 400]),
+    'v2_rmsprop': ({'optim': {'name': 'rmsprop'}}, [0.2, 0.3], [0.020, 0.024], [150, 200]),
+    'label_smoothing': ({'loss': {'label_smoothing': 0.1}}, [0.1, 0.2], [0.25, 0.27],
+                        [120, 160]),
+    'factorized_7x7': ({'model': {'factorize_7x7': True}}, [0.4, 0.3], [0.015, 0.016],
+                       [100, 110]),
+    'bn_auxiliary': ({'model': {'aux_bn': True}}, [0.2, 0.2], [0.030, 0.020], [200, 260]),
+}
+EVAL_STEPS = list(range(100, 1001, 100))
+PROVENANCE = {'command': 'launch.py sweep sweeps/table3_ablation.py:scale=demo '
+                         '--workdir runs/table3_demo --parallel 2',
+              'commit': 'abc1234', 'dirty': True, 'started': '2026-05-12T14:03:00+0200',
+              'host': 'ci-runner'}
+
+
+def demo_error(final, decay, step):
+  """Top-1 error (%) at `step`: from about 70 % down to `final` at step 1000."""
+  return final + (70 - final) * (math.exp(-step / decay) - math.exp(-1000 / decay))
+
+
+def reached(final, decay):
+  return next(s for s in EVAL_STEPS if demo_error(final, decay, s) <= report.REACHED)
+
+
+def nested_update(tree, changes):
+  for key, value in changes.items():
+    if isinstance(value, dict):
+      nested_update(tree.setdefault(key, {}), value)
+    else:
+      tree[key] = value
+  return tree
+
+
+@pytest.fixture
+def demo(tmp_path):
+  """DEMO as a sweep directory: two seeds a row, the new metric names."""
+  directory = str(tmp_path / 'table3_demo')
+  runs, status = [], {}
+  for i, (name, (change, errors, losses, decays)) in enumerate(DEMO.items()):
+    runs.append({'name': name, 'config': 'configs/inception_v3.py', 'seeds': [0, 1]})
+    for k, (error, loss, decay) in enumerate(zip(errors, losses, decays)):
+      key = f'{name}/seed_{k}'
+      config = nested_update({
+          'seed': k, 'batch_size': 32, 'model': {'name': 'inception_v2'},
+          'optim': {'name': 'sgd'}, 'loss': {'label_smoothing': 0.0},
+          'tracking': {'wandb': False, 'name': key}, 'log_every_steps': 10 + i}, change)
+      write(os.path.join(directory, key, 'config.json'), config)
+      lines = [{'step': s, 'train/loss': 2.3 * math.exp(-s / decay) + loss,
+                'train/top1_error': demo_error(error, decay, s)}
+               for s in range(10, 1001, 10)]
+      lines += [{'step': s, 'eval/top1_error': demo_error(error, decay, s),
+                 'eval/top5_error': demo_error(error, decay, s) / 4,
+                 'eval/loss': loss + math.exp(-s / decay)} for s in EVAL_STEPS]
+      with open(os.path.join(directory, key, 'metrics.jsonl'), 'w') as f:
+        lines.sort(key=lambda line: line['step'])
+        f.writelines(json.dumps(line) + '\n' for line in lines)
+      write(os.path.join(directory, key, 'result.json'), {
+          'metrics': {'eval/top1_error': error, 'eval/top5_error': error / 4,
+                      'eval/loss': loss, 'train/loss': loss},
+          'steps': 1000, 'image_size': 75, 'params': 1_234_567, 'macs': 123_000_000,
+          'train_images_per_sec': 250.0, 'wall_time_sec': 150.0 + i,
+          'devices': 1, 'device_kind': 'cpu', 'platform': 'cpu',
+          'finished_at': f'2026-05-12T14:{10 + 2 * i + k:02d}:00+0200'})
+      status[key] = {'state': 'done', 'message': ''}
+  write(os.path.join(directory, 'sweep.json'), {
+      'name': 'table3_ablation', 'runs': runs, 'status': status, 'provenance': PROVENANCE})
+  return directory
+
+
+def test_old_and_new_metric_conventions_read_the_same(tmp_path):
+  """eval/top1_error (%) where a run logged it, else 100 · (1 − eval/top1)."""
+  old, new = str(tmp_path / 'old'), str(tmp_path / 'new')
+  fake_run(old, 'a', top1=0.76, top5=0.93)
+  fake_run(new, 'a', top1=0.76, top5=0.93)
+  converted = {'eval/top1_error': 24.0, 'eval/top5_error': 7.0, 'eval/loss': 1.5}
+  write(os.path.join(new, 'a', 'result.json'), {'metrics': converted, 'steps': 20})
+  with open(os.path.join(new, 'a', 'metrics.jsonl'), 'w') as f:
+    f.writelines(json.dumps(line) + '\n' for line in (
+        {'step': 10, 'train/loss': 6.0, 'train/top1_error': 90.0},
+        {'step': 10, 'eval/top1_error': 40.0, 'eval/loss': 2.0},
+        {'step': 20, 'eval/top1_error': 30.0, 'eval/loss': 2.0}))
+  for directory in (old, new):
+    run = report.collect(directory).rows[0].runs[0]
+    figures = (run.top1_error, run.top5_error, run.eval_loss)
+    assert figures == pytest.approx((24.0, 7.0, 1.5))
+    steps, errors = zip(*run.curves['eval/top1_error'])
+    assert steps == (10, 20) and errors == pytest.approx((40.0, 30.0))
+
+
+def test_rows_at_the_ceiling_are_named_and_compared_otherwise(demo):
+  r = report.collect(demo)
+  tied = list(DEMO)[1:]
+  assert [row.name for row in r.tied] == tied
+  assert [row.at_ceiling for row in r.rows] == [False, True, True, True, True]
+  first = DEMO[tied[0]]
+  for row in r.tied[1:]:
+    _, errors, losses, decays = DEMO[row.name]
+    steps = [reached(e, d) for e, d in zip(errors, decays)]
+    first_steps = [reached(e, d) for e, d in zip(first[1], first[3])]
+    assert [s.reached_step for s in row.runs] == steps
+    assert row.tie_loss.delta == pytest.approx(np.mean(losses) - np.mean(first[2]))
+    assert row.tie_loss.p_value == pytest.approx(welch_p(losses, first[2]), rel=1e-6)
+    assert row.tie_reached.delta == pytest.approx(np.mean(steps) - np.mean(first_steps))
+    if np.std(steps) or np.std(first_steps):
+      assert row.tie_reached.p_value == pytest.approx(welch_p(steps, first_steps), rel=1e-6)
+  assert r.rows[0].tie_loss is None and r.tied[0].tie_loss is None
+  text = report.format_text(r)
+  assert f'every seed of {", ".join(tied)} ends at ≤ 1 % top-1 error' in text
+  tie_lines = text[text.index('At the ceiling'):].splitlines()
+  header = next(l for l in tie_lines if l.startswith('run'))
+  assert 'eval loss' in header and 'Δ loss' in header and 'step to ≤5%' in header
+  fact = next(l for l in tie_lines if l.startswith('factorized_7x7'))
+  d = r.rows[3].tie_loss
+  assert f'{d.delta:+.4f}{"*" if d.significant else ""} (p {d.p_value:.2g})' in fact
+  assert 'At the ceiling' in report.format_markdown(r)
+  rows = {row['name']: row for row in json.loads(report.format_json(r))}
+  assert rows['inception_v2']['tie'] is None and not rows['inception_v2']['at_ceiling']
+  tie = rows['factorized_7x7']['tie']
+  assert tie['versus'] == 'v2_rmsprop' and tie['ceiling'] == report.CEILING
+  assert tie['eval_loss_mean'] == pytest.approx(np.mean(DEMO['factorized_7x7'][2]))
+  assert tie['eval_loss_delta']['p_value'] == pytest.approx(d.p_value)
+  assert tie['reached_step_mean'] == pytest.approx(
+      np.mean([reached(e, s) for e, s in zip(*DEMO['factorized_7x7'][1::2])]))
+
+
+def test_one_row_at_the_ceiling_is_no_tie(seeded):
+  run = lambda error: report.Seed(0, 'x', 'done', finished=True, top1_error=error)
+  assert report.Row('a', [run(0.2), run(1.0)]).at_ceiling
+  assert not report.Row('b', [run(0.2), run(1.1)]).at_ceiling
+  assert not report.Row('c', [report.Seed(0, 'x', 'failed')]).at_ceiling
+  r = report.collect(seeded)
+  assert r.tied == [] and 'At the ceiling' not in report.format_text(r)
+
+
+def test_each_row_says_what_it_changes(demo):
+  rows = json.loads(report.format_json(report.collect(demo)))
+  assert rows[0]['changes'] is None
+  # tracking.name and log_every_steps differ too: bookkeeping, left out.
+  assert [row['changes'] for row in rows[1:]] == [
+      {'optim.name': ['sgd', 'rmsprop']}, {'loss.label_smoothing': [0.0, 0.1]},
+      {'model.factorize_7x7': [None, True]}, {'model.aux_bn': [None, True]}]
+  r = report.collect(demo)
+  assert report.change_lines(r.rows[1]) == ['optim.name: sgd → rmsprop']
+
+
+def test_html_has_p_values_changes_and_provenance(demo):
+  r = report.collect(demo)
+  page = open(report.write_html(r, demo)).read()
+  d = r.rows[1].vs_first
+  assert f'{d.delta:+.2f}{"*" if d.significant else ""} (p {d.p_value:.2g})' in page
+  assert 'white-space: nowrap' in page and 'overflow-x: auto' in page
+  assert '<code>optim.name: sgd → rmsprop</code>' in page
+  assert '<code>loss.label_smoothing: 0.0 → 0.1</code>' in page
+  assert 'tracking.name' not in page
+  for line in (f'command: {PROVENANCE["command"]}',
+               'commit: abc1234 with uncommitted changes',
+               'started: 2026-05-12 14:03 +0200 on ci-runner', '10 runs on 1 cpu device',
+               'runs finished: 2026-05-12 14:10 +0200 to 2026-05-12 14:19 +0200',
+               'report written: '):
+    assert html.escape(line, quote=False) in page
+  assert 'Rows tied at the ceiling' in page
+  assert 'paper' not in page.split('<table>')[1].split('</table>')[0]   # no paper here
+
+
+def test_html_works_offline_in_chromium(demo, tmp_path):
+  """The report loads in headless Chromium without a console message and
+  draws every figure, with nothing fetched: plotly.js is embedded, once.
+  Fails (never skips) without Chromium, naming the install command."""
+  path = report.write_html(report.collect(demo), demo)
+  page = open(path).read()
+  assert external_loads(page) == []
+  assert page.count('Plotly.newPlot(') == 3 and page.count('plotly.js v') == 1
+  assert 'MathJax.js' not in page and 'cdn.plot.ly' not in page.split('<script')[0]
+  messages, plots = report_browser.check(path)
+  assert messages == []
+  assert plots == report_browser.placeholders(path) == 3
+  png = report_browser.screenshot(path, str(tmp_path / 'report.png'), 1200, 900)
+  assert open(png, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_report_browser_reports_console_errors(tmp_path, capsys):
+  page = tmp_path / 'broken.html'
+  page.write_text('<!DOCTYPE html><html><body><script>console.error("logged")</script>'
+                  '<script>throw new Error("thrown")</script></body></html>')
+  messages, plots = report_browser.check(str(page))
+  assert plots == 0
+  assert [m.split(' (file://')[0] for m in messages] == ['logged', 'Uncaught Error: thrown']
+  assert report_browser.main(['check', str(page)]) == 1
+  assert capsys.readouterr().err.startswith(f'error: {page}: 2 console message(s)')
+
+
+def test_report_browser_without_chromium_names_the_install(tmp_path, monkeypatch, capsys):
+  monkeypatch.delenv('CHROMIUM', raising=False)
+  monkeypatch.setattr(report_browser.shutil, 'which', lambda name: None)
+  (tmp_path / 'a.html').write_text('<p>a</p>')
+  assert report_browser.main(['check', str(tmp_path / 'a.html')]) == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'apt-get install chromium' in err
