@@ -81,8 +81,9 @@ def label(runs: list[Run]) -> list[Run]:
   directory's), the row (wandb's job type), the `key=value` pairs the row
   changes against the sweep's first row (wandb's tags) and the keys that
   vary across the sweep, then `seed` (first in TensorBoard's HParams).
-  A row whose config cannot be built gets its name alone (training reports
-  the error)."""
+  Only keys the run's config has are set (a config written before them
+  trains unlabelled rather than failing); a row whose config cannot be built
+  gets none (training reports the error)."""
   rows = list(dict.fromkeys(r.name.partition('/')[0] for r in runs))
   configs = {}
   for run in runs:
@@ -102,11 +103,14 @@ def label(runs: list[Run]) -> list[Run]:
   for run in runs:
     row = run.name.partition('/')[0]
     config = configs[row]
-    tracking = {'tracking.run_name': run.name, 'tracking.job_type': row}
+    tracking = {}
     if config is not None:
-      tracking['tracking.hparams_first'] = varying + (['seed'] if len(seeds) > 1 else [])
-      tracking['tracking.tags'] = [_tag(k, config.get(k)) for k in varying
-                                   if first is not None and config.get(k) != first.get(k)]
+      tracking = {
+          'tracking.run_name': run.name, 'tracking.job_type': row,
+          'tracking.hparams_first': varying + (['seed'] if len(seeds) > 1 else []),
+          'tracking.tags': [_tag(k, config.get(k)) for k in varying
+                            if first is not None and config.get(k) != first.get(k)]}
+      tracking = {k: v for k, v in tracking.items() if k in config}
     labelled.append(dataclasses.replace(run, overrides={**run.overrides, **tracking}))
   return labelled
 

@@ -547,3 +547,38 @@ def test_a_run_recorded_before_a_config_key_existed(tmp_path, scale, changes):
   rundir.write_json(str(tmp_path / 'config.json'), recorded)
   rundir.write_json(str(tmp_path / 'result.json'), {'steps': 1, 'metrics': {}})
   assert sweep.config_changes(str(tmp_path), config) == changes
+
+
+def test_each_run_is_labelled_for_the_dashboards(tmp_path):
+  """Each run gets its name, row, tags (what its row changes against the
+  first) and the sweep's varying keys as tracking overrides; a config
+  written before those keys existed trains unlabelled instead of failing."""
+  path = write_sweep(tmp_path / 'two.py', [
+      dict(name='a', config=TINY, seeds=[0, 1]),
+      dict(name='b', config=TINY, seeds=[0, 1], overrides={'optim.name': 'momentum'})])
+  fake = FakeLauncher()
+  sweep.run_sweep(path, str(tmp_path / 'out'), launcher=fake, echo=lambda _: None)
+  configs = {name: json.load(open(tmp_path / 'out' / name / 'config.json'))['tracking']
+             for name, _ in fake.launched}
+  for name, tracking in configs.items():
+    row = name.partition('/')[0]
+    assert (tracking['run_name'], tracking['job_type']) == (name, row)
+    assert tracking['hparams_first'] == ['optim.name', 'seed']
+    assert tracking['tags'] == (['optim.name=momentum'] if row == 'b' else [])
+  # A config file without the labelling keys (one written before them).
+  old = tmp_path / 'old_config.py'
+  old.write_text(
+      'from inception_jax import config_lib\n'
+      f'def get_config(arg=None):\n'
+      f'  config = config_lib.load({os.path.join(ROOT, TINY)!r})\n'
+      '  config.unlock()\n'
+      '  for key in ("run_name", "job_type", "tags", "hparams_first"):\n'
+      '    del config.tracking[key]\n'
+      '  return config\n')
+  path = write_sweep(tmp_path / 'old.py', [dict(name='a', config=str(old), seeds=[0, 1])])
+  fake = FakeLauncher()
+  outcomes = sweep.run_sweep(path, str(tmp_path / 'old_out'), launcher=fake,
+                             echo=lambda _: None)
+  assert {o.state for o in outcomes.values()} == {'done'}
+  assert not any(a.startswith('--config.tracking.run_name') for _, args in fake.launched
+                 for a in args)
