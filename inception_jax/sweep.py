@@ -688,7 +688,7 @@ class Progress:
                      else terminal)
     self.begun, self.durations, self.states, self.resumed = {}, [], {}, set()
     self.status, self._offsets, self._compiled_rows = {}, {}, set()
-    self._lock, self._stop = threading.Lock(), threading.Event()
+    self._lock, self._reading, self._stop = threading.Lock(), threading.Lock(), threading.Event()
     self._thread = self.bar = self._redirect = None
 
   def __enter__(self):
@@ -737,6 +737,7 @@ class Progress:
     return time.time() - self.begun.get(name, time.time())
 
   def ended(self, name: str, state: str, message: str, seconds: float) -> None:
+    self._read(name)                # the lines the watcher has not read yet
     with self._lock:
       self.states[name] = state
       self.status.pop(name, None)
@@ -791,15 +792,19 @@ class Progress:
 
   def _read(self, name: str) -> None:
     """New lines of a running run's train.log: its step, and whether it compiles."""
-    path = self._log(name)
+    with self._reading:             # the watcher's thread, or a run that ended
+      self._read_new(name)
+
+  def _read_new(self, name: str) -> None:
     try:
-      with open(path, errors='replace') as f:
+      with open(self._log(name), 'rb') as f:
         f.seek(self._offsets.get(name, 0))
-        text = f.read()
-        self._offsets[name] = f.tell()
+        data = f.read()
     except OSError:
       return
-    for line in text.splitlines():
+    whole = data[:data.rfind(b'\n') + 1]        # a line still being written: next time
+    self._offsets[name] = self._offsets.get(name, 0) + len(whole)
+    for line in whole.decode(errors='replace').splitlines():
       row = name.partition('/')[0]
       if self._COMPILING in line and row not in self._compiled_rows:
         self._compiled_rows.add(row)
