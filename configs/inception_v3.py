@@ -32,10 +32,11 @@ devices  batch  micro-batches  per device  BN groups  learning rate  steps/epoch
 
 Commands, expected runtime and result:
   python launch.py train --config configs/inception_v3.py:scale=demo --workdir runs/demo
-      about 2 minutes on 2 CPU cores; eval/top1 above 0.9 (chance 0.1); each
-      Table 3 row and seed of `make demo` ends above 0.7 (README)
+      about 2 minutes on 2 CPU cores; eval/top1_error below 10% (chance 90%);
+      `make demo`'s Table 3 rows end at 0-0.3% but for the momentum row,
+      whose seeds can end far apart (README)
   python launch.py train --config configs/inception_v3.py:scale=tiny --workdir runs/tiny
-      under a minute on 2 CPU cores (mostly compilation); eval/top1 near chance
+      under a minute on 2 CPU cores (mostly compilation); eval/top1_error near chance
   python launch.py train --config configs/inception_v3.py --workdir runs/v3 \
       --config.data.data_dir=DATA_DIR
       ImageNet prepared with TFDS (README); 100 epochs at global batch 1600 on
