@@ -220,13 +220,15 @@ def _metric_lines(path: str) -> list[tuple[str, dict | None]]:
   if not os.path.exists(path):
     return []
   lines = []
-  with open(path) as f:
-    for line in filter(str.strip, f):
+  with open(path, 'rb') as f:        # bytes: a crash can tear a line mid-character
+    for raw in f:
       try:
-        row = json.loads(line)
-      except ValueError:
-        row = None
-      lines.append((line, row if isinstance(row, dict) and 'step' in row else None))
+        line = raw.decode('utf-8')
+        row = json.loads(line) if line.strip() else None
+      except ValueError:             # UnicodeDecodeError included
+        line, row = raw.decode('utf-8', errors='replace'), None
+      if line.strip():
+        lines.append((line, row if isinstance(row, dict) and 'step' in row else None))
   return lines
 
 

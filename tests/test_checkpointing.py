@@ -116,8 +116,8 @@ def test_sigkill_at_any_moment_then_resume_is_exact(
             'the first save')
   assert not [n for n in checkpoint_dirs(workdir) if n.isdigit()], 'killed after the save'
   assert logged_steps(workdir)[:5] == [1, 2, 3, 4, 5]
-  with open(workdir / 'metrics.jsonl', 'a') as f:     # and a row cut short by it
-    f.write('{"step": 6, "train/lo')
+  with open(workdir / 'metrics.jsonl', 'ab') as f:    # and a row cut short by it,
+    f.write(b'{"step": 6, "train/lo\xe2\x80')         # mid-character: not UTF-8
 
   evaluated = lambda: [r for r in rundir.read_metrics(str(workdir)) if 'eval/top1_error' in r]
   kill_when(workdir, lambda: 10 in logged_steps(workdir), 'step 10')
@@ -320,6 +320,16 @@ def test_truncate_metrics_drops_rows_after_the_step(tmp_path):
   path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"ste')
   assert rundir.truncate_metrics(str(tmp_path), 2) == 2
   assert [r['step'] for r in rundir.read_metrics(str(tmp_path))] == [1, 2]
+
+
+def test_a_tail_torn_mid_character_is_skipped(tmp_path):
+  """A crash can leave any bytes after the last whole row, not only text."""
+  path = tmp_path / 'metrics.jsonl'
+  path.write_bytes(b'{"step": 1}\n{"step": 2, "x": "\xc3\xa9"}\n{"step": 3, "y": "\xe2\x80'
+                   b'\xff\x00garbage')
+  assert [r['step'] for r in rundir.read_metrics(str(tmp_path))] == [1, 2]
+  assert rundir.truncate_metrics(str(tmp_path), 5) == 1
+  assert path.read_bytes() == b'{"step": 1}\n{"step": 2, "x": "\xc3\xa9"}\n'
 
 
 def test_close_waits_for_the_removal_of_unfinished_saves(tmp_path):
