@@ -162,11 +162,13 @@ class CheckpointManager:
     if bad:
       raise ValueError(f'{len(bad)} file(s) differ from their checksums, e.g. {bad[0]}')
 
-  def restore(self, abstract_state, check_config: Callable[[Mapping], None] = None
-              ) -> tuple[Any, Mapping, Mapping] | None:
+  def restore(self, abstract_state, check_config: Callable[[Mapping], None] = None,
+              from_step: int | None = None) -> tuple[Any, Mapping, Mapping] | None:
     """The latest good checkpoint as (state, data state, config), or None when
     there is none. `abstract_state` holds the target shapes and shardings (of
-    the current mesh).
+    the current mesh). With `from_step`, the checkpoint of that step (it must
+    exist): the ones after it are moved to WORKDIR/checkpoints_discarded/ once
+    it is restored (kept, never deleted), so the run goes on from there.
 
     Only evidence of damage — files that differ from their checksums, a state
     that holds another step — moves a checkpoint aside (to
@@ -176,6 +178,13 @@ class CheckpointManager:
     optimizer, an I/O or memory error) is an error that leaves every
     checkpoint in place."""
     steps = self.all_steps()
+    if from_step is not None:
+      if from_step not in steps:
+        raise CheckpointError(
+            f'--from_step {from_step}: no checkpoint of step {from_step} in {self.path}; '
+            f'there are: {", ".join(map(str, steps)) or "none"}')
+      later, steps = [s for s in steps if s > from_step], [s for s in steps
+                                                            if s <= from_step]
     if not steps:
       return None
     damaged = []
@@ -207,6 +216,12 @@ class CheckpointManager:
       if damaged:
         log.warning('resuming from step %d; damaged checkpoints were moved to %s',
                     step, os.path.join(self.workdir, 'checkpoints_damaged'))
+      if from_step is not None and later:
+        for s in later:
+          self._move_aside(s, 'checkpoints_discarded')
+        log.warning('resuming from step %d (--from_step): the checkpoints of steps %s '
+                    'were moved to %s', step, ', '.join(map(str, later)),
+                    os.path.join(self.workdir, 'checkpoints_discarded'))
       return state, restored['data'], config
     raise CheckpointError(
         f'no checkpoint in {self.path} can be restored ({"; ".join(damaged)}); they '
@@ -220,9 +235,9 @@ class CheckpointManager:
     self._move_aside(step)
     return reason
 
-  def _move_aside(self, step: int) -> None:
+  def _move_aside(self, step: int, to: str = 'checkpoints_damaged') -> None:
     if jax.process_index() == 0:
-      target = os.path.join(os.path.abspath(self.workdir), 'checkpoints_damaged',
+      target = os.path.join(os.path.abspath(self.workdir), to,
                             f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
       os.makedirs(os.path.dirname(target), exist_ok=True)
       shutil.move(os.path.join(self.path, str(step)), target)
@@ -236,6 +251,11 @@ def config_changes(saved: Mapping, current: Mapping) -> list[str]:
   """Flattened keys whose values differ between two config dicts, except
   those a resumed run may change (`rundir.RESUMABLE_KEYS`)."""
   return rundir.changed_keys(saved, current, ignore=rundir.RESUMABLE_KEYS)
+
+
+def fixed_changes(saved: Mapping, current: Mapping) -> list[str]:
+  """The changed keys that no resume can take (`rundir.FIXED_ON_RESUME`)."""
+  return [k for k in config_changes(saved, current) if k in rundir.FIXED_ON_RESUME]
 
 
 def restore_params(workdir: str, step: int | None = None) -> dict[str, np.ndarray]:

@@ -2,7 +2,7 @@
 `python launch.py COMMAND …` in a checkout).
 
   python launch.py train --config configs/inception_v3.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]
-      [--allow_config_change]
+      [--allow_config_change] [--from_step N]
   python launch.py cost --config configs/inception_v3.py[:ARG] [--json] [--config.KEY=VALUE ...]
   python launch.py cost --sweep sweeps/table3_ablation.py[:ARG] [--json]
   python launch.py sweep sweeps/table3_ablation.py[:ARG] --workdir DIR
@@ -85,7 +85,8 @@ def cmd_train(args, overrides):
   if config.model.get('dtype') == 'float64':     # numerical checks: float64 throughout
     import jax
     jax.config.update('jax_enable_x64', True)
-  result = train.run(config, args.workdir, allow_config_change=args.allow_config_change)
+  result = train.run(config, args.workdir, allow_config_change=args.allow_config_change,
+                     from_step=args.from_step)
   metrics = result['metrics']
   top1, top5 = rundir.error_percent(metrics, 'top1'), rundir.error_percent(metrics, 'top5')
   if top1 is not None:
@@ -350,6 +351,9 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   p.add_argument('--workdir', required=True, help='run directory')
   p.add_argument('--allow_config_change', action='store_true',
                  help='resume even if the config differs from the checkpointed one')
+  p.add_argument('--from_step', type=int, metavar='N',
+                 help='resume from the checkpoint of step N (later ones are moved to '
+                      'checkpoints_discarded/, kept): e.g. before a divergence')
   p.set_defaults(fn=cmd_train)
   p = sub.add_parser('cost', help='parameters and multiply-adds (Table 3 "Cost")')
   p.add_argument('--config', help='config FILE.py[:ARG]')

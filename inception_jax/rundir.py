@@ -33,8 +33,13 @@ RESULT = 'result.json'
 NEUTRAL_KEYS = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                 'keep_checkpoints', 'profile_steps', 'tracking.*', 'slurm.*', 'data.num_workers',
                 'data.num_threads', 'data.prefetch')
-# Keys a resumed run may change besides: its length.
-RESUMABLE_KEYS = NEUTRAL_KEYS + ('total_steps', 'num_epochs')
+# Keys a resumed run may change: the neutral ones but the number of data
+# workers (the data iterator's saved position is that of its worker layout:
+# another count would resume on other batches, or not at all), and its length.
+RESUMABLE_KEYS = tuple(k for k in NEUTRAL_KEYS if k != 'data.num_workers') + (
+    'total_steps', 'num_epochs')
+# Keys no resume can change, even when allowed to change the config.
+FIXED_ON_RESUME = ('data.num_workers',)
 # Keys added to the config after runs had recorded theirs, with the value
 # those runs had in effect: a recorded config without the key compares as if
 # it held that value (an ImageNet run started before `data.object_size`

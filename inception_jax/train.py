@@ -318,10 +318,18 @@ class _Progress:
 
 
 def _check_resume(saved: dict, config, allow_config_change: bool) -> None:
-  """Refuse to resume under a config that changes the run (unless allowed)."""
+  """Refuse to resume under a config that changes the run (unless allowed),
+  and always under one that changes what a resume cannot take."""
   changed = checkpointing.config_changes(saved, config.to_dict())
   if not changed:
     return
+  fixed = checkpointing.fixed_changes(saved, config.to_dict())
+  if fixed:
+    values = ', '.join(f'{k}={rundir.flatten(saved).get(k)!r}' for k in fixed)
+    raise ConfigError(
+        f'{", ".join(fixed)} cannot change on resume: the data position saved in the '
+        f'checkpoint belongs to its worker layout, so the run would go on with other '
+        f'batches. Resume with {values}, or start a new --workdir.')
   if allow_config_change:
     log.warning('resuming with a changed config: %s', ', '.join(changed))
     return
@@ -331,11 +339,13 @@ def _check_resume(saved: dict, config, allow_config_change: bool) -> None:
       f'anyway.')
 
 
-def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
+def run(config, workdir: str, *, allow_config_change: bool = False,
+        from_step: int | None = None) -> dict:
   """Train `config` in `workdir`; returns (and writes) the result.
 
-  A workdir holding checkpoints resumes from the latest good one; a finished
-  one returns its result.json untouched. SIGTERM, SIGINT or SIGUSR2 finishes
+  A workdir holding checkpoints resumes from the latest good one (from the
+  one of `from_step`, when given: later ones are moved aside, kept); a
+  finished one returns its result.json untouched. SIGTERM, SIGINT or SIGUSR2 finishes
   the current step, saves a checkpoint and raises `Preempted`.
   """
   start_time = time.time()
@@ -382,9 +392,19 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> dict:
         keep=config.keep_checkpoints))
     state = _init_or_restore(config, init, checkpoints, data.loader, allow_config_change,
                              source=lambda: transfer.source_model(
-                                 config.init_from, spec, image_size))
+                                 config.init_from, spec, image_size),
+                             from_step=from_step)
     start_step = int(state.step)
+    if from_step is not None and is_chief:
+      _discard_result(workdir)
     finished = rundir.read_json(os.path.join(workdir, rundir.RESULT))
+    if start_step > data.total_steps and finished is None:
+      raise ConfigError(
+          f'the checkpoint is at step {start_step}, past total_steps '
+          f'{data.total_steps}: the run has gone further already. Set total_steps >= '
+          f'{start_step}, resume from an earlier checkpoint with --from_step N '
+          f'(steps: {", ".join(map(str, checkpoints.all_steps()))}), or use a new '
+          f'--workdir.')
     if finished is not None and start_step >= data.total_steps:
       log.info('the run in %s has finished already (result.json); nothing to do', workdir)
       return finished
@@ -497,8 +517,19 @@ class _Data:
       yield pipeline.to_global(batch, self.sharding)
 
 
+def _discard_result(workdir: str) -> None:
+  """A finished run resumed from an earlier step (--from_step) is unfinished
+  again: its result.json is renamed, kept, not left to say it finished."""
+  path = os.path.join(workdir, rundir.RESULT)
+  if os.path.exists(path):
+    target = os.path.join(workdir, f'result.discarded-{time.strftime("%Y%m%d-%H%M%S")}.json')
+    os.replace(path, target)
+    log.warning('--from_step: the run is unfinished again; its result.json was moved '
+                'to %s', target)
+
+
 def _init_or_restore(config, init, checkpoints, loader, allow_config_change,
-                     source) -> trainstate.TrainState:
+                     source, from_step=None) -> trainstate.TrainState:
   """A new TrainState from the traced `init` (with the weights of `source()`
   when `config.init_from` names one), or the latest good checkpoint's (onto
   this run's mesh, whatever the device count it was written on) with the data
@@ -506,7 +537,10 @@ def _init_or_restore(config, init, checkpoints, loader, allow_config_change,
   # The config is checked before the state is read: a changed model or
   # optimizer is refused by name, and no good checkpoint is set aside for it.
   restored = checkpoints.restore(init.out_info, check_config=lambda saved: _check_resume(
-      saved, config, allow_config_change))
+      saved, config, allow_config_change), from_step=from_step)
+  if restored is None and from_step is not None:
+    raise checkpointing.CheckpointError(f'--from_step {from_step}: the run has no '
+                                        f'checkpoint to resume from')
   if restored is None:
     state = init.lower().compile()(trainstate.seed(config))
     if config.get('init_from'):
@@ -594,7 +628,11 @@ class _Loop:
           f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} at step "
           f'{step} (loss {loss}, gradient norm {grad_norm}); the run stopped and '
           f'everything written before step {step} is intact. Lower '
-          f'optim.learning_rate or keep optim.grad_clip_norm > 0.')
+          f'optim.learning_rate or keep optim.grad_clip_norm > 0, and rerun with '
+          f'--allow_config_change; when the latest checkpoint already holds the '
+          f'diverging weights (the loss grew before it), add --from_step N for an '
+          f'earlier one (checkpoints: '
+          f'{", ".join(map(str, self.checkpoints.all_steps())) or "none"}).')
     self.last = metrics
     if step % self.config.log_every_steps == 0 or step == self.data.total_steps:
       metrics['train/images_per_sec'] = clock.images_per_sec(step, self.config.batch_size)
