@@ -79,11 +79,18 @@ def absolute(path_arg: str, base: str | None = None) -> str:
 
 
 def load_module(path: str, base: str | None = None):
+  """Import the `.py` file `path` (a config or sweep file). A syntax error in
+  it is one line naming the file and line; an error its code raises when run
+  keeps its traceback (a bug in the user's code)."""
   path = _resolve(path, base)
   spec = importlib.util.spec_from_file_location(
       os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:                          # compiled apart from running, to tell the two apart
+    code = spec.loader.get_code(module.__name__)
+  except SyntaxError as e:
+    raise ConfigError(f'{e.filename or path}, line {e.lineno}: syntax error: {e.msg}') from None
+  exec(code, module.__dict__)   # as spec.loader.exec_module(module) does
   return module
 
 

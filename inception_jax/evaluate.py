@@ -15,6 +15,7 @@ over all devices like training's.
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import numpy as np
@@ -55,6 +56,7 @@ def probabilities(members: list[Member], crops: int = 1, split: str | None = Non
 
 def _probabilities(members: list[Member], source, crops: int, limit: int | None,
                    batch: int | None):
+  _check_limit(limit)
   count = len(source) if limit is None else min(limit, len(source))
   for member in members[1:]:
     if len(member.class_names) != source.num_classes:
@@ -78,7 +80,32 @@ def _probabilities(members: list[Member], source, crops: int, limit: int | None,
 
 def _source(member: Member, split: str | None, exclude: str | None):
   data = member.config.data
-  return sources.make_source(data, split or data.eval_split, exclude)
+  split = split or data.eval_split
+  _check_split(data, split)
+  return sources.make_source(data, split, exclude)
+
+
+def _check_split(data, split: str) -> None:
+  """A split the dataset lacks (a typo) is an error naming those it has. The
+  synthetic source takes any name but the training split's for the
+  evaluation split, and a folder's message names only the missing folder;
+  TFDS names its splits itself."""
+  if data.name == 'synthetic':
+    where, known = 'the synthetic dataset', [data.train_split, data.eval_split]
+  elif data.name == 'folder' and data.path and os.path.isdir(data.path):
+    where = data.path
+    known = sorted(d for d in os.listdir(data.path)
+                   if not d.startswith('.') and os.path.isdir(os.path.join(data.path, d)))
+  else:
+    return
+  if split not in known:
+    raise ConfigError(f'{where} has no split {split!r}; it has '
+                      f'{", ".join(map(repr, known)) or "none"}')
+
+
+def _check_limit(limit: int | None) -> None:
+  if limit is not None and limit < 1:
+    raise ConfigError(f'--limit must be a number of examples >= 1, got {limit}')
 
 
 def _views(member: Member, record, crops: int) -> np.ndarray:
@@ -111,6 +138,7 @@ def evaluate(workdirs: list[str], crops: int = 1, weights: str = 'ema',
   validation images with the ILSVRC 2014 blacklist."""
   if crops not in preprocess.MULTI_CROPS:
     raise ConfigError(f'crops must be one of {list(preprocess.MULTI_CROPS)}, got {crops}')
+  _check_limit(limit)           # before loading the runs
   members = [load(w, weights) for w in workdirs]
   source = _source(members[0], split, exclude)
   probs, labels = _probabilities(members, source, crops, limit, batch=None)

@@ -166,7 +166,28 @@ def load_sweep(path_arg: str, seeds: list[int] | None = None) -> list[Run]:
   module = config_lib.load_module(path)
   if not hasattr(module, 'get_sweep'):
     raise ConfigError(f'{path} defines no get_sweep(arg)')
-  runs = [r if isinstance(r, Run) else Run(**r) for r in module.get_sweep(arg or None)]
+
+  def run(i: int, r) -> Run:
+    """Run(**r), a misspelled or missing field being one line naming the run."""
+    if isinstance(r, Run):
+      return r
+    if not hasattr(r, 'keys'):
+      raise ConfigError(f'{path}: run {i} of get_sweep() is a {type(r).__name__}, '
+                        f'not a dict or Run')
+    given, fields = list(r.keys()), [f.name for f in dataclasses.fields(Run)]
+    name = repr(r['name']) if 'name' in given else f'{i} (no name)'
+    unknown = [k for k in given if k not in fields]
+    required = [f.name for f in dataclasses.fields(Run)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [f for f in required if f not in given]
+    if unknown or missing:
+      problem = (f'unknown field(s) {", ".join(map(repr, unknown))}' if unknown else
+                 f'no {" and no ".join(map(repr, missing))}')
+      raise ConfigError(f'{path}: run {name} has {problem}; a run has the fields '
+                        f'{", ".join(fields)}')
+    return Run(**r)
+
+  runs = [run(i, r) for i, r in enumerate(module.get_sweep(arg or None))]
   if seeds is not None:
     runs = [dataclasses.replace(r, seeds=seeds) for r in runs]
   runs = [_check_seeds(path, r) for r in runs]

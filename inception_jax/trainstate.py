@@ -107,12 +107,19 @@ def restore_weights(workdir: str, weights: str = 'ema') -> RunWeights:
   # The run's lock, as training takes it (in the first process): opening
   # Orbax's manager clears unfinished saves, which must not happen under a
   # running trainer.
+  import errno
   try:
     held = (rundir.lock(os.path.join(workdir, '.lock')) if jax.process_index() == 0
             else contextlib.nullcontext())
   except rundir.LockHeld as e:
     raise UserError(f'a process is training in {workdir} (pid {e.pid}); use its '
                     f'weights once it stops, or those of a copy') from None
+  except OSError as e:
+    # A run we may not write to (an archive, a colleague's runs) has no
+    # trainer writing in it either: read it unlocked.
+    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+      raise
+    held = contextlib.nullcontext()
   with held, checkpointing.CheckpointManager(
       workdir, every_steps=0, keep=config.keep_checkpoints) as checkpoints:
     restored = checkpoints.restore(init.out_info)

@@ -66,16 +66,21 @@ class Options:
 
 
 class EncodedImage:
-  """An image read as far as its header (`size`); `pixels` decodes it."""
+  """An image read as far as its header (`size`); `pixels` decodes it.
+
+  Every mode Pillow reads keeps its meaning in 8-bit RGB (`to_rgb8`), and
+  an EXIF orientation tag is applied (`size` and `pixels` are upright).
+  """
 
   def __init__(self, image, where: str = 'image'):
-    self.where, self._jpeg = where, None
+    self.where, self._jpeg, self._orientation = where, None, 1
     try:
       if isinstance(image, np.ndarray):
         self._pil = Image.fromarray(image)
       else:
         data = bytes(image)
         self._pil = Image.open(io.BytesIO(data))
+        self._orientation = exif_orientation(self._pil)
         if self._pil.format == 'JPEG' and self._pil.mode in ('RGB', 'L'):
           self._jpeg = data
     except Exception as e:  # Pillow raises many types for bad files.
@@ -83,8 +88,9 @@ class EncodedImage:
 
   @property
   def size(self) -> tuple[int, int]:
-    """(width, height)."""
-    return self._pil.size
+    """(width, height) upright, as `pixels` returns it."""
+    width, height = self._pil.size
+    return (height, width) if self._orientation in _SWAPS_AXES else (width, height)
 
   def reduction(self, scale: float) -> int:
     """The DCT scale denominator (1, 2, 4 or 8) that keeps a crop `scale`
@@ -97,27 +103,113 @@ class EncodedImage:
     return next(s for s in (8, 4, 2, 1) if fits >= s)
 
   def pixels(self, reduction: int = 1) -> np.ndarray:
-    """RGB uint8 (height, width, 3), a JPEG decoded at 1/`reduction` of its size."""
-    width, height = self.size
+    """RGB uint8 (height, width, 3), upright, a JPEG decoded at 1/`reduction`
+    of its size."""
+    return upright(self._decode(reduction), self._orientation)
+
+  def _decode(self, reduction: int) -> np.ndarray:
+    """The pixels as stored (before the EXIF orientation)."""
+    width, height = self._pil.size
     size = (-(-width // reduction), -(-height // reduction))
+    if self._jpeg is not None:
+      try:
+        return simplejpeg.decode_jpeg(self._jpeg, 'RGB', min_height=size[1],
+                                      min_width=size[0])
+      except ValueError:
+        pass      # what libjpeg-turbo refuses strictly (a truncated file): Pillow decides
+    img = self._pil
     try:
-      if self._jpeg is not None:
-        try:
-          return simplejpeg.decode_jpeg(self._jpeg, 'RGB', min_height=size[1],
-                                        min_width=size[0])
-        except ValueError:
-          pass      # what libjpeg-turbo refuses strictly (a truncated file): Pillow decides
-      img = self._pil
       if reduction > 1:
         img.draft('RGB', (width // reduction, height // reduction))
-      return np.asarray(img if img.mode == 'RGB' else img.convert('RGB'))
+      return to_rgb8(img)
     except Exception as e:
-      raise CorruptImageError(f'cannot decode {self.where}: {e}') from None
+      raise CorruptImageError(f'cannot decode {self.where} (mode {img.mode}): {e}') from None
 
 
 def open_image(image, where: str = 'image') -> EncodedImage:
   """An image from encoded bytes or a uint8 HWC array, decoded on demand."""
   return EncodedImage(image, where)
+
+
+# --- Modes and orientation -------------------------------------------------------
+
+_INT_GRAY = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N')
+_PREMULTIPLIED = {'La': 'LA', 'RGBa': 'RGBA'}
+
+
+def to_rgb8(img: Image.Image) -> np.ndarray:
+  """uint8 RGB (height, width, 3) that means what `img` means, in any mode.
+
+  - 16-bit gray ('I;16*'), and 'I', read as 16-bit (a 16-bit PNG or TIFF
+    comes as 'I' from older Pillows; values outside 0..65535 clip): the top
+    8 bits, value >> 8. That is what TensorFlow's `decode_png(dtype=uint8)`
+    gives (libpng's strip_16) and what Pillow itself keeps of 16-bit RGB
+    and gray-alpha PNGs, so a 16-bit picture reads as its 8-bit twin (whose
+    16-bit form is v·257) whether stored gray or RGB. Pillow's own
+    `convert('RGB')` clips these at 255 instead: a mostly white image.
+  - 'F' (float gray): assumed in [0, 1] (the float-image convention);
+    × 255, rounded, clipped.
+  - Alpha ('LA', 'PA', 'RGBA', a palette's transparency) is dropped, the
+    colour kept, as TensorFlow's `decode_png(channels=3)` and torchvision's
+    `convert('RGB')` do — the references this project is checked against.
+    Premultiplied alpha ('La', 'RGBa') is divided out first, so the colour
+    is the same as the straight-alpha image's.
+  - '1', 'L', 'P', 'CMYK', 'YCbCr', 'LAB', 'HSV', 'RGBX': Pillow's
+    conversion ('1' → 0/255, palette lookup, CMYK → (255−C)(255−K)/255).
+  Raises what Pillow raises for a mode it cannot convert.
+  """
+  if img.mode == 'RGB':
+    return np.asarray(img)
+  if img.mode in _INT_GRAY:
+    gray = np.asarray(img).astype(np.int64)    # 'I;16B' is big-endian; 'I' signed
+    return _gray_to_rgb(np.clip(gray, 0, 65535) >> 8)
+  if img.mode == 'F':
+    return _gray_to_rgb(np.clip(np.rint(np.asarray(img) * 255.0), 0, 255))
+  if img.mode in _PREMULTIPLIED:               # Pillow has no 'La' → 'RGB'
+    img = img.convert(_PREMULTIPLIED[img.mode])
+  return np.asarray(img.convert('RGB'))
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+  """(height, width) values in 0..255 → uint8 (height, width, 3)."""
+  return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
+
+
+# EXIF orientation (tag 0x0112) → the numpy ops that make the stored pixels
+# upright, as `ImageOps.exif_transpose` does; 5–8 swap width and height.
+_ORIENT = {
+    2: lambda x: x[:, ::-1],
+    3: lambda x: x[::-1, ::-1],
+    4: lambda x: x[::-1],
+    5: lambda x: x.swapaxes(0, 1),
+    6: lambda x: np.rot90(x, -1),
+    7: lambda x: x[::-1, ::-1].swapaxes(0, 1),
+    8: lambda x: np.rot90(x, 1),
+}
+_SWAPS_AXES = (5, 6, 7, 8)
+
+
+def exif_orientation(img: Image.Image) -> int:
+  """The EXIF orientation tag (1–8), 1 when absent or unreadable.
+
+  Applied to every format, JPEG's simplejpeg path included (libjpeg-turbo
+  ignores EXIF): a folder of phone photos should be seen upright, as
+  viewers show them. TensorFlow's `decode_jpeg` and torchvision's loader
+  ignore the tag, so a tagged image differs from theirs. A broken EXIF
+  block does not make a readable image unreadable.
+  """
+  try:
+    value = img.getexif().get(0x0112, 1)
+  except Exception:        # Pillow raises many types for a malformed EXIF block
+    return 1
+  return value if value in _ORIENT else 1
+
+
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+  """`pixels` (height, width, 3) as stored → upright (contiguous, for OpenCV)."""
+  if orientation not in _ORIENT:
+    return pixels
+  return np.ascontiguousarray(_ORIENT[orientation](pixels))
 
 
 def sample_crop(rng: np.random.Generator, height: int, width: int,
