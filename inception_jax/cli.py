@@ -76,6 +76,14 @@ def _split_overrides(argv):
 
 
 def cmd_train(args, overrides):
+  from inception_jax import stopping
+  # Signals become a stop request from the start, before JAX loads: one that
+  # comes while starting or compiling stops the run like any other.
+  with stopping.StopSignal() as stop:
+    return _train(args, overrides, stop)
+
+
+def _train(args, overrides, stop):
   from inception_jax import parallel
   parallel.initialize()      # before anything touches a device
   parallel.use_compilation_cache()
@@ -86,7 +94,7 @@ def cmd_train(args, overrides):
     import jax
     jax.config.update('jax_enable_x64', True)
   result = train.run(config, args.workdir, allow_config_change=args.allow_config_change,
-                     from_step=args.from_step)
+                     from_step=args.from_step, stop=stop)
   metrics = result['metrics']
   top1, top5 = rundir.error_percent(metrics, 'top1'), rundir.error_percent(metrics, 'top5')
   if top1 is not None:
@@ -431,6 +439,10 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return e.exit_code
+  except KeyboardInterrupt:       # a third Ctrl-C while a run stops (stopping.py)
+    print('error: aborted by Ctrl-C; the latest complete checkpoint is intact: rerun '
+          'the same command to resume from it', file=sys.stderr)
+    return 4
   except OSError as e:
     if not rundir.is_disk_full(e):
       raise

@@ -390,7 +390,7 @@ class LocalLauncher:
         for name, (proc, run, workdir) in list(running.items()):
           if proc.poll() is not None:
             del running[name]
-            on_end(run, _outcome(proc.returncode, workdir))
+            on_end(run, _outcome(proc.returncode, workdir, stopping=bool(stopping)))
         if stopping and not running:
           break
         time.sleep(0.2)
@@ -419,12 +419,17 @@ class LocalLauncher:
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _outcome(exit_code: int, workdir: str) -> Outcome:
+# How a run ends that the sweep's own stop signal ended before it could save
+# (killed by it while the interpreter started): interrupted, not failed.
+_KILLED_BY_STOP = {-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT}
+
+
+def _outcome(exit_code: int, workdir: str, stopping: bool = False) -> Outcome:
   if exit_code == 0 and finished(workdir):
     return Outcome('done', 0)
   message = _last_error(os.path.join(workdir, 'train.log')) or f'exit status {exit_code}'
-  state = 'interrupted' if exit_code == 4 else 'failed'
-  return Outcome(state, exit_code, message)
+  interrupted = exit_code == 4 or (stopping and exit_code in _KILLED_BY_STOP)
+  return Outcome('interrupted' if interrupted else 'failed', exit_code, message)
 
 
 def _last_error(log_path: str) -> str:

@@ -22,12 +22,14 @@ import json
 import logging
 import math
 import os
+import queue
 import sys
+import threading
 import time
 from typing import Any, Mapping
 
 from inception_jax import rundir
-from inception_jax.errors import ConfigError
+from inception_jax.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,10 @@ class Tracker:
     self._metrics = open(os.path.join(workdir, rundir.METRICS), 'a')
     if tensorboard:
       SummaryWriter = _tensorboardx().SummaryWriter
+      self._tb_errors = _WriterThreadErrors()
       self._tb = SummaryWriter(workdir, flush_secs=30)
+      for writer in (self._tb.all_writers or {}).values():
+        _never_block_on_a_dead_thread(writer.event_writer)
       _write_hparams(self._tb.logdir, self.config, self.hparams_first, ended=False)
     if wandb:
       self._wandb = _start_wandb(
@@ -111,9 +116,13 @@ class Tracker:
       self._metrics.write(json.dumps(row) + '\n')
       self._metrics.flush()
     if self._tb is not None:
-      for key, value in metrics.items():
-        self._tb.add_scalar(key, float(value), int(step))
-        self._tb_logged[key] = (int(step), float(value))
+      self._check_tensorboard()
+      try:
+        for key, value in metrics.items():
+          self._tb.add_scalar(key, float(value), int(step))
+          self._tb_logged[key] = (int(step), float(value))
+      except _WriterGone:
+        self._check_tensorboard()
     if self._wandb is not None:
       self._wandb.log(dict(metrics), step=int(step))
 
@@ -124,6 +133,7 @@ class Tracker:
       return
     rundir.write_json(os.path.join(self.workdir, rundir.RESULT), dict(result))
     if self._tb is not None:
+      self._check_tensorboard()
       step = int(result.get('steps', 0))
       for key, value in result.get('metrics', {}).items():
         value = float(value)
@@ -141,10 +151,29 @@ class Tracker:
     with contextlib.ExitStack() as closing:
       closing.callback(self._finish_wandb)
       if self._tb is not None:
+        closing.callback(self._tb_errors.close)
         closing.callback(_close_tensorboard, self._tb)
         self._tb = None
       with rundir.writing(self._metrics.name):
         self._metrics.close()                 # a second close does nothing
+
+  def _check_tensorboard(self) -> None:
+    """Raise what stopped TensorBoard's writer thread (a full disk: `DiskFull`):
+    with the thread gone, its queue fills and the next write would block for
+    good. The writer is closed first, so nothing waits on it."""
+    error = self._tb_errors.error()
+    if error is None and all(_worker_alive(w) for w in (self._tb.all_writers or {}).values()):
+      return
+    _abandon(self._tb)
+    self._tb = None
+    self._tb_errors.close()
+    if error is not None and rundir.is_disk_full(error):
+      raise rundir.DiskFull(os.path.join(self.workdir, 'events.out.tfevents.*'))
+    why = f' ({_one_line(error)})' if error is not None else ''
+    raise UserError(f'TensorBoard\'s event writer stopped{why} while '
+                    f'writing in {self.workdir}; the run stopped, its checkpoints and '
+                    f'metrics.jsonl are intact: rerun the same command to resume '
+                    f'(or set tracking.tensorboard=false)')
 
   def _finish_wandb(self) -> None:
     if self._wandb is not None:
@@ -171,9 +200,69 @@ def _tensorboardx():
   return tensorboardX
 
 
+class _WriterGone(Exception):
+  """A write to a tensorboardX writer whose thread has died."""
+
+
+def _never_block_on_a_dead_thread(events) -> None:
+  """Make the writer's queue refuse a write once its thread is gone: a full
+  queue blocks a write until the thread takes an event, which a dead thread
+  never does (the run then hung for good). A live thread is waited for as
+  long as it takes."""
+  queue_, put = events._event_queue, events._event_queue.put   # noqa: SLF001
+
+  def guarded(item, block=True, timeout=None):
+    while True:
+      try:
+        return put(item, True, 1.0)
+      except queue.Full:
+        if not events._worker.is_alive():                        # noqa: SLF001
+          raise _WriterGone() from None
+  queue_.put = guarded
+
+
+class _WriterThreadErrors:
+  """The exception that ended a tensorboardX writer thread, kept for the main
+  loop (`Tracker._check_tensorboard`) instead of printed as a thread's
+  traceback; other threads' exceptions go to the previous hook."""
+
+  def __init__(self):
+    self._errors, self._previous = [], threading.excepthook
+    threading.excepthook = self._hook
+
+  def _hook(self, args):
+    if type(args.thread).__name__ == '_EventLoggerThread':
+      self._errors.append(args.exc_value)
+    else:
+      self._previous(args)
+
+  def error(self) -> BaseException | None:
+    return self._errors[0] if self._errors else None
+
+  def close(self) -> None:
+    if threading.excepthook == self._hook:
+      threading.excepthook = self._previous
+
+
+def _worker_alive(writer) -> bool:
+  events = writer.event_writer
+  return events._closed or events._worker.is_alive()       # noqa: SLF001
+
+
+def _abandon(tb) -> None:
+  """Mark a SummaryWriter's writers closed without waiting on a thread that
+  is gone (its queue may be full): their exit handlers then do nothing."""
+  for writer in (tb.all_writers or {}).values():
+    events = writer.event_writer
+    if not events._closed and not events._worker.is_alive():   # noqa: SLF001
+      events._closed = True                                      # noqa: SLF001
+
+
 def _close_tensorboard(tb) -> None:
   """Close a SummaryWriter. One that cannot flush (a full disk) has its thread
-  stopped and is marked closed, so that its exit handler does not fail again."""
+  stopped and is marked closed, so that its exit handler does not fail again;
+  one whose thread died is marked closed without waiting on it."""
+  _abandon(tb)
   try:
     with rundir.writing(tb.logdir):
       tb.close()

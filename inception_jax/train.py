@@ -17,9 +17,7 @@ import functools
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 
 import jax
@@ -28,8 +26,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from inception_jax import (checkpointing, cost, losses, models, optim, parallel, rundir,
-                           tracking, trainstate, transfer)
+from inception_jax import (checkpointing, config_checks, cost, losses, models, optim,
+                           parallel, rundir, stopping, tracking, trainstate, transfer)
 from inception_jax.data import pipeline, sources
 from inception_jax.errors import ConfigError, UserError
 
@@ -46,42 +44,9 @@ class Preempted(UserError):
   exit_code = 4
 
 
-class _StopSignal:
-  """Turns SIGTERM, SIGINT and SIGUSR2 into a flag that the loop checks after each step."""
-
-  # SIGUSR2: what SLURM sends ahead of a job's time limit (submitit's
-  # --signal=USR2@90), so a run saves before it is killed.
-  SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
-
-  def __init__(self):
-    self.received, self._previous = None, {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-  def _handle(self, signum, frame):
-    if self.received is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt     # a second Ctrl-C stops at once
-    self.received = signal.Signals(signum).name
-
-  def any_process(self) -> bool:
-    """Whether any process received a signal (all processes agree)."""
-    flag = self.received is not None
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
-    return flag
-
-
 def check_config(config) -> None:
   """Values a config can hold but a run cannot use: clear errors up front."""
+  config_checks.check(config)           # every key's type and range, first
   if not 0 <= config.seed < 2**32:
     raise ConfigError(f'seed must be in [0, 2**32), got {config.seed}')
   if config.batch_size < 1:
@@ -340,12 +305,13 @@ def _check_resume(saved: dict, config, allow_config_change: bool) -> None:
 
 
 def run(config, workdir: str, *, allow_config_change: bool = False,
-        from_step: int | None = None) -> dict:
+        from_step: int | None = None, stop: stopping.StopSignal | None = None) -> dict:
   """Train `config` in `workdir`; returns (and writes) the result.
 
   A workdir holding checkpoints resumes from the latest good one (from the
   one of `from_step`, when given: later ones are moved aside, kept); a
-  finished one returns its result.json untouched. SIGTERM, SIGINT or SIGUSR2 finishes
+  finished one returns its result.json untouched. `stop`: the command line's
+  signal flag, installed before JAX was imported (else one of its own). SIGTERM, SIGINT or SIGUSR2 finishes
   the current step, saves a checkpoint and raises `Preempted`.
   """
   start_time = time.time()
@@ -355,6 +321,9 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
   given, config = config, resolve_batch(config, jax.device_count())
   is_chief = jax.process_index() == 0
   with contextlib.ExitStack() as resources:
+    # From here on a signal is a request to stop, honoured after a step (or
+    # before the first, when it came while starting or compiling).
+    stop = stop if stop is not None else resources.enter_context(stopping.StopSignal())
     # --- Mesh and data ---------------------------------------------------------
     # The data is opened (and so checked) before anything is written: a wrong
     # data_dir or split leaves no run directory behind.
@@ -395,6 +364,10 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
                                  config.init_from, spec, image_size),
                              from_step=from_step)
     start_step = int(state.step)
+    if stop.any_process():
+      raise Preempted(f'stopped by {stop.received or "a signal to another process"} '
+                      f'before training step {start_step + 1}; nothing new to save. '
+                      f'Rerun the same command to go on.')
     if from_step is not None and is_chief:
       _discard_result(workdir)
     finished = rundir.read_json(os.path.join(workdir, rundir.RESULT))
@@ -430,7 +403,6 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
         hparams_first=config.tracking.get('hparams_first', [])))
     progress = resources.enter_context(_Progress(
         data.total_steps, start_step, is_chief and config.tracking.progress))
-    stop = resources.enter_context(_StopSignal())
     profile = resources.enter_context(
         _Profile(workdir, start_step, config.get('profile_steps', 0)))
     log.info('training %s (%s stem, width ×%g, %d×%d input, %d classes) for %d steps '
@@ -602,6 +574,9 @@ class _Loop:
       save = stopping or self.checkpoints.should_save(step) or step == total
       if save or evaluate or step % config.log_every_steps == 0:
         self._log(step, metrics, clock)
+      if stopping:
+        log.info('stopping (%s): saving the checkpoint of step %d',
+                 self.stop.received or 'a signal to another process', step)
       if save:             # before evaluating: an evaluation that fails loses no step
         self.checkpoints.save(step, state, self.data.loader.get_state(),
                               config.to_dict())

@@ -131,3 +131,119 @@ def test_predict_names_the_top_5_classes(tiny_run, tmp_path, capsys):
   assert paths[0] in capsys.readouterr().out
   assert cli.main(['predict', '--workdir', workdir, str(tmp_path / 'missing.png')]) == 2
   assert 'cannot read' in capsys.readouterr().err
+
+
+@pytest.mark.xdist_group('evaluate')
+def test_a_split_the_dataset_lacks_is_one_line_naming_those_it_has(tiny_run, capsys):
+  """The synthetic source takes any name but the training split's for its
+  evaluation split: a typo in --split evaluated that split and exited 0."""
+  workdir, _ = tiny_run
+  assert cli.main(['eval', '--workdir', workdir, '--split', 'valdation']) == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'Traceback' not in err
+  assert err.startswith('error: ') and "no split 'valdation'" in err
+  assert "it has 'train', 'validation'" in err
+
+
+def test_a_folder_split_the_dataset_lacks_names_the_folders(tmp_path):
+  import ml_collections
+  for split in ('train', 'validation', '.hidden'):
+    (tmp_path / split / 'cat').mkdir(parents=True)
+  data = ml_collections.ConfigDict(dict(name='folder', path=str(tmp_path)))
+  evaluate._check_split(data, 'validation')
+  with pytest.raises(evaluate.ConfigError, match="no split 'val'; it has 'train', 'validation'$"):
+    evaluate._check_split(data, 'val')
+
+
+@pytest.mark.parametrize('limit', ['0', '-3'])
+def test_a_limit_below_one_is_one_line(tmp_path, capsys, limit):
+  """Checked before the runs are read: no run is needed."""
+  assert cli.main(['eval', '--workdir', str(tmp_path), '--limit', limit]) == 2
+  err = capsys.readouterr().err
+  assert err == f'error: --limit must be a number of examples >= 1, got {limit}\n'
+
+
+def _read_only_commands(sweep: str, image: str) -> list:
+  """eval, predict and compare (text, then html) of the run SWEEP/tiny, each
+  as [exit status, stdout, stderr]."""
+  import contextlib
+  import io
+  results = []
+  for args in (['eval', '--workdir', f'{sweep}/tiny', '--json'],
+               ['predict', '--workdir', f'{sweep}/tiny', '--json', image],
+               ['compare', sweep], ['compare', sweep, '--format', 'html']):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      code = cli.main(args)
+    results.append([code, out.getvalue(), err.getvalue()])
+  return results
+
+
+def _can_mount_read_only(tmp_path) -> bool:
+  """Whether `unshare --mount` may bind-mount a directory read-only here
+  (root with CAP_SYS_ADMIN, as in CI's containers)."""
+  import shlex
+  import shutil
+  import subprocess
+  probe = shlex.quote(str(tmp_path / 'probe'))
+  (tmp_path / 'probe').mkdir()
+  try:
+    return shutil.which('unshare') is not None and subprocess.run(
+        ['unshare', '--mount', 'sh', '-c', f'mount --bind {probe} {probe} && '
+         f'mount -o remount,bind,ro {probe} && ! touch {probe}/x 2>/dev/null'],
+        capture_output=True, timeout=60).returncode == 0
+  except (OSError, subprocess.SubprocessError):
+    return False
+
+
+@pytest.mark.xdist_group('evaluate')
+def test_a_read_only_run_can_be_evaluated_predicted_and_compared(
+    tiny_run, tmp_path, monkeypatch, capsys):
+  """A run on a read-only filesystem (an archive, a colleague's runs) has no
+  trainer writing in it: eval and predict read it without its lock. Tests
+  run as root, whom permissions do not stop, so the copy of the tiny run is
+  made read-only by a real read-only bind mount, in a mount namespace of a
+  process of its own (`unshare --mount`, nothing left mounted whatever
+  happens) that runs the commands; where mounting is not allowed, the lock
+  fails with EROFS as it does there (monkeypatched) and the commands run in
+  this process."""
+  import errno
+  import os
+  import shlex
+  import shutil
+  import subprocess
+  import sys
+  from PIL import Image
+  from conftest import ROOT, _cli_environment
+  from inception_jax import rundir
+  from inception_jax.data import synthetic
+  workdir, result = tiny_run
+  sweep = tmp_path / 'archive'
+  shutil.copytree(workdir, sweep / 'tiny')
+  image = str(tmp_path / 'class_3.png')
+  Image.fromarray(synthetic.render(3, 86, np.random.default_rng(3))).save(image)
+  mounted = _can_mount_read_only(tmp_path)
+  if mounted:
+    where = shlex.quote(str(sweep))
+    program = (f'import json, sys; sys.path.insert(0, {os.path.join(ROOT, "tests")!r}); '
+               f'from test_evaluate import _read_only_commands; '
+               f'print(json.dumps(_read_only_commands({str(sweep)!r}, {image!r})))')
+    proc = subprocess.run(
+        ['unshare', '--mount', 'sh', '-c', f'mount --bind {where} {where} && '
+         f'mount -o remount,bind,ro {where} && exec "$0" -c "$1"', sys.executable, program],
+        cwd=ROOT, env=_cli_environment(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+  else:
+    def read_only(path):
+      raise OSError(errno.EROFS, 'Read-only file system', path)
+    monkeypatch.setattr(rundir, 'lock', read_only)
+    results = _read_only_commands(str(sweep), image)
+  (code, out, err), (pcode, pout, _), (ccode, cout, _), (hcode, _, herr) = results
+  assert code == 0, err
+  figures = json.loads(out)
+  assert figures['top1_error'] == result['metrics']['eval/top1_error']
+  assert pcode == 0 and len(json.loads(pout)[0]['classes']) == 5
+  assert ccode == 0 and 'tiny' in cout
+  if mounted:                  # html writes report.html: not here
+    assert hcode == 2 and herr.startswith('error: cannot write') and herr.count('\n') == 1

@@ -225,3 +225,48 @@ def test_table3_demo_rows_differ_only_in_their_change():
                      ['loss.label_smoothing'],                 # + label smoothing
                      ['model.stem'],                           # + factorized 7×7
                      ['model.aux_bn']]                         # + BN-auxiliary
+
+
+def _one_error_line(err):
+  assert err.startswith('error: ') and err.count('\n') == 1 and 'Traceback' not in err
+  return err
+
+
+def test_a_syntax_error_in_a_sweep_or_config_file_is_one_line(tmp_path, cli_main):
+  """The file and line, as Python gives them; configs load the same way."""
+  bad = tmp_path / 'typo.py'
+  bad.write_text("def get_sweep(arg):\n  return [dict(name='a', config='x.py'\n")
+  code, _, err = cli_main('sweep', bad, '--workdir', tmp_path / 'runs')
+  assert code == 2
+  assert _one_error_line(err).startswith(f"error: {bad}, line 2: syntax error: '(' was "
+                                         f'never closed')
+  bad.write_text('def get_config(arg):\n  return 1 +\n')
+  code, _, err = cli_main('train', '--config', bad, '--workdir', tmp_path / 'run')
+  assert code == 2 and f'{bad}, line 2: syntax error' in _one_error_line(err)
+
+
+def test_a_misspelled_run_field_is_one_line_naming_the_run(tmp_path, cli_main):
+  path = tmp_path / 'fields.py'
+  path.write_text(f"def get_sweep(arg):\n  return [dict(name='lr', config={CONFIG!r}, "
+                  f"overide={{'seed': 1}})]\n")
+  code, _, err = cli_main('sweep', path, '--workdir', tmp_path / 'runs')
+  assert code == 2
+  assert _one_error_line(err) == (
+      f"error: {path}: run 'lr' has unknown field(s) 'overide'; a run has the fields "
+      f'name, config, overrides, paper, seeds\n')
+  path.write_text("def get_sweep(arg):\n  return [dict(name='lr'), 'x']\n")
+  with pytest.raises(config_lib.ConfigError, match="run 'lr' has no 'config'"):
+    sweep.load_sweep(str(path))
+  path.write_text("def get_sweep(arg):\n  return ['x']\n")
+  with pytest.raises(config_lib.ConfigError, match='run 0 of get_sweep.. is a str'):
+    sweep.load_sweep(str(path))
+
+
+def test_an_error_raised_by_a_sweep_files_code_keeps_its_traceback(tmp_path):
+  """Its own code's bug: the user needs the traceback into it."""
+  path = tmp_path / 'buggy.py'
+  path.write_text('def get_sweep(arg):\n  return 1 / 0\n')
+  with pytest.raises(ZeroDivisionError):
+    sweep.load_sweep(str(path))
+  with pytest.raises(config_lib.ConfigError, match="config file '.*missing.py' not found"):
+    sweep.load_sweep(str(tmp_path / 'missing.py'))

@@ -203,3 +203,36 @@ def test_an_unknown_wandb_mode_is_one_error_line_before_training(tmp_path, cli_m
   assert len(lines) == 1 and lines[0].startswith('error: tracking.wandb_mode')
   assert 'offline, online, disabled' in lines[0] and "'sometimes'" in lines[0]
   assert not workdir.exists()
+
+
+def test_a_full_disk_met_by_the_tensorboard_thread_stops_the_run(tmp_path, capsys):
+  """Was a race: when TensorBoard's writer thread met the full disk first, it
+  died (a thread traceback), its queue filled and the run hung for good. Now
+  the next log call raises DiskFull (exit status 6), without a traceback."""
+  import errno
+  import threading
+  from inception_jax import rundir
+  hook = threading.excepthook
+  tracker = tracking.Tracker(str(tmp_path), {'seed': 0}, tensorboard=True)
+  writer = tracker._tb._get_file_writer().event_writer._ev_writer       # noqa: SLF001
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  writer.write_event = writer.flush = full
+  outcome = []
+
+  def train():
+    try:
+      for step in range(1, 500):                 # far more than the queue holds
+        tracker.log(step, {'train/loss': 1.0, 'train/lr': 0.1})
+    except rundir.DiskFull as e:
+      outcome.append(e)
+    finally:
+      tracker.close()
+  thread = threading.Thread(target=train, daemon=True)
+  thread.start()
+  thread.join(timeout=60)
+  assert not thread.is_alive(), 'the run hung on the dead writer thread'
+  assert len(outcome) == 1 and outcome[0].exit_code == 6
+  assert 'Traceback' not in capsys.readouterr().err
+  assert threading.excepthook is hook            # the tracker's own hook is gone

@@ -14,7 +14,10 @@ JPEGs are decoded by libjpeg-turbo through simplejpeg, straight into an
 array (the pixels Pillow gives, in about two thirds of the time), at the
 smallest DCT scale (1/2, 1/4, 1/8, chosen as Pillow's `draft` would) that
 still covers the crop at the output resolution; other images (PNG, a CMYK
-JPEG, an array) go through Pillow. The crop is resized with OpenCV's bilinear filter, which, like
+JPEG, an array) go through Pillow, every mode keeping its meaning in 8-bit
+RGB (`to_rgb8`: 16-bit gray scaled, not clipped; alpha dropped), and an EXIF
+orientation is applied on both paths (`exif_orientation`). The crop is
+resized with OpenCV's bilinear filter, which, like
 `tf.image.resize`, reads nothing outside the crop and does not antialias. Every random choice comes from the generator passed
 in, which the pipeline derives from (seed, epoch, example index).
 """
@@ -111,19 +114,20 @@ class EncodedImage:
     """The pixels as stored (before the EXIF orientation)."""
     width, height = self._pil.size
     size = (-(-width // reduction), -(-height // reduction))
-    if self._jpeg is not None:
-      try:
-        return simplejpeg.decode_jpeg(self._jpeg, 'RGB', min_height=size[1],
-                                      min_width=size[0])
-      except ValueError:
-        pass      # what libjpeg-turbo refuses strictly (a truncated file): Pillow decides
-    img = self._pil
     try:
+      if self._jpeg is not None:
+        try:
+          return simplejpeg.decode_jpeg(self._jpeg, 'RGB', min_height=size[1],
+                                        min_width=size[0])
+        except ValueError:
+          pass      # what libjpeg-turbo refuses strictly (a truncated file): Pillow decides
+      img = self._pil
       if reduction > 1:
         img.draft('RGB', (width // reduction, height // reduction))
       return to_rgb8(img)
     except Exception as e:
-      raise CorruptImageError(f'cannot decode {self.where} (mode {img.mode}): {e}') from None
+      raise CorruptImageError(
+          f'cannot decode {self.where} (mode {self._pil.mode}): {e}') from None
 
 
 def open_image(image, where: str = 'image') -> EncodedImage:
@@ -164,7 +168,8 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
     gray = np.asarray(img).astype(np.int64)    # 'I;16B' is big-endian; 'I' signed
     return _gray_to_rgb(np.clip(gray, 0, 65535) >> 8)
   if img.mode == 'F':
-    return _gray_to_rgb(np.clip(np.rint(np.asarray(img) * 255.0), 0, 255))
+    unit = np.nan_to_num(np.asarray(img, np.float64), nan=0.0)
+    return _gray_to_rgb(np.clip(np.rint(unit * 255.0), 0, 255))
   if img.mode in _PREMULTIPLIED:               # Pillow has no 'La' → 'RGB'
     img = img.convert(_PREMULTIPLIED[img.mode])
   return np.asarray(img.convert('RGB'))
