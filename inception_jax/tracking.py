@@ -124,7 +124,10 @@ class Tracker:
       except _WriterGone:
         self._check_tensorboard()
     if self._wandb is not None:
-      self._wandb.log(dict(metrics), step=int(step))
+      try:
+        self._wandb.log(dict(metrics), step=int(step))
+      except Exception as e:        # noqa: BLE001 — its service process died
+        self._drop_wandb(e)
 
   def finish(self, result: Mapping[str, Any]) -> None:
     """Write result.json, the final metrics and the HParams session's end;
@@ -141,7 +144,10 @@ class Tracker:
           self._tb.add_scalar(key, value, step)
       _write_hparams(self._tb.logdir, self.config, self.hparams_first, ended=True)
     if self._wandb is not None:
-      self._wandb.summary.update(dict(result.get('metrics', {})))
+      try:
+        self._wandb.summary.update(dict(result.get('metrics', {})))
+      except Exception as e:        # noqa: BLE001 — its service process died
+        self._drop_wandb(e)
     self.close()
 
   def close(self) -> None:
@@ -174,6 +180,19 @@ class Tracker:
                     f'writing in {self.workdir}; the run stopped, its checkpoints and '
                     f'metrics.jsonl are intact: rerun the same command to resume '
                     f'(or set tracking.tensorboard=false)')
+
+  def _drop_wandb(self, error: Exception) -> None:
+    """wandb failed while the run trains (its service process gone): one
+    warning, and training goes on without it, as when it cannot start;
+    metrics.jsonl and TensorBoard hold every metric."""
+    log.warning('wandb stopped working (%s); training goes on without it '
+                '(metrics.jsonl and TensorBoard as always)', _one_line(error))
+    self._wandb = None
+    try:                            # its exit handler would fail again, loudly
+      import wandb
+      wandb.teardown()
+    except Exception:               # noqa: BLE001, S110
+      pass
 
   def _finish_wandb(self) -> None:
     if self._wandb is not None:

@@ -236,3 +236,32 @@ def test_a_full_disk_met_by_the_tensorboard_thread_stops_the_run(tmp_path, capsy
   assert len(outcome) == 1 and outcome[0].exit_code == 6
   assert 'Traceback' not in capsys.readouterr().err
   assert threading.excepthook is hook            # the tracker's own hook is gone
+
+
+def test_wandb_dying_while_the_run_trains_is_one_warning(tmp_path, wandb_home, caplog):
+  """Was: its service process gone, the next wandb.log raised
+  ConnectionResetError out of the training loop. Now one warning, and the
+  run goes on with metrics.jsonl and TensorBoard."""
+  import time
+  import psutil
+  from inception_jax import rundir
+  caplog.set_level(logging.WARNING, logger=tracking.__name__)
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  with tracking.Tracker(workdir, {'seed': 0}, tensorboard=False, wandb=True,
+                        wandb_mode='offline') as tracker:
+    tracker.log(1, {'train/loss': 2.0})
+    service = [p for p in psutil.Process().children(recursive=True)
+               if 'wandb' in ' '.join(p.cmdline())]
+    assert service, 'no wandb service process'
+    for process in service:
+      process.kill()
+    time.sleep(1)
+    for step in range(2, 50):
+      tracker.log(step, {'train/loss': 2.0})
+    tracker.finish(RESULT)
+  warnings = [r.getMessage() for r in caplog.records if 'wandb stopped working' in
+              r.getMessage()]
+  assert len(warnings) == 1
+  assert [r['step'] for r in rundir.read_metrics(workdir)] == list(range(1, 50))
+  assert os.path.exists(os.path.join(workdir, 'result.json'))
