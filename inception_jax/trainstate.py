@@ -11,6 +11,7 @@ latest good checkpoint, for evaluation (`evaluate.py`) and fine-tuning
 from __future__ import annotations
 
 import contextlib
+import errno
 import dataclasses
 import os
 from typing import Any
@@ -107,7 +108,6 @@ def restore_weights(workdir: str, weights: str = 'ema') -> RunWeights:
   # The run's lock, as training takes it (in the first process): opening
   # Orbax's manager clears unfinished saves, which must not happen under a
   # running trainer.
-  import errno
   try:
     held = (rundir.lock(os.path.join(workdir, '.lock')) if jax.process_index() == 0
             else contextlib.nullcontext())
