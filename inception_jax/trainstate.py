@@ -11,8 +11,8 @@ latest good checkpoint, for evaluation (`evaluate.py`) and fine-tuning
 from __future__ import annotations
 
 import contextlib
-import errno
 import dataclasses
+import errno
 import os
 from typing import Any
 
