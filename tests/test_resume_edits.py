@@ -90,3 +90,16 @@ def test_another_number_of_data_workers_is_refused_on_resume(finished, tmp_path,
     assert 'data.num_workers cannot change on resume' in line
     assert f'data.num_workers={saved!r}' in line
   assert checkpoints(copy) == [2, 4, 6]
+
+
+@pytest.mark.parametrize('change', ['data.num_threads=1', 'data.prefetch=1'])
+def test_reader_threads_and_prefetch_may_change_on_resume(finished, tmp_path, change):
+  """The keys a resume may change keep it exact: resumed at step 2 with
+  another reader-thread count or prefetch depth, the run ends bit for bit
+  where it ended."""
+  workdir, result = finished
+  copy = tmp_path / 'run'
+  os.system(f'cp -r {workdir} {copy}')
+  proc = train(copy, '--from_step', 2, f'--config.{change}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.load(open(copy / 'result.json'))['metrics'] == result['metrics']
