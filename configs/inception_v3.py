@@ -51,7 +51,7 @@ Any key can be overridden: --config.model.width_multiplier=0.5,
 
 import ml_collections
 
-from inception_jax import config_lib, models
+from inception_jax import config_lib, models, rundir
 
 SCALES = {
     #        width, min_depth, image size (None: the preset's), modules per grid
@@ -71,8 +71,16 @@ def get_config(arg=None):
                        modules_per_grid=modules)
 
   config = ml_collections.ConfigDict()
+  # The form of this config, recorded with each run: a run directory of an
+  # earlier form is read through its migrations (inception_jax/rundir.py).
+  config.config_version = rundir.CONFIG_VERSION
   config.seed = 0
   config.model = spec.to_dict()
+  # How convolutions are computed (inception_jax/convolution.py): 'auto' is
+  # the matrix-product forms XLA:CPU runs faster ('cpu_matmul') on a CPU and
+  # XLA's convolution ('xla') elsewhere; the same values up to float rounding.
+  # A run records the resolved one in config.json and result.json.
+  config.model.conv_impl = 'auto'
   # Fine-tuning (inception_jax/transfer.py): start from trained weights —
   # 'run:DIR', 'keras', 'keras:FILE', 'tf_slim:CHECKPOINT' or
   # 'torchvision:FILE' ('': random) — and keep the parameters whose name

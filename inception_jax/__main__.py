@@ -4,4 +4,5 @@ import sys
 
 from inception_jax import cli
 
-sys.exit(cli.main())
+if __name__ == '__main__':      # not when imported (e.g. by a tool listing modules)
+  sys.exit(cli.main())

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from inception_jax import rundir
+from inception_jax import compat, rundir
 from inception_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class CheckpointError(UserError):
 
 
 def directory(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+  return rundir.RunDir(os.path.abspath(workdir)).checkpoints
 
 
 def _hash_dir(path: str) -> dict[str, str]:
@@ -62,22 +62,6 @@ def _hash_dir(path: str) -> dict[str, str]:
   return sums
 
 
-def _save_replicated_arrays_whole() -> None:
-  """Orbax splits a replicated array among its replicas so that each writes a
-  part (faster on TPU hosts). On CPU the "devices" share one memory, and the
-  split only costs a compiled slice per array and device (seconds per save in a
-  short run): save each array once, whole."""
-  from orbax.checkpoint._src.metadata import array_metadata_store
-  from orbax.checkpoint._src.serialization import type_handler_registry
-  handler = ocp.type_handlers.ArrayHandler(
-      use_replica_parallel=False, array_metadata_store=array_metadata_store.Store())
-  try:
-    type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(   # no warning: meant
-        jax.Array, handler, override=True, ignore_warnings=True)
-  except TypeError:              # an Orbax without ignore_warnings: the public call
-    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
-
-
 class CheckpointManager:
   """Saves and restores {state, data iterator state, config} every N steps."""
 
@@ -89,7 +73,9 @@ class CheckpointManager:
         enable_async_checkpointing=jax.process_count() == 1,
         cleanup_tmp_directories=True)
     if jax.default_backend() == 'cpu':
-      _save_replicated_arrays_whole()
+      # Replicas on a CPU share one memory: Orbax's split of a replicated
+      # array among them only costs a compiled slice per array and device.
+      compat.save_replicated_arrays_whole()
     self._manager = ocp.CheckpointManager(
         self.path, options=options, item_names=('state', 'data', 'config'))
     self._unsummed: list[int] = []
@@ -118,7 +104,7 @@ class CheckpointManager:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           data=ocp.args.JsonSave(rundir.jsonable(data_state)),
-          config=ocp.args.JsonSave(rundir.jsonable(config))), force=True)
+          config=ocp.args.JsonSave(rundir.versioned(config))), force=True)
     self._unsummed.append(step)
 
   def wait(self) -> None:
@@ -135,7 +121,7 @@ class CheckpointManager:
         self.wait()
       finally:
         manager, self._manager = self._manager, None
-        manager._maybe_await_cleanup_tmp_directory()  # noqa: SLF001
+        compat.await_orbax_cleanup(manager)
         with rundir.writing(self.path):
           manager.close()
 
@@ -166,9 +152,12 @@ class CheckpointManager:
               from_step: int | None = None) -> tuple[Any, Mapping, Mapping] | None:
     """The latest good checkpoint as (state, data state, config), or None when
     there is none. `abstract_state` holds the target shapes and shardings (of
-    the current mesh). With `from_step`, the checkpoint of that step (it must
-    exist): the ones after it are moved to WORKDIR/checkpoints_discarded/ once
-    it is restored (kept, never deleted), so the run goes on from there.
+    the current mesh): the TrainState, or a dict of some of its fields
+    (`{'step': …, 'ema_params': …, 'ema_batch_stats': …}`), which reads only
+    those arrays — no optimizer state needed — and no data state (None). With
+    `from_step`, the checkpoint of that step (it must exist): the ones after
+    it are moved to WORKDIR/checkpoints_discarded/ once it is restored (kept,
+    never deleted), so the run goes on from there.
 
     Only evidence of damage — files that differ from their checksums, a state
     that holds another step — moves a checkpoint aside (to
@@ -199,8 +188,7 @@ class CheckpointManager:
       if check_config is not None:
         check_config(config)
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        restored = self._read(step, abstract_state)
       except Exception as e:     # noqa: BLE001 — reported, nothing moved
         raise CheckpointError(
             f'cannot restore the checkpoint at step {step} into this run '
@@ -209,24 +197,37 @@ class CheckpointManager:
             f'optimizer changed, use the config it was written with or a new '
             f'--workdir; if this was an I/O or memory error, rerun.') from None
       state = restored['state']
-      if int(jax.device_get(state.step)) != step:
-        damaged.append(self._set_aside(
-            step, ValueError(f'holds step {int(jax.device_get(state.step))}')))
+      saved = int(jax.device_get(state['step'] if isinstance(state, Mapping) else state.step))
+      if saved != step:
+        damaged.append(self._set_aside(step, ValueError(f'holds step {saved}')))
         continue
       if damaged:
         log.warning('resuming from step %d; damaged checkpoints were moved to %s',
-                    step, os.path.join(self.workdir, 'checkpoints_damaged'))
+                    step, rundir.RunDir(self.workdir).checkpoints_damaged)
       if from_step is not None and later:
         for s in later:
-          self._move_aside(s, 'checkpoints_discarded')
+          self._move_aside(s, discarded=True)
         log.warning('resuming from step %d (--from_step): the checkpoints of steps %s '
                     'were moved to %s', step, ', '.join(map(str, later)),
-                    os.path.join(self.workdir, 'checkpoints_discarded'))
+                    rundir.RunDir(self.workdir).checkpoints_discarded)
       return state, restored['data'], config
     raise CheckpointError(
         f'no checkpoint in {self.path} can be restored ({"; ".join(damaged)}); they '
-        f'were moved to {os.path.join(self.workdir, "checkpoints_damaged")}. Delete '
+        f'were moved to {rundir.RunDir(self.workdir).checkpoints_damaged}. Delete '
         f'the run directory or pass a new --workdir to start afresh.')
+
+  def _read(self, step: int, abstract_state) -> Mapping:
+    """{'state', 'data'} of checkpoint `step`. A dict of some of the state's
+    fields is Orbax's partial restore: the other arrays (the optimizer's) are
+    not read, and their structure need not be known."""
+    if not isinstance(abstract_state, Mapping):
+      return self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=abstract_state, partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))))
+    return {'state': restored['state'], 'data': None}
 
   def _set_aside(self, step: int, error: Exception) -> str:
     reason = f'step {step}: {type(error).__name__}: {str(error)[:300]}'
@@ -235,10 +236,13 @@ class CheckpointManager:
     self._move_aside(step)
     return reason
 
-  def _move_aside(self, step: int, to: str = 'checkpoints_damaged') -> None:
+  def _move_aside(self, step: int, discarded: bool = False) -> None:
+    """Move checkpoint `step` to checkpoints_damaged/ (or, `discarded`,
+    checkpoints_discarded/) as STEP-TIME: kept, never deleted."""
     if jax.process_index() == 0:
-      target = os.path.join(os.path.abspath(self.workdir), to,
-                            f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+      run = rundir.RunDir(os.path.abspath(self.workdir))
+      to = run.checkpoints_discarded if discarded else run.checkpoints_damaged
+      target = os.path.join(to, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
       os.makedirs(os.path.dirname(target), exist_ok=True)
       shutil.move(os.path.join(self.path, str(step)), target)
     if jax.process_count() > 1:

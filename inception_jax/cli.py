@@ -1,20 +1,29 @@
-"""The inception_jax command line: `python -m inception_jax COMMAND …` (or
-`python launch.py COMMAND …` in a checkout).
+"""The inception_jax command line: `python -m inception_jax COMMAND …`, the
+same as the `inception-jax` console script that `pip install` puts on the
+PATH (and `python launch.py COMMAND …` in a checkout).
 
-  python launch.py train --config configs/inception_v3.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]
-      [--allow_config_change] [--from_step N]
-  python launch.py cost --config configs/inception_v3.py[:ARG] [--json] [--config.KEY=VALUE ...]
-  python launch.py cost --sweep sweeps/table3_ablation.py[:ARG] [--json]
-  python launch.py sweep sweeps/table3_ablation.py[:ARG] --workdir DIR
+  python -m inception_jax train --config CONFIG[:ARG] --workdir DIR [--config.KEY=VALUE ...]
+      [--allow_config_change] [--from_step N] [--dry-run]
+  python -m inception_jax cost --config CONFIG[:ARG] [--json] [--config.KEY=VALUE ...]
+  python -m inception_jax cost --sweep SWEEP[:ARG] [--json]
+  python -m inception_jax sweep SWEEP[:ARG] --workdir DIR [--dry-run]
       [--launcher local|slurm] [--parallel N] [--only NAME,...] [--seeds N] [--rerun-stale]
-  python launch.py compare DIR [--format text|markdown|json|html]
-  python launch.py sync DIR [--dry-run]
-  python launch.py layout --config configs/inception_v3.py[:ARG] [--devices 1,8,…] [--config.KEY=VALUE ...]
-  python launch.py eval --workdir RUN [--crops 1|12|144] [--ensemble RUN2 ...] [--weights ema|raw]
+  python -m inception_jax compare DIR [--format text|markdown|json|html]
+  python -m inception_jax sync DIR [--dry-run]
+  python -m inception_jax layout --config CONFIG[:ARG] [--devices 1,8,…] [--config.KEY=VALUE ...]
+  python -m inception_jax eval --workdir RUN [--crops 1|12|144] [--ensemble RUN2 ...] [--weights ema|raw]
       [--split NAME] [--exclude FILE | --no-exclude] [--limit N] [--json]
-  python launch.py predict --workdir RUN [--weights ema|raw] [--json] IMAGE ...
-  python launch.py predict --weights FILE [--labels FILE] [--json] IMAGE ...
-  python launch.py prepare imagenet2012 --manual_dir DIR [--data_dir DIR]
+  python -m inception_jax predict --workdir RUN [--weights ema|raw] [--json] IMAGE ...
+  python -m inception_jax predict --weights FILE [--labels FILE] [--json] IMAGE ...
+  python -m inception_jax prepare imagenet2012 --manual_dir DIR [--data_dir DIR]
+  python -m inception_jax --version
+
+CONFIG is a shipped config by name (`inception_v3`) or a config file
+(`configs/inception_v3.py`, any FILE.py); SWEEP likewise (`table3_ablation`,
+`sweeps/table3_ablation.py`). Names work from any directory: the shipped
+files come with the package. `--config inception_v3:scale=demo` trains the
+demo; `train --dry-run` prints the config, the batch layout and the cost and
+writes nothing; `sweep --dry-run` lists the runs and their batch layout.
 
 `train` on a workdir that holds checkpoints resumes from the latest good one
 (a config that differs in more than harmless keys is refused, unless
@@ -55,11 +64,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 
-from inception_jax import rundir
-from inception_jax.errors import UserError
+from inception_jax import compat, rundir
+from inception_jax.errors import ExitCode, UserError
 
 
 def _split_overrides(argv):
@@ -76,6 +86,8 @@ def _split_overrides(argv):
 
 
 def cmd_train(args, overrides):
+  if args.dry_run:
+    return _train_dry_run(args, overrides)
   from inception_jax import stopping
   # Signals become a stop request from the start, before JAX loads: one that
   # comes while starting or compiling stops the run like any other.
@@ -104,10 +116,26 @@ def _train(args, overrides, stop):
   return 0
 
 
+def _train_dry_run(args, overrides) -> int:
+  """`train --dry-run`: the config as config.json would record it (checked
+  as `train` checks it, defaults filled in, `model.conv_impl` resolved), its
+  batch on this machine's devices (`layout`) and its cost (`cost`); nothing
+  is written, not even the run directory."""
+  import jax
+  from inception_jax import config_lib, cost, train
+  config = config_lib.load(args.config, overrides)
+  resolved = train.resolve_conv_impl(train.check_config(config))
+  print(json.dumps(rundir.versioned(resolved.to_dict()), indent=2, sort_keys=True))
+  print(f'\n{layout_table(config, [jax.device_count()])}')
+  print(f'\n{_cost_text(config, cost.of_config(config))}')
+  print(f'\ndry run: nothing written; without --dry-run this trains in {args.workdir}')
+  return 0
+
+
 def cmd_cost(args, overrides):
   from inception_jax import config_lib, cost, sweep
   if bool(args.config) == bool(args.sweep):
-    raise UserError('cost needs exactly one of --config FILE[:ARG] or --sweep FILE[:ARG]')
+    raise UserError('cost needs exactly one of --config CONFIG[:ARG] or --sweep SWEEP[:ARG]')
   if args.config:
     config = config_lib.load(args.config, overrides)
     result = cost.of_config(config)
@@ -134,6 +162,8 @@ def cmd_sweep(args, overrides):
   if overrides:
     raise UserError('--config.* overrides do not apply to a sweep; put them in '
                     'the sweep file')
+  if args.dry_run:
+    return _sweep_dry_run(args)
   if args.launcher == 'slurm':
     launcher = sweep.SlurmLauncher(args.workdir, train_job)
   else:
@@ -145,10 +175,10 @@ def cmd_sweep(args, overrides):
   print('\n' + report.render(args.workdir, 'text'))
   code = sweep.exit_code(outcomes.values())
   count = lambda state: sum(o.state == state for o in outcomes.values())
-  if code == 4:
+  if code == ExitCode.INTERRUPTED:
     print('error: the sweep was stopped; rerun the same command to resume it',
           file=sys.stderr)
-  elif code == 1:
+  elif code == ExitCode.FAILED:
     print(f'error: {count("failed")} run(s) failed; see their train.log in '
           f'{args.workdir}/NAME/ (or NAME/seed_K/)',
           file=sys.stderr)
@@ -159,6 +189,28 @@ def cmd_sweep(args, overrides):
   return code
 
 
+def _sweep_dry_run(args) -> int:
+  """`sweep --dry-run`: each run directory the sweep would train (--only and
+  --seeds applied), what is there now and its batch on this machine's
+  devices; nothing is written. Staleness is found by the sweep itself."""
+  import jax
+  from inception_jax import report, specs, sweep
+  runs = sweep.select(sweep.load_sweep(args.sweep, sweep.parse_seeds(args.seeds)),
+                      args.only)
+  devices, rows = jax.device_count(), []
+  for one in (r for run in runs for r in run.per_seed()):
+    workdir = os.path.join(args.workdir, one.name)
+    state = ('finished' if sweep.finished(workdir) else
+             'started' if os.path.isdir(workdir) else 'new')
+    spec = specs.RunSpec.from_config(one.build_config())
+    rows.append([one.name, state] + _layout_row(spec, devices)[1:])
+  print('\n'.join(report.aligned(['run', 'now'] + LAYOUT_HEADER[1:], rows,
+                                  left=('run', 'now'))))
+  print(f'\ndry run: nothing written; without --dry-run this trains {len(rows)} run '
+        f'director{"y" if len(rows) == 1 else "ies"} in {args.workdir}')
+  return 0
+
+
 def cmd_sync(args, overrides):
   from inception_jax import tracking
   if overrides:
@@ -167,7 +219,7 @@ def cmd_sync(args, overrides):
   if code:
     print(f'error: wandb sync exited with status {code} (its messages above); '
           f'rerun `sync` once it can reach the server', file=sys.stderr)
-    return 1
+    return ExitCode.FAILED
   return 0
 
 
@@ -242,27 +294,33 @@ def cmd_layout(args, overrides):
 
 
 def layout_table(config, devices: list[int]) -> str:
-  """How `config`'s batch runs on each device count (`train.resolve_batch`):
+  """How `config`'s batch runs on each device count (`parallel.resolve_batch`):
   batch, micro-batches, images per device, BatchNorm groups, learning rate,
   steps per epoch and in all."""
+  from inception_jax import report, specs
+  spec = specs.RunSpec.from_config(config)
+  rows = [_layout_row(spec, count) for count in devices]
+  return '\n'.join(report.aligned(LAYOUT_HEADER, rows, left=()))
+
+
+LAYOUT_HEADER = ['devices', 'batch', 'micro-batches', 'per device', 'BN groups',
+                 'learning rate', 'steps/epoch', 'steps']
+
+
+def _layout_row(config, count: int) -> list[str]:
+  """`config`'s batch on `count` devices: a row under LAYOUT_HEADER."""
   import math
-  from inception_jax import optim, parallel, report, train
+  from inception_jax import optim, parallel
   data = config.data
   images = data.num_train if data.name == 'synthetic' else IMAGENET_TRAIN_IMAGES
-  header = ['devices', 'batch', 'micro-batches', 'per device', 'BN groups',
-            'learning rate', 'steps/epoch', 'steps']
-  rows = []
-  for count in devices:
-    resolved = train.resolve_batch(config, count, quiet=True)
-    layout = parallel.BatchLayout(resolved.batch_size, resolved.optim.grad_accum_steps,
-                                  count, resolved.model.bn_group_size)
-    per_epoch = images / layout.batch
-    steps = resolved.total_steps or math.ceil(resolved.num_epochs * per_epoch)
-    rows.append([str(count), str(layout.batch), str(layout.accum), str(layout.per_device),
-                 str(layout.groups),
-                 f'{optim.base_learning_rate(resolved.optim, layout.batch):.4g}',
-                 f'{per_epoch:,.1f}', f'{steps:,}'])
-  return '\n'.join(report.aligned(header, rows, left=()))
+  resolved = parallel.resolve_batch(config, count, quiet=True)
+  layout = parallel.BatchLayout(resolved.batch_size, resolved.optim.grad_accum_steps,
+                                count, resolved.model.bn_group_size)
+  per_epoch = images / layout.batch
+  steps = resolved.total_steps or math.ceil(resolved.num_epochs * per_epoch)
+  return [str(count), str(layout.batch), str(layout.accum), str(layout.per_device),
+          str(layout.groups), f'{optim.base_learning_rate(resolved.optim, layout.batch):.4g}',
+          f'{per_epoch:,.1f}', f'{steps:,}']
 
 
 def _cost_text(config, c) -> str:
@@ -295,9 +353,7 @@ def _configure_logging() -> None:
   """The application's log levels (a library call leaves them alone)."""
   logging.basicConfig(level=logging.INFO, format=LOG_FORMAT.format(''), datefmt='%H:%M:%S')
   logging.getLogger('absl').setLevel(logging.WARNING)      # Orbax's INFO is a flood
-  # "Unable to initialize backend 'tpu'" and the like: JAX probing for
-  # accelerators, not a problem.
-  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  compat.quiet_backend_probe()       # "Unable to initialize backend 'tpu'" and the like
   # Without SLURM accounting (sacct), submitit warns at every poll.
   logging.getLogger('submitit').setLevel(logging.ERROR)
   # Orbax's background threads log a full disk with its traceback before the
@@ -316,7 +372,7 @@ def _name_log_lines(name: str) -> None:
   formatter = logging.Formatter(LOG_FORMAT.format(f"[{name.replace('%', '%%')}] "),
                                 datefmt='%H:%M:%S')
   for handler in logging.getLogger().handlers:
-    if getattr(handler.formatter, '_fmt', None) == LOG_FORMAT.format(''):   # ours
+    if compat.log_format(handler.formatter) == LOG_FORMAT.format(''):   # ours
       handler.setFormatter(formatter)
 
 
@@ -347,29 +403,46 @@ def train_job(args: list[str]) -> dict:
   return {'exit_code': main(['train', *args])}
 
 
-def main(argv=None, prog: str = 'python -m inception_jax') -> int:
-  """Run one command; returns its exit status (documented above)."""
+CONFIG_HELP = 'a shipped config by NAME (inception_v3) or a config FILE.py; [:ARG]'
+SWEEP_HELP = 'a shipped sweep by NAME (table3_ablation) or a sweep FILE.py; [:ARG]'
+
+
+def _prog() -> str:
+  """The command as the user typed it, for usage lines and sweep.json: the
+  console script `inception-jax`, else `python -m inception_jax`."""
+  script = os.path.basename(sys.argv[0]) if sys.argv else ''
+  return 'inception-jax' if script.startswith('inception-jax') else 'python -m inception_jax'
+
+
+def main(argv=None, prog: str | None = None) -> int:
+  """Run one command; returns its exit status (documented above). `prog`
+  names the command in usage lines (default: as it was started)."""
+  from inception_jax import __version__
   argv = sys.argv[1:] if argv is None else list(argv)
+  prog = prog or _prog()
   _configure_logging()
   parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--version', action='version', version=f'inception_jax {__version__}')
   sub = parser.add_subparsers(dest='command', required=True)
   p = sub.add_parser('train', help='train one config in a run directory')
-  p.add_argument('--config', required=True, help='config FILE.py[:ARG]')
+  p.add_argument('--config', required=True, help=CONFIG_HELP)
   p.add_argument('--workdir', required=True, help='run directory')
   p.add_argument('--allow_config_change', action='store_true',
                  help='resume even if the config differs from the checkpointed one')
   p.add_argument('--from_step', type=int, metavar='N',
                  help='resume from the checkpoint of step N (later ones are moved to '
                       'checkpoints_discarded/, kept): e.g. before a divergence')
+  p.add_argument('--dry-run', action='store_true',
+                 help='print the config, the batch layout and the cost; write nothing')
   p.set_defaults(fn=cmd_train)
   p = sub.add_parser('cost', help='parameters and multiply-adds (Table 3 "Cost")')
-  p.add_argument('--config', help='config FILE.py[:ARG]')
-  p.add_argument('--sweep', help='sweep FILE.py[:ARG]: one row per run')
+  p.add_argument('--config', help=CONFIG_HELP)
+  p.add_argument('--sweep', help=f'{SWEEP_HELP}: one row per run')
   p.add_argument('--json', action='store_true', help='print JSON')
   p.set_defaults(fn=cmd_cost)
   p = sub.add_parser('sweep', help='train every run of a sweep file')
-  p.add_argument('sweep', help='sweep FILE.py[:ARG]')
+  p.add_argument('sweep', help=SWEEP_HELP)
   p.add_argument('--workdir', required=True, help='sweep directory (a run per subdirectory)')
   p.add_argument('--launcher', choices=('local', 'slurm'), default='local')
   p.add_argument('--parallel', type=int, default=1,
@@ -379,6 +452,8 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
                  help="train every run with seeds 0 … N-1 (replaces the sweep file's)")
   p.add_argument('--rerun-stale', action='store_true',
                  help='move stale runs aside (NAME.stale-TIME) and train them again')
+  p.add_argument('--dry-run', action='store_true',
+                 help='list the run directories and their batch layout; write nothing')
   p.set_defaults(fn=cmd_sweep)
   p = sub.add_parser('sync', help="upload a sweep's (or a run's) offline wandb runs "
                                   "(wandb sync)")
@@ -428,7 +503,7 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
                                     'train with --config.data.data_dir=DIR')
   p.set_defaults(fn=cmd_prepare)
   p = sub.add_parser('layout', help='how the batch runs on each device count')
-  p.add_argument('--config', required=True, help='config FILE.py[:ARG]')
+  p.add_argument('--config', required=True, help=CONFIG_HELP)
   p.add_argument('--devices', default='1,8,16,32,64', help='comma-separated device counts')
   p.set_defaults(fn=cmd_layout)
   try:
@@ -442,7 +517,7 @@ def main(argv=None, prog: str = 'python -m inception_jax') -> int:
   except KeyboardInterrupt:       # a third Ctrl-C while a run stops (stopping.py)
     print('error: aborted by Ctrl-C; the latest complete checkpoint is intact: rerun '
           'the same command to resume from it', file=sys.stderr)
-    return 4
+    return ExitCode.INTERRUPTED
   except OSError as e:
     if not rundir.is_disk_full(e):
       raise

@@ -1,17 +1,19 @@
-"""Every config value checked by type and range, once, before a run starts.
+"""The rule of every config value: its type and range.
 
-`RULES` maps each dotted config key to what it may hold; `check(config)`
-raises a `ConfigError` naming the first key that breaks its rule, the value
-and the allowed range, e.g.
+`RULES` maps each dotted config key to what it may hold; the specs
+(inception_jax/specs.py) check each value against it when they are made
+and raise a `ConfigError` naming the first key that breaks its rule, the
+value and the allowed range, e.g.
 
   data.crop_area_min must be in (0, 1], a fraction, not a percentage (got 8.0)
 
 instead of a traceback from deep inside Grain or a run that trains on
 nonsense (`loss.label_smoothing=10`). Keys whose values need more than a
-type and a range (a regular expression, a block registered by
-`model.imports`, a dataset on disk) get a type rule here and their real check
-where they are used; `EXEMPT` lists, with the reason, the keys with no rule
-at all. tests/test_config_checks.py fails on a config key in neither.
+type and a range get a type rule here and the rest of their check in the
+specs (`init_from`'s form, `freeze` a regular expression) or where they are
+used (a block registered by `model.imports`, a dataset on disk); `EXEMPT`
+lists, with the reason, the keys with no rule at all.
+tests/test_config_checks.py fails on a spec field in neither.
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, Iterator, Mapping
 
-from inception_jax import models, optim
+from inception_jax import convolution, models, optim, rundir
 from inception_jax.data import preprocess
-from inception_jax.errors import ConfigError
 
 PERCENT = 'a fraction, not a percentage'
 
@@ -56,6 +56,8 @@ class Number:
   hint: str = ''
 
   def range(self) -> str:
+    if self.low is not None and self.low == self.high:
+      return _show(self.low)
     if self.low is not None and self.high is not None:
       return (f'in {"(" if self.low_open else "["}{_show(self.low)}, '
               f'{_show(self.high)}{")" if self.high_open else "]"}')
@@ -196,21 +198,24 @@ def choice(options) -> OfType:
 
 RULES = {
     # Top level.
+    'config_version': Number(rundir.CONFIG_VERSION, rundir.CONFIG_VERSION, integer=True,
+                             hint="this code's config form (a run's recorded config "
+                                  "of an earlier one is read through rundir.as_current)"),
     'seed': Number(0, 2**32, high_open=True, integer=True),
     'batch_size': count(),
     'per_device_batch': count(0, '0 for no limit'),
     'fit_batch': flag(),
-    'num_epochs': at_least(0),                 # > 0 unless total_steps: train.check_config
+    'num_epochs': at_least(0),                 # > 0 unless total_steps: specs.RunSpec
     'total_steps': count(0, '0 to let num_epochs decide'),
     'log_every_steps': count(),
     'eval_every_steps': count(0, '0 for at the end only'),
     'checkpoint_every_steps': count(0, '0 for at the end only'),
     'keep_checkpoints': count(),
     'profile_steps': count(0, '0 for none'),
-    'init_from': text(),                       # its form: transfer.check_config
-    'freeze': text(),                          # a regular expression: transfer.check_config
+    'init_from': text(),                       # its form: specs.RunSpec
+    'freeze': text(),                          # a regular expression: specs.RunSpec
 
-    # model: InceptionSpec checks some of these again, once the workdir exists.
+    # model: InceptionSpec checks its choices itself too.
     'model.num_classes': count(optional=True, hint="or None for the dataset's"),
     'model.stem': text(),                      # registered stems: InceptionSpec
     'model.blocks.grid_35': text(),            # registered blocks: InceptionSpec
@@ -228,6 +233,7 @@ RULES = {
     'model.aux_bn': flag(),
     'model.dropout_rate': fraction(open_right=True),
     'model.dtype': choice(models.DTYPES),
+    'model.conv_impl': choice(convolution.CHOICES),
     # 1 would freeze the moving averages at their start.
     'model.bn_momentum': fraction(open_right=True),
     'model.bn_epsilon': positive(),
@@ -235,7 +241,7 @@ RULES = {
     'model.bn_update_per_group': flag(),
     'model.bn_scale': flag(),
     'model.avg_pool_include_pad': flag(),
-    'model.imports': text(),                   # imported by InceptionSpec
+    'model.imports': text(),                   # imported with the config (config_lib)
 
     # data: names and paths are checked when the data is opened.
     'data.name': text(),
@@ -284,7 +290,8 @@ RULES = {
     # tracking
     'tracking.tensorboard': flag(),
     'tracking.wandb': flag(),
-    'tracking.wandb_mode': text(),             # a mode: tracking.check_config
+    # A mode: specs.TrackingSpec (WANDB_MODE, which overrides it: check_process).
+    'tracking.wandb_mode': text(),
     'tracking.wandb_init_timeout': positive('in seconds'),
     'tracking.wandb_project': text(),
     'tracking.wandb_group': text(),
@@ -309,22 +316,3 @@ EXEMPT = {
     # Three counts from 1 to models.MAX_MODULES; models._module_counts says so.
     'model.modules_per_grid': 'checked by models.InceptionSpec',
 }
-
-
-def flatten(config: Mapping, prefix: str = '') -> Iterator[tuple[str, Any]]:
-  """(dotted key, value) of every leaf of a nested config (ConfigDict or dict)."""
-  for key, value in config.items():
-    if hasattr(value, 'items') and not isinstance(value, str):
-      yield from flatten(value, f'{prefix}{key}.')
-    else:
-      yield f'{prefix}{key}', value
-
-
-def check(config: Mapping) -> None:
-  """Raise a `ConfigError` for the first value that breaks its rule; keys the
-  table does not know (another config file's) are left to their users."""
-  for key, value in flatten(config):
-    rule = RULES.get(key)
-    problem = rule and rule.problem(value)
-    if problem:
-      raise ConfigError(f'{key} {problem} (got {value!r})')

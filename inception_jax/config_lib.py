@@ -1,9 +1,14 @@
-"""Loading ml_collections configs: `FILE.py[:ARG]` plus `--config.KEY=VALUE`.
+"""Loading ml_collections configs: `NAME|FILE.py[:ARG]` plus `--config.KEY=VALUE`.
 
 A config file defines `get_config(arg)`; ARG is a big_vision-style string of
 comma-separated `key=value` pairs (`scale=demo,model=inception_v2`). The
 config it returns is locked, so an unknown key is an error, and assignments
 are type-checked by ml_collections.
+
+A bare NAME (`inception_v3`, `table3_ablation`) is a shipped file: one of
+`configs/` or `sweeps/` at the top of a checkout, which the wheel installs as
+`inception_jax/configs/` and `inception_jax/sweeps/` (pyproject.toml), so the
+same name works from any directory, installed or not.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import ast
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from typing import Any, Iterable, Mapping
 
@@ -19,7 +25,10 @@ import ml_collections
 
 from inception_jax.errors import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(PACKAGE)
+SHIPPED = {'configs': 'config', 'sweeps': 'sweep'}     # directory: what each file is
+_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')          # a shipped file by name
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -64,25 +73,54 @@ def parse_value(raw: str, current: Any, where: str) -> Any:
                     f'command line; set its fields one by one')
 
 
-def _resolve(path: str, base: str | None = None) -> str:
-  for candidate in (path, os.path.join(base or '', path), os.path.join(ROOT, path)):
+def shipped_dir(kind: str) -> str:
+  """The folder of the shipped `kind` files ('configs' or 'sweeps'): inside
+  the package when installed from a wheel, else at the top of the checkout."""
+  installed = os.path.join(PACKAGE, kind)
+  return installed if os.path.isdir(installed) else os.path.join(ROOT, kind)
+
+
+def shipped(kind: str = 'configs') -> list[str]:
+  """The names of the shipped config (or sweep) files: ['inception_v3']."""
+  folder = shipped_dir(kind)
+  files = os.listdir(folder) if os.path.isdir(folder) else []
+  return sorted(f[:-len('.py')] for f in files
+                if f.endswith('.py') and _NAME.fullmatch(f[:-len('.py')]))
+
+
+def _resolve(path: str, base: str | None = None, kind: str = 'configs') -> str:
+  """The file `path` names: a shipped file by NAME, else the path as given,
+  under `base`, under the checkout or (`configs/…`, `sweeps/…` in an installed
+  package) among the shipped files."""
+  if _NAME.fullmatch(path):
+    candidate = os.path.join(shipped_dir(kind), f'{path}.py')
     if os.path.isfile(candidate):
       return candidate
-  raise ConfigError(f'config file {path!r} not found')
+    raise ConfigError(f'no shipped {SHIPPED[kind]} named {path!r}; the shipped '
+                      f'{kind}: {", ".join(shipped(kind)) or "none"} (or give a FILE.py path)')
+  candidates = [path, os.path.join(base or '', path), os.path.join(ROOT, path)]
+  folder, _, rest = path.replace(os.sep, '/').partition('/')
+  if folder in SHIPPED:
+    candidates.append(os.path.join(shipped_dir(folder), rest))
+  for candidate in candidates:
+    if os.path.isfile(candidate):
+      return candidate
+  raise ConfigError(f'{SHIPPED[kind]} file {path!r} not found')
 
 
-def absolute(path_arg: str, base: str | None = None) -> str:
-  """`FILE.py[:ARG]` with FILE made absolute (found as `load` finds it), so the
-  same config is loaded from any working directory."""
+def absolute(path_arg: str, base: str | None = None, kind: str = 'configs') -> str:
+  """`NAME|FILE.py[:ARG]` with the file's absolute path (found as `load` finds
+  it), so the same config is loaded from any working directory."""
   path, sep, arg = path_arg.partition(':')
-  return os.path.abspath(_resolve(path, base)) + sep + arg
+  return os.path.abspath(_resolve(path, base, kind)) + sep + arg
 
 
-def load_module(path: str, base: str | None = None):
-  """Import the `.py` file `path` (a config or sweep file). A syntax error in
-  it is one line naming the file and line; an error its code raises when run
-  keeps its traceback (a bug in the user's code)."""
-  path = _resolve(path, base)
+def load_module(path: str, base: str | None = None, kind: str = 'configs'):
+  """Import the `.py` file `path` (a config or sweep file; a bare NAME is a
+  shipped one of `kind`). A syntax error in it is one line naming the file
+  and line; an error its code raises when run keeps its traceback (a bug in
+  the user's code)."""
+  path = _resolve(path, base, kind)
   spec = importlib.util.spec_from_file_location(
       os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
@@ -96,7 +134,7 @@ def load_module(path: str, base: str | None = None):
 
 def load(path_arg: str, overrides: Mapping[str, Any] | Iterable[str] = (),
          base: str | None = None) -> ml_collections.ConfigDict:
-  """Load `FILE.py[:ARG]` and apply overrides (`{'a.b': v}` or `['a.b=v']`)."""
+  """Load `NAME|FILE.py[:ARG]` and apply overrides (`{'a.b': v}` or `['a.b=v']`)."""
   path, _, arg = path_arg.partition(':')
   module = load_module(path, base)
   if not hasattr(module, 'get_config'):
@@ -112,6 +150,7 @@ def load(path_arg: str, overrides: Mapping[str, Any] | Iterable[str] = (),
       if not sep:
         raise ConfigError(f'override {item!r} is not KEY=VALUE')
       set_value(config, key, raw, from_string=True)
+  import_user_modules(config)
   return config
 
 
@@ -164,3 +203,19 @@ def import_modules(spec: str, base: str | None = None) -> list:
     except ImportError as e:
       raise ConfigError(f'model.imports: cannot import {item!r}: {e}') from None
   return modules
+
+
+def import_user_modules(config) -> list:
+  """Import the modules and files `config.model.imports` names
+  (`import_modules`), so the blocks and stems they register exist before a
+  model spec checks its block names. Where a config turns into a model it
+  comes through here first: `load`, `train.run`, `cost.of_config`, and a
+  run's config.json read back (`trainstate.restore_weights`). The model
+  itself imports nothing: `models` sits below config loading. `config`: a
+  ConfigDict, a nested dict or a spec; one without the key imports nothing."""
+  return import_modules(_field(_field(config, 'model'), 'imports') or '')
+
+
+def _field(node, key: str):
+  """`node[key]` of a dict, `node.key` of a ConfigDict or a spec; None without."""
+  return node.get(key) if isinstance(node, dict) else getattr(node, key, None)

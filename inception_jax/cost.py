@@ -4,9 +4,11 @@ Multiply-adds are read off the traced computation itself: every convolution
 and matrix product in the jaxpr of one inference forward pass (batch 1)
 contributes output elements × (kernel window × input channels per group), or
 output elements × contracted size. Nothing is executed, so any registered
-block and any input size is counted without extra bookkeeping. Element-wise
-work (BatchNorm, ReLU, pooling) is not counted, as in the paper and in the
-published Keras/torchvision figures.
+block and any input size is counted without extra bookkeeping. The network is
+traced as written, with XLA's convolutions (`conv_impl='xla'`), whichever
+implementation a run computes them with. Element-wise work (BatchNorm, ReLU,
+pooling) is not counted, as in the paper and in the published Keras/torchvision
+figures.
 
 Like the paper ("less than 25 million parameters", 5 G multiply-adds), the
 headline figures describe the network used at inference: the auxiliary head,
@@ -26,7 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from inception_jax import layers, models
+from inception_jax import config_lib, models, specs
+from inception_jax.data import sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,20 +104,22 @@ def _subjaxprs(params):
 
 def _forward(model: models.Inception, image_size: int, return_aux: bool):
   """The eval-mode forward of `model` as a function of its state, and its
-  abstract arguments. It traces the network as written (`layers.as_written`),
-  not the CPU's faster expression of its convolutions."""
+  abstract arguments."""
   model.eval()
   graphdef, state = nnx.split(model)
 
   def forward(state, x):
-    with layers.as_written():
-      return nnx.merge(graphdef, state)(x, return_aux=return_aux)
+    return nnx.merge(graphdef, state)(x, return_aux=return_aux)
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   return forward, state, x
 
 
 def abstract_model(spec: models.InceptionSpec, image_size: int) -> models.Inception:
-  """`spec` at `image_size` with shapes in place of weights (nothing computed)."""
+  """`spec` at `image_size` with shapes in place of weights (nothing computed),
+  its convolutions XLA's: the network as written (`conv_impl='xla'`), not
+  the CPU's faster forms, which compute extra outputs of unpadded
+  convolutions (`convolution.cpu_matmul_conv`)."""
+  spec = dataclasses.replace(spec, conv_impl='xla')
   return nnx.eval_shape(lambda: models.Inception(
       spec, image_size=image_size, rngs=nnx.Rngs(0)))
 
@@ -122,12 +127,14 @@ def abstract_model(spec: models.InceptionSpec, image_size: int) -> models.Incept
 def count(spec: models.InceptionSpec | Mapping[str, Any],
           image_size: int | None = None, *, model: models.Inception | None = None) -> Cost:
   """Parameters and multiply-adds of `spec` at `image_size` (default: the
-  stem's). `model`: the abstract model (`abstract_model`) when the caller has
-  built it already."""
+  stem's), the network as written whatever `spec.conv_impl` says. `model`:
+  the model of `spec` when the caller has built it already (used when its
+  convolutions are XLA's, `conv_impl='xla'`)."""
   if not isinstance(spec, models.InceptionSpec):
     spec = models.InceptionSpec.from_config(spec)
   image_size = image_size or spec.default_image_size
-  model = model or abstract_model(spec, image_size)
+  if model is None or model.conv_impl != 'xla':
+    model = abstract_model(spec, image_size)
   size = lambda state: sum(int(x.size) for x in jax.tree.leaves(state))
   aux_params = size(nnx.state(model.AuxLogits)) if spec.aux_head else 0
   aux_trainable = size(nnx.state(model.AuxLogits, nnx.Param)) if spec.aux_head else 0
@@ -146,7 +153,9 @@ def count(spec: models.InceptionSpec | Mapping[str, Any],
 
 def xla_flops(model: models.Inception, image_size: int) -> float:
   """XLA's own count (`cost_analysis()['flops']`) for the compiled eval
-  forward pass at batch 1: 2 flops per multiply-add plus element-wise work."""
+  forward pass at batch 1: 2 flops per multiply-add plus element-wise work.
+  `model` computes as it was built: with `conv_impl='xla'` for the network
+  as written."""
   forward, state, x = _forward(model, image_size, return_aux=False)
   analysis = jax.jit(forward).lower(state, x).compile().cost_analysis()
   if isinstance(analysis, (list, tuple)):
@@ -156,10 +165,11 @@ def xla_flops(model: models.Inception, image_size: int) -> float:
 
 def of_config(config) -> Cost:
   """Cost of a training config: its `model` at its `data.image_size`; the
-  number of classes follows the dataset unless `model.num_classes` is set."""
+  number of classes follows the dataset unless `model.num_classes` is set.
+  The config is read once into a `specs.RunSpec` (every value checked)."""
+  config_lib.import_user_modules(config)      # blocks of the user's own
+  run = specs.RunSpec.from_config(config)
   classes = None
-  if config.model.num_classes is None:
-    from inception_jax.data import pipeline
-    classes = pipeline.num_classes(config.data)
-  spec = models.InceptionSpec.from_config(config.model, dataset_classes=classes)
-  return count(spec, config.data.image_size)
+  if run.model.num_classes is None:           # the dataset's description, no pipeline
+    classes = sources.num_classes(run.data)
+  return count(run.model_spec(classes), run.data.image_size)

@@ -3,7 +3,7 @@ image (Tables 3 and 4, `preprocess.multi_crops`) and ensembles of runs
 (Table 5).
 
   evaluate(['runs/v3'], crops=144)    # → {'top1_error', 'top5_error', 'crops', ...}
-  python launch.py eval --workdir runs/v3 --crops 144 [--ensemble runs/v3b …]
+  python -m inception_jax eval --workdir runs/v3 --crops 144 [--ensemble runs/v3b …]
 
 Each run's weights come from its latest good checkpoint (the EMA weights, or
 the raw ones); each image's views are made at the run's own input size, their
@@ -14,6 +14,7 @@ over all devices like training's.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -21,7 +22,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from inception_jax import models, parallel, train, trainstate, transfer
+from inception_jax import models, parallel, specs, trainstate, transfer
 from inception_jax.data import pipeline, preprocess, sources
 from inception_jax.errors import ConfigError, UserError
 
@@ -32,8 +33,10 @@ Member = trainstate.RunWeights      # one run of an ensemble
 
 
 def load(workdir: str, weights: str = 'ema') -> Member:
-  """A run's config (config.json) and the weights of its latest good checkpoint."""
-  return trainstate.restore_weights(workdir, weights)
+  """A run's config (config.json, read once into a `specs.RunSpec`) and the
+  weights of its latest good checkpoint."""
+  member = trainstate.restore_weights(workdir, weights)
+  return dataclasses.replace(member, config=specs.RunSpec.from_config(member.config))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -63,7 +66,7 @@ def _probabilities(members: list[Member], source, crops: int, limit: int | None,
       raise ConfigError(f'{member.workdir} was trained on another number of classes '
                         f'than {members[0].workdir}')
   if batch is None:                   # training's evaluation batch: its micro-batch
-    run = train.resolve_batch(members[0].config, jax.device_count(), quiet=True)
+    run = parallel.resolve_batch(members[0].config, jax.device_count(), quiet=True)
     batch = run.batch_size // run.optim.grad_accum_steps
   per_batch = max(1, batch // crops)
   chunks, labels = [], []

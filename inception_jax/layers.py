@@ -12,16 +12,15 @@ average pooling that counts the padded zeros.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from inception_jax import convolution
 
 ACTIVATIONS = ('relu', 'linear')
 PADDINGS = ('SAME', 'VALID')
@@ -158,98 +157,7 @@ class Dropout(nnx.Module):
     return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
 
 
-# --- Convolution, expressed for the backend -------------------------------------
-
-_AS_WRITTEN = contextvars.ContextVar('as_written', default=False)
-
-
-@contextlib.contextmanager
-def as_written():
-  """Within it, `conv2d` is XLA's plain convolution on every backend: the
-  network as the paper writes it, which `cost.py` counts. The CPU's faster
-  expressions below compute the same values but more multiply-adds (the
-  padded outputs that a VALID convolution cuts off). It acts when a function
-  is traced: `jax.jit` does not retrace an already-traced function for it."""
-  token = _AS_WRITTEN.set(True)
-  try:
-    yield
-  finally:
-    _AS_WRITTEN.reset(token)
-
-
-def conv2d(x, kernel, stride: int = 1, padding: str = 'SAME'):
-  """NHWC × HWIO convolution, TensorFlow's SAME / VALID padding.
-
-  On a CPU, where XLA's matrix product runs two to three times faster than its
-  convolution on these shapes (README "Performance"), a 1×1 convolution is a
-  matrix product, and a k×k one over at least 64 input channels takes its
-  filter gradient as k² matrix products (`_filter_gradient`; with fewer
-  channels, copying each tap's input for its product costs more than it
-  saves), and an unpadded one pads a row and a column (`_cpu_conv`).
-  Elsewhere (cuDNN and TPU convolutions are fast) it is XLA's convolution. The
-  values are the same up to float rounding."""
-  if jax.default_backend() != 'cpu' or _AS_WRITTEN.get():
-    return _xla_conv(x, kernel, stride, padding)
-  if kernel.shape[:2] == (1, 1) and stride == 1:
-    return jnp.einsum('nhwc,co->nhwo', x, kernel[0, 0])
-  if kernel.shape[2] >= 64:
-    return _conv_dot_filter_gradient(x, kernel, stride, padding)
-  return _cpu_conv(x, kernel, stride, padding)
-
-
-def _xla_conv(x, kernel, stride, padding):
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
-def _cpu_conv(x, kernel, stride, padding):
-  """XLA's CPU convolution, which runs two to three times slower without any
-  padding than with some (measured on the network's VALID 3×3 convolutions,
-  README "Performance"): an unpadded one gets a zero row and column at the
-  bottom and right, and the outputs they add are cut off."""
-  pads = jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], (stride, stride), padding)
-  if any(low or high for low, high in pads):
-    return _xla_conv(x, kernel, stride, padding)
-  out_h, out_w = ((size - k) // stride + 1 for size, k in zip(x.shape[1:3], kernel.shape[:2]))
-  y = _xla_conv(x, kernel, stride, ((0, 1), (0, 1)))
-  return y[:, :out_h, :out_w]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_dot_filter_gradient(x, kernel, stride, padding):
-  return _cpu_conv(x, kernel, stride, padding)
-
-
-def _conv_forward(x, kernel, stride, padding):
-  return _cpu_conv(x, kernel, stride, padding), (x, kernel)
-
-
-def _conv_backward(stride, padding, residuals, grad):
-  x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x: _cpu_conv(x, kernel, stride, padding), x)
-  return input_vjp(grad)[0], _filter_gradient(x, grad, kernel, stride, padding)
-
-
-_conv_dot_filter_gradient.defvjp(_conv_forward, _conv_backward)
-
-
-def _filter_gradient(x, grad, kernel, stride, padding):
-  """∂L/∂kernel[i, j] = Σ over examples and output positions of the input
-  pixel under tap (i, j) times the output gradient there: one matrix
-  product (C × N·H·W) · (N·H·W × O) per tap."""
-  kh, kw = kernel.shape[:2]
-  n, oh, ow, _ = grad.shape
-  pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (stride, stride), padding)
-  x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  accumulate = jnp.promote_types(kernel.dtype, jnp.float32)   # float32, or float64
-  taps = [[jnp.einsum('nhwc,nhwo->co',
-                      jax.lax.slice(x, (0, i, j, 0),
-                                    (n, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1,
-                                     x.shape[3]), (1, stride, stride, 1)),
-                      grad, preferred_element_type=accumulate)
-           for j in range(kw)] for i in range(kh)]
-  return jnp.stack([jnp.stack(row) for row in taps]).astype(kernel.dtype)
-
+# --- Convolution ----------------------------------------------------------------
 
 class ConvBN(nnx.Module):
   """Convolution (no bias) → BatchNorm (offset only) → ReLU or identity.
@@ -257,6 +165,9 @@ class ConvBN(nnx.Module):
   `activation='linear'` drops the ReLU (Section 3.1's linear-factorization
   study). `norm=False` gives a plain convolution with bias, used for the
   non-batch-normalized auxiliary "FC" layer of Inception-v2 (Fig. 8).
+  `conv_impl` is how the product is computed (`convolution.conv2d`: 'xla',
+  or 'cpu_matmul', XLA:CPU's faster forms; `model.conv_impl`): the same
+  parameters, the same values up to float rounding.
   """
 
   def __init__(self, in_features: int, out_features: int, kernel, *,
@@ -265,11 +176,15 @@ class ConvBN(nnx.Module):
                kernel_init: Callable = he_normal, dtype: Any = jnp.float32,
                bn_momentum: float = 0.9997, bn_epsilon: float = 1e-3,
                bn_group_size: int = 0, bn_update_per_group: bool = False,
-               bn_scale: bool = False, rngs: nnx.Rngs):
+               bn_scale: bool = False, conv_impl: str = 'xla', rngs: nnx.Rngs):
     if activation not in ACTIVATIONS:
       raise ValueError(f'activation must be one of {ACTIVATIONS}, got {activation!r}')
     if padding not in PADDINGS:
       raise ValueError(f'padding must be one of {PADDINGS}, got {padding!r}')
+    if conv_impl not in convolution.IMPLS:
+      raise ValueError(f'conv_impl must be one of {convolution.IMPLS} (resolve '
+                       f"'auto' first: convolution.resolve), got {conv_impl!r}")
+    self.conv_impl = conv_impl
     self.kernel_size = _pair(kernel)
     self.stride = stride
     self.padding = padding
@@ -287,7 +202,7 @@ class ConvBN(nnx.Module):
   def __call__(self, x):
     conv = self.conv                # its parameters; the product is `conv2d`'s
     x, kernel = x.astype(conv.dtype), conv.kernel[...].astype(conv.dtype)
-    x = conv2d(x, kernel, self.stride, self.padding)
+    x = convolution.conv2d(x, kernel, self.stride, self.padding, self.conv_impl)
     if conv.bias is not None:
       x = x + conv.bias[...].astype(conv.dtype)
     if self.bn is not None:
@@ -430,8 +345,10 @@ def avgpool(window=3, stride=1, padding='SAME') -> PoolSpec:
 @dataclasses.dataclass(frozen=True)
 class Builder:
   """Everything a block needs to build its layers: widths, dtype, BN settings,
-  the Section 3.1 activation choice, the asymmetric factorization size n, and
-  the random stream for initialisers. Passed to block constructors, not stored.
+  the Section 3.1 activation choice, the asymmetric factorization size n, how
+  convolutions are computed (`conv_impl`, resolved: 'xla' or 'cpu_matmul'),
+  and the random stream for initialisers. Passed to block constructors, not
+  stored.
   """
   rngs: nnx.Rngs
   width_multiplier: float = 1.0
@@ -446,6 +363,7 @@ class Builder:
   factorized_activation: str = 'relu'
   factorization_n: int = 7
   inception_a: str = 'released'
+  conv_impl: str = 'xla'
 
   def depth(self, features: int) -> int:
     """TF-slim's depth multiplier: max(int(d * multiplier), min_depth)."""
@@ -463,7 +381,7 @@ class Builder:
                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                   bn_group_size=self.bn_group_size,
                   bn_update_per_group=self.bn_update_per_group,
-                  bn_scale=self.bn_scale, rngs=self.rngs)
+                  bn_scale=self.bn_scale, conv_impl=self.conv_impl, rngs=self.rngs)
 
   def tower(self, in_features: int, *specs: Conv | PoolSpec) -> Sequential:
     """A chain of layers, named TF-slim style: Conv2d_0a_1x1, AvgPool_0b_3x3, ..."""

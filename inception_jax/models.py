@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from inception_jax import blocks, config_lib, layers
+from inception_jax import blocks, convolution, layers
 from inception_jax.errors import ConfigError
 from inception_jax.layers import Builder
 
@@ -78,7 +78,7 @@ def compute_dtype(name: str):
 @dataclasses.dataclass(frozen=True)
 class InceptionSpec:
   """Every architectural choice of the network; `config.model` holds these keys."""
-  num_classes: int = 1000
+  num_classes: int | None = 1000          # None: the dataset's, until `with_classes`
   stem: str = 'factorized'                 # 'factorized' | '7x7' | 'rf151' | 'rf79'
   blocks: Mapping[str, str] = dataclasses.field(
       default_factory=lambda: dict(DEFAULT_BLOCKS))
@@ -96,6 +96,10 @@ class InceptionSpec:
   dtype: str = 'float32'                   # compute dtype; parameters float32
                                            # ('float64': float64 throughout, for numerical checks;
                                            # 'auto': bfloat16 on accelerators, float32 on CPU)
+  conv_impl: str = 'auto'                  # how convolutions are computed: 'xla' | 'cpu_matmul'
+                                           # (XLA:CPU's faster forms; same values up to rounding)
+                                           # | 'auto' (cpu_matmul on a CPU, else xla), resolved
+                                           # when the model is built (inception_jax/convolution.py)
   bn_momentum: float = 0.9997
   bn_epsilon: float = 1e-3
   bn_group_size: int = 0                   # ghost BN: examples per statistics group (0: whole batch)
@@ -106,25 +110,30 @@ class InceptionSpec:
   avg_pool_include_pad: bool = False       # the blocks' 3×3 average pools count
                                            # SAME's padded zeros (PyTorch's default)
   imports: str = ''                        # modules or .py files (comma-separated) that
-                                           # register blocks or stems: imported first
+                                           # register blocks or stems: imported with the
+                                           # config (config_lib.import_user_modules)
 
   def __post_init__(self):
     object.__setattr__(self, 'blocks', dict(self.blocks))
     object.__setattr__(self, 'modules_per_grid', _module_counts(self.modules_per_grid))
-    config_lib.import_modules(self.imports)       # before the block names are checked
-    _check_choice('stem', self.stem, blocks.STEMS)
+    # `imports` was imported where the config was loaded
+    # (`config_lib.import_user_modules`): the model sits below config loading.
+    _check_choice('stem', self.stem, blocks.STEMS, _OWN_BLOCKS)
     _check_choice('grid_reduction', self.grid_reduction, GRID_REDUCTIONS)
     _check_choice('inception_a', self.inception_a, ('released', 'figure5'))
     _check_choice('factorized_activation', self.factorized_activation,
                   ('relu', 'linear'))
     _check_choice('dtype', self.dtype, DTYPES)
+    _check_choice('conv_impl', self.conv_impl, convolution.CHOICES)
     unknown = set(self.blocks) - set(DEFAULT_BLOCKS)
     if unknown or set(self.blocks) != set(DEFAULT_BLOCKS):
       raise ConfigError(f'model.blocks must name exactly the slots '
                        f'{sorted(DEFAULT_BLOCKS)}; got {sorted(self.blocks)}')
     for slot, name in self.blocks.items():
-      blocks.get_block(name)
-    if self.num_classes < 1:
+      if name not in blocks.BLOCKS:
+        raise ConfigError(f'model.blocks.{slot}: unknown block {name!r}; registered: '
+                          f'{sorted(blocks.BLOCKS)}{_OWN_BLOCKS}')
+    if self.num_classes is not None and self.num_classes < 1:
       raise ConfigError(f'num_classes must be >= 1, got {self.num_classes}')
     if not self.width_multiplier > 0:
       raise ConfigError(f'width_multiplier must be > 0, got {self.width_multiplier}')
@@ -141,11 +150,6 @@ class InceptionSpec:
     """Build from a (ConfigDict) mapping; unknown keys are a clear error.
     `num_classes=None` takes the dataset's class count, `dataset_classes`."""
     cfg = dict(cfg)
-    if cfg.get('num_classes', 0) is None:
-      if dataset_classes is None:
-        raise ConfigError('model.num_classes is None (follow the dataset) but no '
-                          'dataset class count was given')
-      cfg['num_classes'] = dataset_classes
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(cfg) - fields)
     if unknown:
@@ -153,7 +157,17 @@ class InceptionSpec:
                        f'valid options: {sorted(fields)}')
     if 'blocks' in cfg:
       cfg['blocks'] = dict(cfg['blocks'])
-    return cls(**cfg)
+    return cls(**cfg).with_classes(dataset_classes)
+
+  def with_classes(self, dataset_classes: int | None) -> 'InceptionSpec':
+    """This spec with `num_classes` None (follow the dataset) made the
+    dataset's class count; a set count stays."""
+    if self.num_classes is not None:
+      return self
+    if dataset_classes is None:
+      raise ConfigError('model.num_classes is None (follow the dataset) but no '
+                        'dataset class count was given')
+    return dataclasses.replace(self, num_classes=dataset_classes)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -172,7 +186,8 @@ class InceptionSpec:
                    bn_scale=self.bn_scale, avg_pool_include_pad=self.avg_pool_include_pad,
                    factorized_activation=self.factorized_activation,
                    factorization_n=self.factorization_n,
-                   inception_a=self.inception_a)
+                   inception_a=self.inception_a,
+                   conv_impl=convolution.resolve(self.conv_impl))
 
   @property
   def default_image_size(self) -> int:
@@ -210,9 +225,13 @@ def layout(modules_per_grid=RELEASED_MODULES) -> tuple:
   return tuple(rows)
 
 
-def _check_choice(key, value, choices):
+_OWN_BLOCKS = ('; a block or stem of your own is registered by the module or .py file '
+               'that model.imports names, imported when the config is loaded')
+
+
+def _check_choice(key, value, choices, hint=''):
   if value not in choices:
-    raise ConfigError(f'model.{key} must be one of {sorted(choices)}, got {value!r}')
+    raise ConfigError(f'model.{key} must be one of {sorted(choices)}, got {value!r}{hint}')
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -299,6 +318,7 @@ class Inception(nnx.Module):
                                  1.0, 'fan_in', 'truncated_normal'),
                              rngs=rngs)
     self.dtype = b.dtype
+    self.conv_impl = b.conv_impl          # resolved: 'xla' or 'cpu_matmul'
     self.logits_dtype = layers.param_dtype(b.dtype)
 
   def grid_size(self, image_size: int, until: str | None = None) -> int:

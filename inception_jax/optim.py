@@ -1,7 +1,8 @@
 """The paper's optimizer as an Optax chain (Section 8;
 docs/paper_notes.md#training-recipe).
 
-`make_optimizer(config.optim, ...)` returns, in this order:
+`make_optimizer(spec.optim, ...)` (a `specs.OptimSpec`, its values checked
+when it was made) returns, in this order:
 
   1. coupled L2 weight decay: g ← g + wd·w on conv/dense kernels only. Google's
      code adds wd·Σ‖w‖²/2 to the loss (TF-slim's `l2_regularizer`), whose
@@ -41,18 +42,16 @@ def _check(ok: bool, message: str):
     raise ConfigError(message)
 
 
-def base_learning_rate(optim_cfg, global_batch: int) -> float:
+def base_learning_rate(spec, global_batch: int) -> float:
   """`learning_rate`, × global_batch / base_batch_size when base_batch_size > 0
   (the Cloud TPU recipe's 0.165 per 256 images, tensorflow/tpu `inception_v3.py`)."""
-  base = int(optim_cfg.get('base_batch_size', 0))
-  _check(base >= 0, f'optim.base_batch_size must be >= 0, got {base}')
-  if base == 0:
-    return float(optim_cfg.learning_rate)
+  if spec.base_batch_size == 0:
+    return float(spec.learning_rate)
   _check(global_batch > 0, f'global batch must be > 0, got {global_batch}')
-  return float(optim_cfg.learning_rate) * global_batch / base
+  return float(spec.learning_rate) * global_batch / spec.base_batch_size
 
 
-def learning_rate_schedule(optim_cfg, *, steps_per_epoch: float,
+def learning_rate_schedule(spec, *, steps_per_epoch: float,
                            global_batch: int) -> optax.Schedule:
   """Staircase exponential decay after an optional linear warm-up.
 
@@ -68,16 +67,10 @@ def learning_rate_schedule(optim_cfg, *, steps_per_epoch: float,
   decay_steps, 0.94, staircase=True)` (`inception_distributed_train.py`).
   """
   _check(steps_per_epoch > 0, f'steps_per_epoch must be > 0, got {steps_per_epoch}')
-  _check(optim_cfg.decay_epochs > 0,
-         f'optim.decay_epochs must be > 0, got {optim_cfg.decay_epochs}')
-  _check(optim_cfg.decay_rate > 0,
-         f'optim.decay_rate must be > 0, got {optim_cfg.decay_rate}')
-  warmup_epochs = float(optim_cfg.get('warmup_epochs', 0.0))
-  _check(warmup_epochs >= 0, f'optim.warmup_epochs must be >= 0, got {warmup_epochs}')
-  lr0 = base_learning_rate(optim_cfg, global_batch)
-  decay_steps = float(optim_cfg.decay_epochs) * steps_per_epoch
-  warmup_steps = warmup_epochs * steps_per_epoch
-  rate = float(optim_cfg.decay_rate)
+  lr0 = base_learning_rate(spec, global_batch)
+  decay_steps = float(spec.decay_epochs) * steps_per_epoch
+  warmup_steps = float(spec.warmup_epochs) * steps_per_epoch
+  rate = float(spec.decay_rate)
 
   def schedule(step):
     t = jnp.asarray(step, jnp.float32)
@@ -138,18 +131,14 @@ def tf_momentum(learning_rate, *, momentum: float) -> optax.GradientTransformati
                      optax.scale_by_learning_rate(learning_rate))
 
 
-def make_optimizer(optim_cfg, *, steps_per_epoch: float, global_batch: int,
+def make_optimizer(spec, *, steps_per_epoch: float, global_batch: int,
                    freeze: str = '') -> optax.GradientTransformation:
-  """Weight decay → global-norm clipping → RMSProp or momentum (module doc).
-  Frozen parameters (`frozen_mask`) take no weight decay; the trainer gives
-  them zero gradients and keeps their values."""
-  name = optim_cfg.name
-  _check(name in OPTIMIZERS,
-         f'optim.name must be one of {list(OPTIMIZERS)}, got {name!r}')
-  wd, clip = float(optim_cfg.weight_decay), float(optim_cfg.grad_clip_norm)
-  _check(wd >= 0, f'optim.weight_decay must be >= 0, got {wd}')
-  _check(clip >= 0, f'optim.grad_clip_norm must be >= 0 (0: off), got {clip}')
-  schedule = learning_rate_schedule(optim_cfg, steps_per_epoch=steps_per_epoch,
+  """Weight decay → global-norm clipping → RMSProp or momentum (module doc),
+  as `spec` (a `specs.OptimSpec`) says. Frozen parameters (`frozen_mask`)
+  take no weight decay; the trainer gives them zero gradients and keeps their
+  values."""
+  wd, clip = float(spec.weight_decay), float(spec.grad_clip_norm)
+  schedule = learning_rate_schedule(spec, steps_per_epoch=steps_per_epoch,
                                     global_batch=global_batch)
   parts = []
   if wd > 0:
@@ -157,19 +146,19 @@ def make_optimizer(optim_cfg, *, steps_per_epoch: float, global_batch: int,
         wd, mask=functools.partial(weight_decay_mask, freeze=freeze)))
   if clip > 0:
     parts.append(optax.clip_by_global_norm(clip))
-  if name == 'rmsprop':
-    parts.append(tf_rmsprop(schedule, decay=optim_cfg.rms_decay,
-                            epsilon=optim_cfg.epsilon, momentum=optim_cfg.momentum))
+  if spec.name == 'rmsprop':
+    parts.append(tf_rmsprop(schedule, decay=spec.rms_decay,
+                            epsilon=spec.epsilon, momentum=spec.momentum))
   else:
-    parts.append(tf_momentum(schedule, momentum=optim_cfg.momentum))
+    parts.append(tf_momentum(schedule, momentum=spec.momentum))
   return optax.chain(*parts)
 
 
-def clip_norm(optim_cfg, grads, params, freeze: str = ''):
+def clip_norm(spec, grads, params, freeze: str = ''):
   """The global norm that `clip_by_global_norm` sees: the gradient with the
   weight decay already added (`make_optimizer`'s order), so the logs show how
   often the threshold (`optim.grad_clip_norm`) clips."""
-  wd = float(optim_cfg.weight_decay)
+  wd = float(spec.weight_decay)
   if wd > 0:
     grads = jax.tree.map(lambda g, p, m: g + wd * p if m else g,
                          grads, params, weight_decay_mask(params, freeze))

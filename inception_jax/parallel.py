@@ -9,12 +9,16 @@ Parameters are replicated; each batch is split along the 'data' axis.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from inception_jax import compat
 from inception_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _MULTI_PROCESS_ENV = {
     'JAX_COORDINATOR_ADDRESS': None,
@@ -61,16 +65,9 @@ def barrier(name: str, timeout_seconds: int = 3600) -> None:
     return
   _barriers += 1
   key = f'inception_jax/{name}/{_barriers}'
-  try:
-    from jax._src import distributed    # the client JAX's own multi-process tests use
-    client = distributed.global_state.client
-  except (ImportError, AttributeError):
-    client = None
-  if client is None:                    # a JAX without it: a device collective instead
-    from jax.experimental import multihost_utils
+  if not compat.wait_at_barrier(key, timeout_seconds):
+    from jax.experimental import multihost_utils   # no client: a device collective
     multihost_utils.sync_global_devices(key)
-  else:
-    client.wait_at_barrier(key, timeout_in_ms=timeout_seconds * 1000)
 
 
 def compiled_together(jitted, *args, **kwargs):
@@ -197,6 +194,28 @@ def batch_layout(batch: int, devices: int, *, accum: int = 1, per_device_batch: 
     raise ConfigError(f'the micro-batch of {layout.micro} is not a multiple of '
                       f'model.bn_group_size {group}')
   return layout
+
+
+def resolve_batch(config, devices: int, quiet: bool = False):
+  """A copy of `config` (a `specs.RunSpec`) with the batch as this device
+  count runs it (`batch_layout`): `batch_size` (moved to the nearest size that splits into
+  whole BatchNorm groups when `fit_batch`) and `optim.grad_accum_steps`
+  (chosen when 0). Checkpoints and result.json record these values;
+  config.json the config as given."""
+  layout = batch_layout(
+      config.batch_size, devices, accum=config.optim.grad_accum_steps,
+      per_device_batch=config.per_device_batch, group=config.model.bn_group_size,
+      fit=config.fit_batch)
+  if layout.batch != config.batch_size and not quiet:
+    log.warning('batch_size %d → %d: the nearest size that %d devices split into '
+                'equal shares of whole BatchNorm groups of %d (fit_batch=True)',
+                config.batch_size, layout.batch, devices, layout.group)
+  config = config.with_batch(layout.batch, layout.accum)
+  if layout.accum > 1 and not quiet:
+    log.info('batch %d = %d micro-batches of %d (%d per device), %d BatchNorm '
+             'groups per step', layout.batch, layout.accum, layout.micro,
+             layout.per_device, layout.groups)
+  return config
 
 
 def _nearest_batch(batch: int, unit: int, below: bool | None = None) -> int:

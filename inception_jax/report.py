@@ -189,7 +189,7 @@ def collect(directory: str) -> Report:
   """Read a sweep directory into a `Report` (rows in sweep order)."""
   if not os.path.isdir(directory):
     raise UserError(f'no sweep directory {directory!r}')
-  record = rundir.read_json(os.path.join(directory, 'sweep.json'))
+  record = rundir.SweepDir(directory).read_record()
   if record is None:
     runs, status, provenance = _discover(directory), {}, {}
     name = os.path.basename(os.path.abspath(directory))
@@ -235,15 +235,14 @@ def _row(directory: str, run: dict, status: dict) -> Row:
 
 
 def _seed(directory: str, key: str, seed: int | None, status: dict) -> Seed:
-  workdir = os.path.join(directory, key)
-  result = rundir.read_json(os.path.join(workdir, rundir.RESULT))
-  config = rundir.read_json(os.path.join(workdir, rundir.CONFIG))
+  run_dir = rundir.SweepDir(directory).run(key)
+  workdir, result, config = run_dir.path, run_dir.read_result(), run_dir.read_config()
   if seed is None:
     seed = (config or {}).get('seed')
   run = Seed(seed=seed, directory=key,
              state=status.get('state') or ('done' if result else 'unfinished'),
              message=status.get('message') or '', curves=_curves(workdir),
-             config=None if config is None else rundir.flatten(rundir.as_current(config)))
+             config=None if config is None else rundir.flatten(config))
   run.reached_step = next((step for step, error in run.curves['eval/top1_error']
                            if error <= REACHED), None)
   if result:
@@ -571,7 +570,7 @@ def write_html(report: Report, directory: str) -> str:
       _changes_html(report),
       *_figures(report),
       '</body></html>', '']
-  path = os.path.join(directory, 'report.html')
+  path = rundir.SweepDir(directory).report_html
   try:
     rundir.write_text(path, '\n'.join(parts))
   except OSError as e:

@@ -1,19 +1,24 @@
-"""Run-directory I/O: the one place that writes and reads its JSON files.
+"""Run directories: the one module that knows their file names, and the one
+place that writes and reads their JSON files.
 
-A run directory holds `config.json`, `metrics.jsonl` and `result.json`; a
-sweep directory `sweep.json` and a run directory per run, NAME/, or per seed
-of a run with seeds, NAME/seed_K/ (docs/ARCHITECTURE.md has the whole contract).
-Writes are atomic (a temporary file renamed over the old one), so a reader —
-a report, a rerun, a user — sees the old file or the new one, never half.
-Reads say what is wrong: a missing file is a default, an invalid one a
-clear error; a metrics line cut short by a kill is skipped. A full disk is a
-`DiskFull` naming the file (`writing`). `lock` is the exclusive lock a
-trainer holds on its run directory and a sweep on its own.
+A run directory (`RunDir`) holds `config.json`, `metrics.jsonl`,
+`result.json`, `checkpoints/` and the rest its properties name; a sweep
+directory (`SweepDir`) `sweep.json` and a run directory per run, NAME/, or
+per seed of a run with seeds, NAME/seed_K/ (docs/ARCHITECTURE.md has the
+whole contract). Writes are atomic (a temporary file renamed over the old
+one), so a reader — a report, a rerun, a user — sees the old file or the new
+one, never half. Reads say what is wrong: a missing file is a default, an
+invalid one a clear error; a metrics line cut short by a kill is skipped. A
+full disk is a `DiskFull` naming the file (`writing`). `RunDir.lock` is the
+exclusive lock a trainer holds on its run directory, `SweepDir.lock` a
+sweep's on its own. A recorded config is read through `as_current`: the
+`MIGRATIONS` from the version that wrote it to today's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -22,55 +27,131 @@ import re
 import subprocess
 from typing import IO, Any, Iterable, Mapping
 
-from inception_jax.errors import UserError
+from inception_jax.errors import ExitCode, UserError
 
 CONFIG = 'config.json'
 METRICS = 'metrics.jsonl'
 RESULT = 'result.json'
+CLASSES = 'classes.json'      # the dataset's class names, in label order
+# The rest of a run directory (`RunDir` has each as a path).
+CHECKPOINTS = 'checkpoints'
+CHECKPOINTS_DAMAGED = 'checkpoints_damaged'       # moved aside, never deleted
+CHECKPOINTS_DISCARDED = 'checkpoints_discarded'   # after `train --from_step N`
+LOG = 'train.log'                                 # a sweep's run's output
+LOCK = '.lock'
+# TensorBoard's event files (tensorboardX names the writer's); the HParams
+# session's own, replaced as a whole: it sorts before the writer's files, so
+# TensorBoard meets the session first. Its temporary file's name has no
+# 'tfevents' in it: TensorBoard would read it half-written.
+EVENTS = 'events.out.tfevents.*'
+HPARAMS_EVENTS = 'events.out.tfevents.0.hparams'
+HPARAMS_TMP = '.hparams.tmp'
+WANDB = 'wandb'
+PROFILE = 'profile'
+# A sweep directory's own.
+SWEEP_RECORD = 'sweep.json'
+SWEEP_LOCK = '.sweep.lock'
+REPORT_HTML = 'report.html'
+SLURM_LOGS = 'slurm'          # submitit's folder: SLURM_LOGS/JOB_ID/ per job
+# The key a recorded config holds the version of its form in (`as_current`).
+VERSION_KEY = 'config_version'
 
 # Config keys that never change what a run computes: logging, evaluation and
-# checkpoint intervals, tracking, scheduling, input-pipeline throughput.
+# checkpoint intervals, tracking, scheduling, input-pipeline throughput, and
+# the version of the config's form that recorded it.
 NEUTRAL_KEYS = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                 'keep_checkpoints', 'profile_steps', 'tracking.*', 'slurm.*', 'data.num_workers',
-                'data.num_threads', 'data.prefetch')
+                'data.num_threads', 'data.prefetch', VERSION_KEY)
 # Keys a resumed run may change: the neutral ones but the number of data
 # workers (the data iterator's saved position is that of its worker layout:
 # another count would resume on other batches, or not at all), and its length.
+# `model.conv_impl` too: the convolutions' implementation moves only rounding,
+# and a run may go on on another platform (a CPU's 'cpu_matmul', a GPU's 'xla').
 RESUMABLE_KEYS = tuple(k for k in NEUTRAL_KEYS if k != 'data.num_workers') + (
-    'total_steps', 'num_epochs')
+    'total_steps', 'num_epochs', 'model.conv_impl')
+# Keys whose 'auto' a run resolves when it starts and records resolved in
+# config.json: 'auto' on either side matches any value, so a sweep file that
+# says 'auto' finds the runs it started up to date.
+RESOLVED_AUTO = ('model.conv_impl',)
 # Keys no resume can change, even when allowed to change the config.
 FIXED_ON_RESUME = ('data.num_workers',)
-# Keys added to the config after runs had recorded theirs, with the value
-# those runs had in effect: a recorded config without the key compares as if
-# it held that value (an ImageNet run started before `data.object_size`
-# existed resumes; a demo run drawn with the old objects is a change).
-ADDED_KEYS = {'data.object_size': [0.16, 0.26], 'per_device_batch': 0, 'fit_batch': False,
-              'optim.grad_accum_steps': 1, 'model.bn_update_per_group': False,
-              'data.crop_sampler': 'uniform_area', 'data.crop_attempts': 10,
-              'data.min_object_covered': 0.1, 'data.eval_exclude': '',
-              'model.bn_scale': False, 'model.avg_pool_include_pad': False,
-              'model.imports': '',
-              'init_from': '', 'freeze': '', 'slurm.tasks_per_node': 1,
-              'profile_steps': 0, 'model.modules_per_grid': [3, 4, 2]}
 
 
-# Values that older runs recorded under a key whose type changed since, and
-# the value that means the same now (`data.color_distort` was a bool).
-RENAMED_VALUES = {'data.color_distort': {False: 'none'}}
+# --- Config versions -----------------------------------------------------------
+
+# A run records its config (config.json, and each checkpoint's copy) with
+# `config_version`, the version of the config's form that wrote it; a config
+# recorded before versions existed is version 0. `as_current` reads a recorded
+# config as today's by applying the migrations from its version on.
+#
+# To change the config's form (add a key, rename one, change a value's type):
+#   1. write a step `_vN(config)` that takes a config of version N-1 to N in
+#      place: an added key at the value the runs before it had in effect (what
+#      they computed, which need not be today's default), a renamed key or an
+#      old value in today's form;
+#   2. append it to `MIGRATIONS` (CONFIG_VERSION follows);
+#   3. add a line to tests/test_rundir.py's migration test.
+# A step must leave a config that has today's form as it is (`_add` and
+# `_convert` do): a config recorded without a version may be today's.
+# A key added in the same release as the latest step, before any run recorded
+# that version, may join that step instead of a new one.
+
+
+def _add(config: dict, added: Mapping[str, Any]) -> None:
+  """Keys a recorded config lacks, at the values its run had in effect."""
+  for key, value in added.items():
+    parent, leaf = _parent(config, key)
+    parent.setdefault(leaf, value)
+
+
+def _convert(config: dict, key: str, old_type: type, values: Mapping) -> None:
+  """An old value of `key` (of `old_type`) in today's form."""
+  parent, leaf = _parent(config, key)
+  if type(parent.get(leaf)) is old_type and parent[leaf] in values:
+    parent[leaf] = values[parent[leaf]]
+
+
+def _v1(config: dict) -> None:
+  """The keys added before configs recorded a version (an ImageNet run
+  started before `data.object_size` existed resumes; a demo run drawn with
+  the old objects is a change), and `data.color_distort`, once a bool."""
+  _add(config, {
+      'data.object_size': [0.16, 0.26], 'per_device_batch': 0, 'fit_batch': False,
+      'optim.grad_accum_steps': 1, 'model.bn_update_per_group': False,
+      'data.crop_sampler': 'uniform_area', 'data.crop_attempts': 10,
+      'data.min_object_covered': 0.1, 'data.eval_exclude': '',
+      'model.bn_scale': False, 'model.avg_pool_include_pad': False,
+      'model.imports': '', 'init_from': '', 'freeze': '', 'slurm.tasks_per_node': 1,
+      'profile_steps': 0, 'model.modules_per_grid': [3, 4, 2],
+      # The backend chose the convolutions' implementation, as 'auto' does.
+      'model.conv_impl': 'auto'})
+  _convert(config, 'data.color_distort', bool, {False: 'none'})
+
+
+# MIGRATIONS[n] takes a recorded config of version n to version n + 1.
+MIGRATIONS = (_v1,)
+CONFIG_VERSION = len(MIGRATIONS)
 
 
 def as_current(recorded: Mapping) -> dict:
-  """A config recorded by an earlier version, with today's keys: added keys
-  at the values those runs had in effect, renamed values in today's form."""
+  """A recorded config in today's form (a copy), `config_version` included:
+  the migrations from the version that recorded it (0 when it says none).
+  A config of a newer version than this code's is a `UserError`."""
   config = jsonable(recorded)
-  for key, value in ADDED_KEYS.items():
-    parent, leaf = _parent(config, key)
-    parent.setdefault(leaf, value)
-  for key, renamed in RENAMED_VALUES.items():
-    parent, leaf = _parent(config, key)
-    if isinstance(parent.get(leaf), bool) and parent[leaf] in renamed:
-      parent[leaf] = renamed[parent[leaf]]
+  version = config.get(VERSION_KEY, 0)
+  if type(version) is not int or not 0 <= version <= CONFIG_VERSION:
+    raise UserError(f'a config recorded with config_version {version!r}: this version '
+                    f'of inception_jax reads versions 0 to {CONFIG_VERSION}; '
+                    f'use the version that wrote it, or a newer one')
+  for step in MIGRATIONS[version:]:
+    step(config)
+  config[VERSION_KEY] = CONFIG_VERSION
   return config
+
+
+def versioned(config: Mapping) -> dict:
+  """Today's config as a run records it: a JSON copy with `config_version`."""
+  return {**jsonable(config), VERSION_KEY: CONFIG_VERSION}
 
 
 def _parent(config: dict, key: str) -> tuple[dict, str]:
@@ -95,7 +176,7 @@ def holds_run(path: str) -> bool:
   """Whether `path` is a run directory that has started: it holds a config,
   a result or checkpoints."""
   return any(os.path.exists(os.path.join(path, f))
-             for f in (CONFIG, RESULT, 'checkpoints'))
+             for f in (CONFIG, RESULT, CHECKPOINTS))
 
 
 def seed_dirs(path: str) -> list[int]:
@@ -115,7 +196,7 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 class DiskFull(UserError):
   """A write failed for want of space (or quota); what was written before is intact."""
-  exit_code = 6
+  exit_code = ExitCode.DISK_FULL
 
   def __init__(self, path: str):
     super().__init__(f'no space left on device while writing {path}; free space and '
@@ -294,12 +375,14 @@ def matches(key: str, patterns: Iterable[str]) -> bool:
 
 def changed_keys(a: Mapping, b: Mapping, *, ignore: Iterable[str] = ()) -> list[str]:
   """Flattened keys whose JSON values differ between two nested mappings, less
-  those matching `ignore` (exact keys, or 'prefix.*')."""
+  those matching `ignore` (exact keys, or 'prefix.*') and a `RESOLVED_AUTO`
+  key that one of them leaves at 'auto'."""
   fa, fb = (flatten(as_current(c)) for c in (a, b))
   ignore = tuple(ignore)
   return sorted(k for k in fa.keys() | fb.keys()
                 if fa.get(k, '<missing>') != fb.get(k, '<missing>')
-                and not matches(k, ignore))
+                and not matches(k, ignore)
+                and not (k in RESOLVED_AUTO and 'auto' in (fa.get(k), fb.get(k))))
 
 
 def config_differences(a: Mapping, b: Mapping, *,
@@ -314,18 +397,24 @@ def config_differences(a: Mapping, b: Mapping, *,
 # --- Locks ---------------------------------------------------------------------
 
 class LockHeld(UserError):
-  """Another process holds the lock; `pid` is the one it wrote into the file."""
+  """Another process holds a run's lock (a trainer) or a sweep's: the one
+  wording of it, "another process is training in DIR (pid N)", then `hint`,
+  what to do about it. `pid` is the one the holder wrote into the file."""
 
-  def __init__(self, path: str, pid: str):
-    super().__init__(f'{path} is held by process {pid}')
+  def __init__(self, path: str, pid: str, hint: str = ''):
+    directory = os.path.dirname(path) or '.'
+    holder = ('another sweep is running' if os.path.basename(path) == SWEEP_LOCK
+              else 'another process is training')
+    super().__init__(f'{holder} in {directory} (pid {pid})' + (f'; {hint}' if hint else ''))
     self.pid = pid
 
 
-def lock(path: str) -> IO:
+def lock(path: str, hint: str = '') -> IO:
   """Take an exclusive lock (flock, not waiting) on `path` and write this
   process's id into it. Returns the open file: closing it, or the end of the
-  process however it ends, releases the lock. Held elsewhere: `LockHeld`; a
-  filesystem without locks (some network filesystems): a `UserError`."""
+  process however it ends, releases the lock. Held elsewhere: `LockHeld`
+  (with `hint`); a filesystem without locks (some network filesystems): a
+  `UserError`."""
   f = open(path, 'a+')
   try:
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -333,7 +422,7 @@ def lock(path: str) -> IO:
     f.seek(0)
     pid = f.read().strip() or 'unknown'
     f.close()
-    raise LockHeld(path, pid) from None
+    raise LockHeld(path, pid, hint) from None
   except OSError as e:
     f.close()
     raise UserError(f'cannot lock {path}: its filesystem does not support file locks '
@@ -349,3 +438,130 @@ def lock(path: str) -> IO:
     f.close()
     raise
   return f
+
+
+# Errors of opening a directory this process may not write to (an archive, a
+# colleague's runs): no trainer writes there either.
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+# --- Directories ---------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+  """A run directory: the path of everything a run keeps there, its lock,
+  and its JSON files read and written (docs/ARCHITECTURE.md, "Run
+  directory"). `path` as given: relative stays relative."""
+  path: str
+
+  def _join(self, name: str) -> str:
+    return os.path.join(self.path, name)
+
+  config = property(lambda self: self._join(CONFIG))
+  metrics = property(lambda self: self._join(METRICS))
+  result = property(lambda self: self._join(RESULT))
+  classes = property(lambda self: self._join(CLASSES))
+  checkpoints = property(lambda self: self._join(CHECKPOINTS))
+  checkpoints_damaged = property(lambda self: self._join(CHECKPOINTS_DAMAGED))
+  checkpoints_discarded = property(lambda self: self._join(CHECKPOINTS_DISCARDED))
+  log = property(lambda self: self._join(LOG))
+  lock_file = property(lambda self: self._join(LOCK))
+  events = property(lambda self: self._join(EVENTS))          # a pattern
+  hparams_events = property(lambda self: self._join(HPARAMS_EVENTS))
+  hparams_tmp = property(lambda self: self._join(HPARAMS_TMP))
+  wandb = property(lambda self: self._join(WANDB))
+  wandb_run_id = property(lambda self: os.path.join(self.wandb, 'run_id'))
+  profile = property(lambda self: self._join(PROFILE))
+  write_probe = property(lambda self: self._join('.write_test'))
+
+  def discarded_result(self, stamp: str) -> str:
+    """Where `train --from_step` moves a finished run's result.json."""
+    return self._join(f'result.discarded-{stamp}.json')
+
+  def stale(self, stamp: str) -> str:
+    """Where `sweep --rerun-stale` moves the run (beside it, never deleted)."""
+    return f'{self.path}.stale-{stamp}'
+
+  def seed(self, k: int) -> RunDir:
+    """The run directory of seed K of a sweep run with seeds."""
+    return RunDir(self._join(f'seed_{k}'))
+
+  # What the directory holds now.
+
+  def finished(self) -> bool:
+    return os.path.exists(self.result)
+
+  def has_checkpoint(self) -> bool:
+    return os.path.isdir(self.checkpoints) and any(
+        n.isdigit() for n in os.listdir(self.checkpoints))
+
+  def holds_run(self) -> bool:
+    return holds_run(self.path)
+
+  def seeds(self) -> list[int]:
+    return seed_dirs(self.path)
+
+  # Its files, read and written.
+
+  def read_config(self) -> dict | None:
+    """config.json in today's form (`as_current`), or None without one."""
+    recorded = read_json(self.config)
+    return None if recorded is None else as_current(recorded)
+
+  def write_config(self, config: Mapping) -> None:
+    """Record today's config, with its `config_version`."""
+    write_json(self.config, versioned(config))
+
+  def read_result(self) -> dict | None:
+    return read_json(self.result)
+
+  def write_result(self, result: Mapping) -> None:
+    write_json(self.result, dict(result))
+
+  def read_metrics(self) -> list[dict]:
+    return read_metrics(self.path)
+
+  def truncate_metrics(self, step: int) -> int:
+    return truncate_metrics(self.path, step)
+
+  @contextlib.contextmanager
+  def lock(self, *, hint: str = '', enabled: bool = True, reading: bool = False):
+    """Hold WORKDIR/.lock while inside: a trainer's, or a reader's that must
+    not work beside one (`LockHeld` with `hint` when another holds it).
+    `enabled` False takes none (the processes of a run but the first).
+    `reading`: a directory this process may not write to is read unlocked."""
+    held = contextlib.nullcontext()
+    if enabled:
+      try:
+        held = lock(self.lock_file, hint)
+      except OSError as e:
+        if not (reading and e.errno in READ_ONLY):
+          raise
+    with held:
+      yield self
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepDir:
+  """A sweep directory: its record (sweep.json), its lock, its report, and a
+  run directory per run, NAME/ or NAME/seed_K/."""
+  path: str
+
+  record = property(lambda self: os.path.join(self.path, SWEEP_RECORD))
+  lock_file = property(lambda self: os.path.join(self.path, SWEEP_LOCK))
+  report_html = property(lambda self: os.path.join(self.path, REPORT_HTML))
+  slurm_logs = property(lambda self: os.path.join(self.path, SLURM_LOGS))
+
+  def run(self, name: str) -> RunDir:
+    """The run directory of run NAME (or NAME/seed_K)."""
+    return RunDir(os.path.join(self.path, name))
+
+  def read_record(self, default: Any = None) -> Any:
+    return read_json(self.record, default)
+
+  def write_record(self, record: Mapping) -> None:
+    write_json(self.record, record)
+
+  def lock(self) -> IO:
+    """Hold .sweep.lock (`LockHeld`: "another sweep is running in DIR")."""
+    return lock(self.lock_file)

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable
 import ml_collections
 
 from inception_jax import config_lib, rundir
-from inception_jax.errors import ConfigError, UserError
+from inception_jax.errors import ConfigError, ExitCode, UserError
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,10 @@ def _check_seeds(path: str, run: Run) -> Run:
 
 
 def load_sweep(path_arg: str, seeds: list[int] | None = None) -> list[Run]:
-  """Expand `sweeps/NAME.py[:ARG]` into its runs; names must be unique.
-  `seeds` replaces every run's seeds (`sweep --seeds N`)."""
+  """Expand `sweeps/NAME.py[:ARG]` (or a shipped sweep by NAME[:ARG]) into its
+  runs; names must be unique. `seeds` replaces every run's seeds (`sweep --seeds N`)."""
   path, _, arg = path_arg.partition(':')
-  module = config_lib.load_module(path)
+  module = config_lib.load_module(path, kind='sweeps')
   if not hasattr(module, 'get_sweep'):
     raise ConfigError(f'{path} defines no get_sweep(arg)')
 
@@ -222,7 +222,7 @@ class Record:
 
   def __init__(self, directory: str, path_arg: str, runs: list[Run],
                command: str | None = None):
-    self.path = os.path.join(directory, 'sweep.json')
+    self.path = rundir.SweepDir(directory).record
     try:
       previous = rundir.read_json(self.path, {}).get('status', {})
     except UserError as e:     # rebuilt from the run directories' own files
@@ -262,12 +262,7 @@ def provenance(command: str | None) -> dict:
 
 
 def finished(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, rundir.RESULT))
-
-
-def _has_checkpoint(workdir: str) -> bool:
-  path = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path))
+  return rundir.RunDir(workdir).finished()
 
 
 def config_changes(workdir: str, config: dict) -> list[str]:
@@ -278,13 +273,13 @@ def config_changes(workdir: str, config: dict) -> list[str]:
   starts afresh) or recorded no config."""
   if finished(workdir):
     ignore = rundir.NEUTRAL_KEYS
-  elif _has_checkpoint(workdir):
+  elif rundir.RunDir(workdir).has_checkpoint():
     ignore = rundir.RESUMABLE_KEYS
   else:
     return []
-  recorded = rundir.read_json(os.path.join(workdir, rundir.CONFIG))
-  return [] if recorded is None else rundir.config_differences(recorded, config,
-                                                               ignore=ignore)
+  recorded = rundir.read_json(rundir.RunDir(workdir).config)
+  return [] if recorded is None else rundir.config_differences(
+      recorded, rundir.versioned(config), ignore=ignore)
 
 
 def stale_message(workdir: str, changes: list[str], shown: int = 5) -> str:
@@ -300,19 +295,15 @@ def move_aside(workdir: str) -> str:
   """Rename a stale run's directory (or a run's directory of seeds) to
   WORKDIR.stale-YYYYmmdd-HHMMSS (never deleted); returns the new path.
   Refused while a process trains in it or in one of its seeds."""
+  run = rundir.RunDir(workdir)
   with contextlib.ExitStack() as held:
-    seeds = [os.path.join(workdir, f'seed_{k}') for k in rundir.seed_dirs(workdir)]
-    for path in [workdir, *seeds]:
-      try:
-        held.enter_context(rundir.lock(os.path.join(path, '.lock')))
-      except rundir.LockHeld as e:
-        raise UserError(f'another process is training in {path} (pid {e.pid}); '
-                        f'stop it before --rerun-stale') from None
+    for each in [run, *map(run.seed, run.seeds())]:
+      held.enter_context(each.lock(hint='stop it before --rerun-stale'))
     stamp = time.strftime('%Y%m%d-%H%M%S')
-    target, n = f'{workdir}.stale-{stamp}', 1
+    target, n = run.stale(stamp), 1
     while os.path.exists(target):
       n += 1
-      target = f'{workdir}.stale-{stamp}-{n}'
+      target = run.stale(f'{stamp}-{n}')
     try:
       os.rename(workdir, target)
     except OSError as e:
@@ -342,9 +333,7 @@ def lock_directory(directory: str):
   second sweep on the same directory stops at once, naming the first's pid."""
   try:
     os.makedirs(directory, exist_ok=True)
-    held = rundir.lock(os.path.join(directory, '.sweep.lock'))
-  except rundir.LockHeld as e:
-    raise UserError(f'another sweep is running in {directory} (pid {e.pid})') from None
+    held = rundir.SweepDir(directory).lock()
   except OSError as e:
     raise UserError(f'cannot write the sweep directory {directory}: '
                     f'{e.strerror or e}') from None
@@ -409,7 +398,7 @@ class LocalLauncher:
                                                       env.get('PYTHONPATH'))))
     # Own process group: a Ctrl-C on the terminal reaches the sweep, which
     # passes one SIGTERM on (a second SIGINT would stop a run without saving).
-    with open(os.path.join(workdir, 'train.log'), 'a') as log:
+    with open(rundir.RunDir(workdir).log, 'a') as log:
       return subprocess.Popen(
           [sys.executable, '-m', 'inception_jax', 'train', *run.train_args(workdir, group)],
           env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -425,10 +414,11 @@ _KILLED_BY_STOP = {-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + 
 
 
 def _outcome(exit_code: int, workdir: str, stopping: bool = False) -> Outcome:
-  if exit_code == 0 and finished(workdir):
-    return Outcome('done', 0)
-  message = _last_error(os.path.join(workdir, 'train.log')) or f'exit status {exit_code}'
-  interrupted = exit_code == 4 or (stopping and exit_code in _KILLED_BY_STOP)
+  if exit_code == ExitCode.OK and finished(workdir):
+    return Outcome('done', ExitCode.OK)
+  message = _last_error(rundir.RunDir(workdir).log) or f'exit status {exit_code}'
+  interrupted = (exit_code == ExitCode.INTERRUPTED
+                 or (stopping and exit_code in _KILLED_BY_STOP))
   return Outcome('interrupted' if interrupted else 'failed', exit_code, message)
 
 
@@ -445,7 +435,7 @@ def _last_error(log_path: str) -> str:
 
 class SweepInterrupted(UserError):
   """SIGINT/SIGTERM stopped the sweep; its runs saved checkpoints."""
-  exit_code = 4
+  exit_code = ExitCode.INTERRUPTED
 
 
 class SlurmLauncher:
@@ -459,7 +449,7 @@ class SlurmLauncher:
                poll_seconds: float = 5.0):
     """`train_job(args)` is what each task runs (`cli.train_job`): `train ARGS`
     in the task's process, returning {'exit_code': N}."""
-    self.folder = os.path.join(os.path.abspath(directory), 'slurm', '%j')
+    self.folder = os.path.join(rundir.SweepDir(os.path.abspath(directory)).slurm_logs, '%j')
     self.train_job, self.poll_seconds = train_job, poll_seconds
 
   def launch(self, jobs: list[tuple[Run, str]], group: str,
@@ -514,6 +504,10 @@ def _in_queue(job_id: str) -> bool | None:
   return False if 'invalid job id' in proc.stderr.lower() else None
 
 
+# When each SLURM job (by id) was first seen out of the queue without a result.
+_LEFT_QUEUE: dict[str, float] = {}
+
+
 def _vanished(job, grace_seconds: float = 60.0) -> bool:
   """A job that left the queue without writing its result (cancelled, killed
   with its node): submitit alone would wait for it forever without `sacct`.
@@ -522,10 +516,9 @@ def _vanished(job, grace_seconds: float = 60.0) -> bool:
   if listed is None:
     return False
   if listed:
-    job._left_queue = None
+    _LEFT_QUEUE.pop(job.job_id, None)
     return False
-  first = getattr(job, '_left_queue', None) or time.time()
-  job._left_queue = first
+  first = _LEFT_QUEUE.setdefault(job.job_id, time.time())
   return time.time() - first > grace_seconds
 
 
@@ -569,7 +562,7 @@ def _job_outcome(job, workdir: str) -> Outcome:
     return Outcome('done', 0)
   lines = [line for line in (job.stderr() or '').splitlines() if line.startswith('error:')]
   message = lines[-1] if lines else crash or f'exit status {code}'
-  return Outcome('interrupted' if code == 4 else 'failed', code, message)
+  return Outcome('interrupted' if code == ExitCode.INTERRUPTED else 'failed', code, message)
 
 
 # --- The sweep -----------------------------------------------------------------
@@ -670,7 +663,7 @@ def _train(runs, directory, record, launcher, rerun_stale, group, echo):
                       parallel=getattr(launcher, 'parallel', len(jobs)), echo=echo)
 
   def on_start(run: Run, detail: str = '') -> None:
-    resumed = os.path.isdir(os.path.join(directory, run.name, 'checkpoints'))
+    resumed = os.path.isdir(rundir.SweepDir(directory).run(run.name).checkpoints)
     record.set(run.name, 'running', detail)
     progress.started(run.name, f'{"resuming" if resumed else "started"}'
                      + (f' ({detail})' if detail else ''), resumed)
@@ -722,7 +715,7 @@ class Progress:
     rows = len(dict.fromkeys(name.partition('/')[0] for name in self.names))
     self.echo(f'{n} run{"s" * (n != 1)} to train ({rows} row{"s" * (rows != 1)}), '
               f'{min(self.parallel, n)} at a time; logs in '
-              f'{os.path.join(self.directory, "ROW", "seed_K", "train.log")}')
+              f'{rundir.SweepDir(self.directory).run("ROW/seed_K").log}')
     self.echo(f'watch them: tensorboard --logdir {self.directory}')
     if self.terminal:
       from tqdm import tqdm
@@ -805,7 +798,7 @@ class Progress:
     return work / min(self.parallel, max(queued + len(running), 1))
 
   def _log(self, name: str) -> str:
-    return os.path.join(self.directory, name, 'train.log')
+    return rundir.SweepDir(self.directory).run(name).log
 
   def _watch(self) -> None:
     while not self._stop.wait(1.0):
@@ -873,13 +866,13 @@ def summary(outcomes: dict[str, Outcome]) -> str:
   return '\n'.join(lines)
 
 
-def exit_code(outcomes: Iterable[Outcome]) -> int:
-  """0 when every run finished; 1 if any failed; 4 when the sweep was stopped
-  (rerun it to resume); 5 when runs are stale (they ran under another config
-  than the sweep file's; `--rerun-stale` trains them again)."""
+def exit_code(outcomes: Iterable[Outcome]) -> ExitCode:
+  """OK when every run finished; FAILED if any failed; INTERRUPTED when the
+  sweep was stopped (rerun it to resume); STALE when runs ran under another
+  config than the sweep file's (`--rerun-stale` trains them again)."""
   states = {o.state for o in outcomes}
   if 'failed' in states:
-    return 1
+    return ExitCode.FAILED
   if states & {'interrupted', 'pending'}:
-    return 4
-  return 5 if 'stale' in states else 0
+    return ExitCode.INTERRUPTED
+  return ExitCode.STALE if 'stale' in states else ExitCode.OK

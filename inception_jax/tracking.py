@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, Mapping
 
-from inception_jax import rundir
+from inception_jax import compat, rundir
 from inception_jax.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -40,34 +40,23 @@ _WANDB_ALIASES = {'dryrun': 'offline', 'run': 'online'}     # wandb's older name
 # comparison table's), logged as scalars under these tags.
 FINAL_METRICS = ('eval/top1_error', 'eval/top5_error', 'eval/loss', 'eval_raw/top1_error',
                  'eval_raw/top5_error', 'eval_raw/loss', 'train/loss')
-# The HParams session's own event file, replaced as a whole: it sorts before
-# the writer's files, so TensorBoard meets the session first.
-HPARAMS_EVENTS = 'events.out.tfevents.0.hparams'
-
-
-def check_config(tracking) -> None:
-  """`tracking.*` values a run cannot use (and a bad WANDB_MODE): ConfigErrors."""
-  _check_mode('tracking.wandb_mode', tracking.wandb_mode)
-  if tracking.wandb:
-    resolve_wandb_mode(tracking.wandb_mode)       # a bad WANDB_MODE
-  if not tracking.wandb_init_timeout > 0:
-    raise ConfigError(f'tracking.wandb_init_timeout must be > 0 seconds, '
-                      f'got {tracking.wandb_init_timeout}')
 
 
 def resolve_wandb_mode(configured: str) -> str:
   """The mode wandb runs in: WANDB_MODE when set (wandb's own variable),
   otherwise `tracking.wandb_mode`."""
-  _check_mode('tracking.wandb_mode', configured)
+  check_mode('tracking.wandb_mode', configured)
   env = os.environ.get('WANDB_MODE')
   if not env:
     return configured
   mode = _WANDB_ALIASES.get(env, env)
-  _check_mode('WANDB_MODE', mode, env)
+  check_mode('WANDB_MODE', mode, env)
   return mode
 
 
-def _check_mode(where: str, mode: str, raw: str | None = None) -> None:
+def check_mode(where: str, mode: str, raw: str | None = None) -> None:
+  """A wandb mode (`tracking.wandb_mode`, WANDB_MODE) that names none is a
+  ConfigError saying which are."""
   if mode not in WANDB_MODES:
     raise ConfigError(f'{where} must be one of {", ".join(WANDB_MODES)}; '
                       f'got {raw or mode!r}')
@@ -76,31 +65,30 @@ def _check_mode(where: str, mode: str, raw: str | None = None) -> None:
 class Tracker:
   """Writes metrics to JSONL, TensorBoard and wandb (process 0 only)."""
 
-  def __init__(self, workdir: str, config: Mapping, *, enabled: bool = True,
-               tensorboard: bool = True, wandb: bool = False,
-               wandb_mode: str = 'offline', wandb_init_timeout: float = 30.0,
-               wandb_project: str = 'inception_jax', wandb_group: str = '',
-               run_name: str = '', job_type: str = '', tags=(), hparams_first=()):
+  def __init__(self, workdir: str, config: Mapping, spec, *, enabled: bool = True):
+    """`config`: the run's config as a plain dict (config.json, the HParams
+    session, wandb's config); `spec`: its `tracking` section
+    (`specs.TrackingSpec`), which writers to start and the run's names."""
     self.workdir, self.enabled = workdir, enabled
-    self.config, self.hparams_first = dict(config), list(hparams_first)
+    self.config, self.hparams_first = dict(config), list(spec.hparams_first)
     self._tb = self._wandb = None
     self._tb_logged = {}              # tag -> (step, value) last written
     if not enabled:
       return
-    rundir.write_json(os.path.join(workdir, 'config.json'), self.config)
-    self._metrics = open(os.path.join(workdir, rundir.METRICS), 'a')
-    if tensorboard:
+    rundir.RunDir(workdir).write_config(self.config)     # with its config_version
+    self._metrics = open(rundir.RunDir(workdir).metrics, 'a')
+    if spec.tensorboard:
       SummaryWriter = _tensorboardx().SummaryWriter
       self._tb_errors = _WriterThreadErrors()
       self._tb = SummaryWriter(workdir, flush_secs=30)
       for writer in (self._tb.all_writers or {}).values():
         _never_block_on_a_dead_thread(writer.event_writer)
       _write_hparams(self._tb.logdir, self.config, self.hparams_first, ended=False)
-    if wandb:
+    if spec.wandb:
       self._wandb = _start_wandb(
-          workdir, self.config, mode=wandb_mode, init_timeout=wandb_init_timeout,
-          project=wandb_project, group=wandb_group, job_type=job_type, tags=list(tags),
-          name=run_name or os.path.basename(os.path.abspath(workdir)))
+          workdir, self.config, mode=spec.wandb_mode, init_timeout=spec.wandb_init_timeout,
+          project=spec.wandb_project, group=spec.wandb_group, job_type=spec.job_type,
+          tags=list(spec.tags), name=spec.run_name or os.path.basename(os.path.abspath(workdir)))
 
   def __enter__(self):
     return self
@@ -134,7 +122,7 @@ class Tracker:
     close the writers."""
     if not self.enabled:
       return
-    rundir.write_json(os.path.join(self.workdir, rundir.RESULT), dict(result))
+    rundir.RunDir(self.workdir).write_result(result)
     if self._tb is not None:
       self._check_tensorboard()
       step = int(result.get('steps', 0))
@@ -174,7 +162,7 @@ class Tracker:
     self._tb = None
     self._tb_errors.close()
     if error is not None and rundir.is_disk_full(error):
-      raise rundir.DiskFull(os.path.join(self.workdir, 'events.out.tfevents.*'))
+      raise rundir.DiskFull(rundir.RunDir(self.workdir).events)
     why = f' ({_one_line(error)})' if error is not None else ''
     raise UserError(f'TensorBoard\'s event writer stopped{why} while '
                     f'writing in {self.workdir}; the run stopped, its checkpoints and '
@@ -203,20 +191,7 @@ class Tracker:
       self._wandb = None
 
 
-def _tensorboardx():
-  """tensorboardX, imported without PyTorch when PyTorch is not loaded yet:
-  tensorboardX imports it only to accept torch tensors, which we never log,
-  and the import takes seconds (`None` in `sys.modules` makes it fail, which
-  tensorboardX expects)."""
-  if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
-    import tensorboardX
-    return tensorboardX
-  sys.modules['torch'] = None
-  try:
-    import tensorboardX
-  finally:
-    del sys.modules['torch']
-  return tensorboardX
+_tensorboardx = compat.import_tensorboardx      # without PyTorch, when not loaded yet
 
 
 class _WriterGone(Exception):
@@ -228,14 +203,16 @@ def _never_block_on_a_dead_thread(events) -> None:
   queue blocks a write until the thread takes an event, which a dead thread
   never does (the run then hung for good). A live thread is waited for as
   long as it takes."""
-  queue_, put = events._event_queue, events._event_queue.put   # noqa: SLF001
+  writer = compat.EventWriter(events)
+  queue_ = writer.queue
+  put = queue_.put
 
   def guarded(item, block=True, timeout=None):
     while True:
       try:
         return put(item, True, 1.0)
       except queue.Full:
-        if not events._worker.is_alive():                        # noqa: SLF001
+        if not writer.thread_alive():
           raise _WriterGone() from None
   queue_.put = guarded
 
@@ -250,7 +227,7 @@ class _WriterThreadErrors:
     threading.excepthook = self._hook
 
   def _hook(self, args):
-    if type(args.thread).__name__ == '_EventLoggerThread':
+    if compat.EventWriter.is_thread(args.thread):
       self._errors.append(args.exc_value)
     else:
       self._previous(args)
@@ -264,17 +241,17 @@ class _WriterThreadErrors:
 
 
 def _worker_alive(writer) -> bool:
-  events = writer.event_writer
-  return events._closed or events._worker.is_alive()       # noqa: SLF001
+  events = compat.EventWriter(writer.event_writer)
+  return events.closed or events.thread_alive()
 
 
 def _abandon(tb) -> None:
   """Mark a SummaryWriter's writers closed without waiting on a thread that
   is gone (its queue may be full): their exit handlers then do nothing."""
   for writer in (tb.all_writers or {}).values():
-    events = writer.event_writer
-    if not events._closed and not events._worker.is_alive():   # noqa: SLF001
-      events._closed = True                                      # noqa: SLF001
+    events = compat.EventWriter(writer.event_writer)
+    if not events.closed and not events.thread_alive():
+      events.mark_closed()
 
 
 def _close_tensorboard(tb) -> None:
@@ -287,10 +264,10 @@ def _close_tensorboard(tb) -> None:
       tb.close()
   except rundir.DiskFull:
     for writer in (tb.all_writers or {}).values():
-      events = writer.event_writer
-      if not events._closed:                # noqa: SLF001
-        events._worker.stop()               # noqa: SLF001
-        events._closed = True               # noqa: SLF001
+      events = compat.EventWriter(writer.event_writer)
+      if not events.closed:
+        events.stop_thread()
+        events.mark_closed()
     raise
 
 
@@ -304,37 +281,14 @@ def _write_hparams(directory: str, config: Mapping, first=(), *, ended: bool) ->
   marked as differing: TensorBoard orders the experiment's keys differing
   first, then by name, so the ablation's columns lead and the constants
   follow. Without them (a single run) every key is listed by name."""
-  _tensorboardx()
-  from tensorboardX.proto.event_pb2 import Event
-  from tensorboardX.record_writer import RecordWriter
-  from tensorboardX.summary import hparams
   flat = rundir.scalars(rundir.flatten(config))
   ordered = {k: flat[k] for k in [*first, *sorted(flat)] if k in flat}
-  summaries = hparams(ordered, dict.fromkeys(FINAL_METRICS))
-  _mark_differing(summaries[0], set(first))
-  now, temporary = time.time(), os.path.join(directory, '.hparams.tmp')
-  with rundir.writing(os.path.join(directory, HPARAMS_EVENTS)):
-    writer = RecordWriter(temporary)
-    writer.write(Event(wall_time=now, file_version='brain.Event:2').SerializeToString())
-    for summary in summaries[:3 if ended else 2]:
-      writer.write(Event(wall_time=now, summary=summary).SerializeToString())
-    writer.flush()
-    writer.close()
-    os.replace(temporary, os.path.join(directory, HPARAMS_EVENTS))
-
-
-def _mark_differing(experiment_summary, keys: set[str]) -> None:
-  """Set HParamInfo.differs on `keys` in tensorboardX's experiment summary.
-  tensorboardX's copy of the HParams protos predates the field, so the
-  content is rewritten with TensorBoard's own (the same wire format)."""
-  if not keys:
-    return
-  from tensorboard.plugins.hparams import plugin_data_pb2
-  content = experiment_summary.value[0].metadata.plugin_data
-  data = plugin_data_pb2.HParamsPluginData.FromString(content.content)
-  for info in data.experiment.hparam_infos:
-    info.differs = info.name in keys
-  content.content = data.SerializeToString()
+  summaries = compat.hparams_summaries(ordered, dict.fromkeys(FINAL_METRICS))
+  compat.mark_hparams_differing(summaries[0], set(first))
+  run, now = rundir.RunDir(directory), time.time()
+  with rundir.writing(run.hparams_events):
+    compat.write_events(run.hparams_tmp, summaries[:3 if ended else 2], now)
+    os.replace(run.hparams_tmp, run.hparams_events)
 
 
 def _start_wandb(workdir, config, *, mode, init_timeout, project, group, job_type,
@@ -353,7 +307,7 @@ def _start_wandb(workdir, config, *, mode, init_timeout, project, group, job_typ
     log.info('wandb is not installed; not logging to wandb')
     return None
   directory = os.path.abspath(workdir)
-  os.makedirs(os.path.join(directory, 'wandb'), exist_ok=True)
+  os.makedirs(rundir.RunDir(directory).wandb, exist_ok=True)
   try:
     # silent: wandb's own banner would repeat the line below, and asks the
     # server for the user name first (seconds, or a timeout offline).
@@ -386,7 +340,7 @@ def _one_line(error: Exception) -> str:
 
 def _wandb_id(workdir: str) -> str:
   """A stable run id per workdir, so a resumed run continues the same wandb run."""
-  path = os.path.join(workdir, 'wandb', 'run_id')
+  path = rundir.RunDir(workdir).wandb_run_id
   if os.path.exists(path):
     return open(path).read().strip()
   import uuid
@@ -404,11 +358,11 @@ def offline_runs(directory: str) -> list[str]:
   every RUN/wandb/offline-run-* there, sorted."""
   found = []
   for root, dirs, _ in os.walk(directory):
-    if os.path.basename(root) == 'wandb':
+    if os.path.basename(root) == rundir.WANDB:
       found += [os.path.join(root, d) for d in dirs if d.startswith('offline-run-')]
       dirs[:] = []
     else:                                   # checkpoints hold no wandb runs
-      dirs[:] = [d for d in dirs if d not in ('checkpoints', 'profile')]
+      dirs[:] = [d for d in dirs if d not in (rundir.CHECKPOINTS, rundir.PROFILE)]
   return sorted(found)
 
 

@@ -12,7 +12,7 @@ weights as `eval/*` and the raw weights as `eval_raw/*`.
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import functools
 import logging
 import math
@@ -26,101 +26,42 @@ import numpy as np
 import optax
 from flax import nnx
 
-from inception_jax import (checkpointing, config_checks, cost, losses, models, optim,
-                           parallel, rundir, stopping, tracking, trainstate, transfer)
+from inception_jax import (checkpointing, config_lib, convolution, cost, losses, optim,
+                           parallel, rundir, specs, stopping, tracking, trainstate, transfer)
 from inception_jax.data import pipeline, sources
-from inception_jax.errors import ConfigError, UserError
+from inception_jax.errors import ConfigError, ExitCode, UserError
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteError(UserError):
   """The loss or the gradient stopped being finite."""
-  exit_code = 3
+  exit_code = ExitCode.NON_FINITE
 
 
 class Preempted(UserError):
   """SIGTERM, SIGINT or SIGUSR2: the run saved a checkpoint and stopped."""
-  exit_code = 4
+  exit_code = ExitCode.INTERRUPTED
 
 
-def check_config(config) -> None:
-  """Values a config can hold but a run cannot use: clear errors up front."""
-  config_checks.check(config)           # every key's type and range, first
-  if not 0 <= config.seed < 2**32:
-    raise ConfigError(f'seed must be in [0, 2**32), got {config.seed}')
-  if config.batch_size < 1:
-    raise ConfigError(f'batch_size must be >= 1, got {config.batch_size}')
-  if config.total_steps < 0 or (config.total_steps == 0 and config.num_epochs <= 0):
-    raise ConfigError('set total_steps > 0 or num_epochs > 0')
-  if config.log_every_steps < 1 or config.eval_every_steps < 0:
-    raise ConfigError('log_every_steps must be >= 1 and eval_every_steps >= 0')
-  if config.model.dtype == 'float64' and not jax.config.jax_enable_x64:
-    raise ConfigError('model.dtype=float64 needs 64-bit JAX: set JAX_ENABLE_X64=1 '
-                      'before starting (launch.py train does this itself)')
-  if config.checkpoint_every_steps < 0 or config.keep_checkpoints < 1:
-    raise ConfigError('checkpoint_every_steps must be >= 0 (0: at the end only) '
-                      'and keep_checkpoints >= 1')
-  tracking.check_config(config.tracking)
-  transfer.check_config(config)
-
-
-def resolve_batch(config, devices: int, quiet: bool = False):
-  """A copy of `config` with the batch as this device count runs it
-  (`parallel.batch_layout`): `batch_size` (moved to the nearest size that
-  splits into whole BatchNorm groups when `fit_batch`) and
-  `optim.grad_accum_steps` (chosen when 0). Checkpoints and result.json record
-  these values; config.json the config as given."""
-  layout = parallel.batch_layout(
-      config.batch_size, devices, accum=config.optim.get('grad_accum_steps', 1),
-      per_device_batch=config.get('per_device_batch', 0),
-      group=config.model.get('bn_group_size', 0), fit=config.get('fit_batch', False))
-  if layout.batch != config.batch_size and not quiet:
-    log.warning('batch_size %d → %d: the nearest size that %d devices split into '
-                'equal shares of whole BatchNorm groups of %d (fit_batch=True)',
-                config.batch_size, layout.batch, devices, layout.group)
-  config = copy.deepcopy(config)
-  config.batch_size, config.optim.grad_accum_steps = layout.batch, layout.accum
-  if layout.accum > 1 and not quiet:
-    log.info('batch %d = %d micro-batches of %d (%d per device), %d BatchNorm '
-             'groups per step', layout.batch, layout.accum, layout.micro,
-             layout.per_device, layout.groups)
-  return config
+def check_config(config) -> specs.RunSpec:
+  """`config` as a run reads it, a `specs.RunSpec`: every value checked, every
+  default filled in, and what this process must provide for it (64-bit JAX
+  for float64, a WANDB_MODE that names a mode) — clear errors up front."""
+  spec = specs.RunSpec.from_config(config)
+  spec.check_process()
+  return spec
 
 
 def _check_writable(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
+    probe = rundir.RunDir(workdir).write_probe
     with rundir.writing(probe), open(probe, 'w') as f:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
     raise UserError(f'cannot write to workdir {workdir!r}: {e.strerror or e}') from None
-
-
-class _WorkdirLock:
-  """An exclusive lock on WORKDIR/.lock while a run trains there, so a second
-  launch on the same directory (a rerun while an orphaned or still-queued run
-  is alive) stops with a clear error instead of interleaving two runs. The
-  operating system releases it when the process dies, however it dies."""
-
-  def __init__(self, workdir: str, enabled: bool):
-    self.path, self.enabled, self._file = os.path.join(workdir, '.lock'), enabled, None
-
-  def __enter__(self):
-    if self.enabled:
-      try:
-        self._file = rundir.lock(self.path)
-      except rundir.LockHeld as e:
-        raise UserError(f'another process is training in '
-                        f'{os.path.dirname(self.path)!r} (pid {e.pid}); wait for it to '
-                        f'finish or stop it first') from None
-    return self
-
-  def __exit__(self, *exc):
-    if self._file is not None:
-      self._file.close()           # closing releases the lock
 
 
 def make_train_step(graphdef, tx, schedule, config):
@@ -137,8 +78,8 @@ def make_train_step(graphdef, tx, schedule, config):
   n (the memory is the micro-batch's).
   """
   accum = config.optim.grad_accum_steps
-  per_group = config.model.get('bn_update_per_group', False)
-  freeze = config.get('freeze', '')
+  per_group = config.model.bn_update_per_group
+  freeze = config.freeze
 
   def gradients(params, batch_stats, images, labels, key, rows=None):
     images = pipeline.network_input(images)
@@ -285,10 +226,11 @@ class _Progress:
 def _check_resume(saved: dict, config, allow_config_change: bool) -> None:
   """Refuse to resume under a config that changes the run (unless allowed),
   and always under one that changes what a resume cannot take."""
-  changed = checkpointing.config_changes(saved, config.to_dict())
+  current = rundir.versioned(config.to_dict())       # today's, as a run records it
+  changed = checkpointing.config_changes(saved, current)
   if not changed:
     return
-  fixed = checkpointing.fixed_changes(saved, config.to_dict())
+  fixed = checkpointing.fixed_changes(saved, current)
   if fixed:
     values = ', '.join(f'{k}={rundir.flatten(saved).get(k)!r}' for k in fixed)
     raise ConfigError(
@@ -306,7 +248,8 @@ def _check_resume(saved: dict, config, allow_config_change: bool) -> None:
 
 def run(config, workdir: str, *, allow_config_change: bool = False,
         from_step: int | None = None, stop: stopping.StopSignal | None = None) -> dict:
-  """Train `config` in `workdir`; returns (and writes) the result.
+  """Train `config` (a ConfigDict or a nested dict) in `workdir`; returns
+  (and writes) the result.
 
   A workdir holding checkpoints resumes from the latest good one (from the
   one of `from_step`, when given: later ones are moved aside, kept); a
@@ -315,10 +258,15 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
   the current step, saves a checkpoint and raises `Preempted`.
   """
   start_time = time.time()
-  check_config(config)
+  config_lib.import_user_modules(config)    # a config built in Python, not loaded
+  # The config, once, as specs: everything below reads the spec (still named
+  # `config`: it has the config's keys).
+  config = check_config(config)
   # config.json keeps the config as given (what a sweep file compares with);
   # checkpoints keep it as run on these devices (what a resume compares with).
-  given, config = config, resolve_batch(config, jax.device_count())
+  given, config = config, parallel.resolve_batch(config, jax.device_count())
+  # Both record the convolutions as this backend computes them ('auto' resolved).
+  given, config = resolve_conv_impl(given), resolve_conv_impl(config)
   is_chief = jax.process_index() == 0
   with contextlib.ExitStack() as resources:
     # From here on a signal is a request to stop, honoured after a step (or
@@ -333,22 +281,24 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
     resources.callback(data.loader.close)
     if is_chief:
       _check_writable(workdir)
-    resources.enter_context(_WorkdirLock(workdir, enabled=is_chief))
+    # The run's lock, so that a second launch on the same directory (a rerun
+    # while an orphaned or still-queued run is alive) stops with a clear error
+    # instead of interleaving two runs; released however the process ends.
+    resources.enter_context(rundir.RunDir(workdir).lock(
+        enabled=is_chief, hint='wait for it to finish or stop it first'))
 
     # --- Model and optimizer ---------------------------------------------------
-    spec = models.InceptionSpec.from_config(config.model,
-                                            dataset_classes=data.num_classes)
+    spec = config.model_spec(dataset_classes=data.num_classes)
     image_size = config.data.image_size
     tx = optim.make_optimizer(config.optim, steps_per_epoch=data.steps_per_epoch,
-                              global_batch=config.batch_size,
-                              freeze=config.get('freeze', ''))
+                              global_batch=config.batch_size, freeze=config.freeze)
     schedule = optim.learning_rate_schedule(
         config.optim, steps_per_epoch=data.steps_per_epoch, global_batch=config.batch_size)
     # Tracing builds the model, which refuses an impossible config (an image
     # smaller than the network's minimum) here.
     init, abstract = trainstate.trace_init(config, spec, image_size, tx, replicated)
     graphdef, eval_graphdef = trainstate.graphdefs(abstract)
-    transfer.check_freeze(config.get('freeze', ''), nnx.state(abstract, nnx.Param))
+    transfer.check_freeze(config.freeze, nnx.state(abstract, nnx.Param))
 
     # --- State: a fresh one, or the latest good checkpoint ---------------------
     # Opened once the data and the model are known good: a mistake found
@@ -370,7 +320,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
                       f'Rerun the same command to go on.')
     if from_step is not None and is_chief:
       _discard_result(workdir)
-    finished = rundir.read_json(os.path.join(workdir, rundir.RESULT))
+    finished = rundir.RunDir(workdir).read_result()
     if start_step > data.total_steps and finished is None:
       raise ConfigError(
           f'the checkpoint is at step {start_step}, past total_steps '
@@ -389,22 +339,17 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
       rundir.truncate_metrics(workdir, start_step if start_step else -1)
       rows = [r for r in rundir.read_metrics(workdir) if 'train/loss' in r]
       last = rows[-1] if rows else {}
+      # The class names, so its weights are evaluated and used without the data
+      # (`trainstate.restore_weights`).
+      rundir.write_json(rundir.RunDir(workdir).classes, data.class_names)
 
     # --- Loop ------------------------------------------------------------------
     tracker = resources.enter_context(tracking.Tracker(
-        workdir, given.to_dict(), enabled=is_chief,
-        tensorboard=config.tracking.tensorboard, wandb=config.tracking.wandb,
-        wandb_mode=config.tracking.wandb_mode,
-        wandb_init_timeout=config.tracking.wandb_init_timeout,
-        wandb_project=config.tracking.wandb_project,
-        wandb_group=config.tracking.wandb_group, run_name=run_name(config, workdir),
-        job_type=config.tracking.get('job_type', ''),
-        tags=config.tracking.get('tags', []),
-        hparams_first=config.tracking.get('hparams_first', [])))
+        workdir, given.to_dict(), config.tracking, enabled=is_chief))
     progress = resources.enter_context(_Progress(
         data.total_steps, start_step, is_chief and config.tracking.progress))
     profile = resources.enter_context(
-        _Profile(workdir, start_step, config.get('profile_steps', 0)))
+        _Profile(workdir, start_step, config.profile_steps))
     log.info('training %s (%s stem, width ×%g, %d×%d input, %d classes) for %d steps '
              '(%.2f steps per epoch) on %d %s device(s) in %s', run_name(config, workdir),
              spec.stem, spec.width_multiplier, image_size, image_size, data.num_classes,
@@ -427,11 +372,19 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
     return result
 
 
+def resolve_conv_impl(config):
+  """A copy of `config` whose `model.conv_impl` is the implementation the
+  model is built with here (`convolution.resolve`: 'auto' is 'cpu_matmul' on a
+  CPU, 'xla' elsewhere), so that config.json, the checkpoints and result.json
+  say how the run computed its convolutions, not that the backend decided."""
+  return dataclasses.replace(config, model=dataclasses.replace(
+      config.model, conv_impl=convolution.resolve(config.model.conv_impl)))
+
+
 def run_name(config, workdir: str) -> str:
   """The run's name in logs and wandb: `tracking.run_name` (a sweep's
   ROW/seed_K), else its directory's name."""
-  return (config.tracking.get('run_name', '')
-          or os.path.basename(os.path.abspath(workdir)))
+  return config.tracking.run_name or os.path.basename(os.path.abspath(workdir))
 
 
 def _result(config, c: cost.Cost, data, loop, last, start_step, start_time) -> dict:
@@ -453,6 +406,7 @@ def _result(config, c: cost.Cost, data, loop, last, start_step, start_time) -> d
       'devices': jax.device_count(),
       'device_kind': jax.devices()[0].device_kind,
       'platform': jax.devices()[0].platform,
+      'conv_impl': config.model.conv_impl,   # resolved: 'xla' or 'cpu_matmul'
       'processes': jax.process_count(),
       'finished_at': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
       **rundir.source_commit(),            # the code that trained it
@@ -473,6 +427,7 @@ class _Data:
     train_source = sources.make_source(config.data, config.data.train_split)
     self.eval_source = sources.make_source(config.data, config.data.eval_split)
     self.num_classes = train_source.num_classes
+    self.class_names = train_source.class_names()
     self.steps_per_epoch = len(train_source) / config.batch_size
     self.total_steps = config.total_steps or math.ceil(
         config.num_epochs * self.steps_per_epoch)
@@ -492,10 +447,10 @@ class _Data:
 def _discard_result(workdir: str) -> None:
   """A finished run resumed from an earlier step (--from_step) is unfinished
   again: its result.json is renamed, kept, not left to say it finished."""
-  path = os.path.join(workdir, rundir.RESULT)
-  if os.path.exists(path):
-    target = os.path.join(workdir, f'result.discarded-{time.strftime("%Y%m%d-%H%M%S")}.json')
-    os.replace(path, target)
+  run = rundir.RunDir(workdir)
+  if run.finished():
+    target = run.discarded_result(time.strftime('%Y%m%d-%H%M%S'))
+    os.replace(run.result, target)
     log.warning('--from_step: the run is unfinished again; its result.json was moved '
                 'to %s', target)
 
@@ -515,7 +470,7 @@ def _init_or_restore(config, init, checkpoints, loader, allow_config_change,
                                         f'checkpoint to resume from')
   if restored is None:
     state = init.lower().compile()(trainstate.seed(config))
-    if config.get('init_from'):
+    if config.init_from:
       log.info('initialising from %s', config.init_from)
       state = transfer.initialize(state, source())
     return state
@@ -547,7 +502,7 @@ class _Loop:
   def run(self, state: trainstate.TrainState) -> trainstate.TrainState:
     config, total = self.config, self.data.total_steps
     start = int(state.step)
-    if start == 0 and config.get('init_from'):
+    if start == 0 and config.init_from:
       # The starting point: the loaded weights on this run's evaluation data.
       self.eval_metrics = self.evaluate(state)
       self.tracker.log(0, self.eval_metrics)
@@ -649,7 +604,7 @@ class _Profile:
   `.trace.json.gz` in Perfetto)."""
 
   def __init__(self, workdir: str, start: int, steps: int):
-    self.path = os.path.join(os.path.abspath(workdir), 'profile')
+    self.path = rundir.RunDir(os.path.abspath(workdir)).profile
     self.first, self.last, self.tracing = start + 2, start + 1 + steps, False
 
   def __enter__(self):

@@ -5,15 +5,14 @@ BatchNorm statistics, the optimizer state and the EMA of both. `trace_init`
 gives the traced initialisation (whose output structure is also what a
 restore reads into); `restore_weights` reads the weights of another run's
 latest good checkpoint, for evaluation (`evaluate.py`) and fine-tuning
-(`transfer.py`).
+(`transfer.py`): the model alone, one set of weights read from the checkpoint
+(Orbax's partial restore), the class names the run recorded — no optimizer,
+no data source.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
-import os
 from typing import Any
 
 import flax
@@ -23,11 +22,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from inception_jax import checkpointing, models, optim, parallel, rundir
+from inception_jax import checkpointing, config_lib, models, parallel, rundir
 from inception_jax.data import sources
 from inception_jax.errors import ConfigError, UserError
 
-WEIGHTS = ('ema', 'raw')
+# The TrainState fields that hold each set of weights (parameters, BatchNorm statistics).
+WEIGHT_FIELDS = {'ema': ('ema_params', 'ema_batch_stats'), 'raw': ('params', 'batch_stats')}
+WEIGHTS = tuple(WEIGHT_FIELDS)
 
 
 @flax.struct.dataclass
@@ -92,41 +93,56 @@ class RunWeights:
 
 def restore_weights(workdir: str, weights: str = 'ema') -> RunWeights:
   """The EMA (or raw) weights of the latest good checkpoint of the run in
-  `workdir`, on this process's mesh, with its config (config.json)."""
+  `workdir`, on this process's mesh, with its config (config.json) and class
+  names (classes.json)."""
   if weights not in WEIGHTS:
     raise ConfigError(f'weights must be one of {list(WEIGHTS)}, got {weights!r}')
-  recorded = rundir.read_json(os.path.join(workdir, rundir.CONFIG))
+  run = rundir.RunDir(workdir)
+  recorded = run.read_config()           # runs of earlier versions too, in today's form
   if recorded is None:
-    raise UserError(f'{workdir} holds no config.json: not a run directory')
-  config = ml_collections.ConfigDict(rundir.as_current(recorded))   # runs of earlier versions too
-  class_names = sources.make_source(config.data, config.data.train_split).class_names()
+    raise UserError(f'{workdir} holds no {rundir.CONFIG}: not a run directory')
+  config = ml_collections.ConfigDict(recorded)
+  config_lib.import_user_modules(config)         # blocks of the user's own
+  class_names = _class_names(workdir, config)
   spec = models.InceptionSpec.from_config(config.model, dataset_classes=len(class_names))
-  replicated = parallel.replicated(parallel.data_mesh())
-  # The checkpoint's structure: the trainer's own (optimizer state included).
-  tx = optim.make_optimizer(config.optim, steps_per_epoch=1.0, global_batch=config.batch_size)
-  init, abstract = trace_init(config, spec, config.data.image_size, tx, replicated)
+  # The model alone, shapes in place of weights: no optimizer, no data.
+  abstract = nnx.eval_shape(lambda: models.Inception(
+      spec, image_size=config.data.image_size, rngs=nnx.Rngs(params=0)))
+  target = _weights_target(abstract, weights, parallel.replicated(parallel.data_mesh()))
   # The run's lock, as training takes it (in the first process): opening
   # Orbax's manager clears unfinished saves, which must not happen under a
-  # running trainer.
-  try:
-    held = (rundir.lock(os.path.join(workdir, '.lock')) if jax.process_index() == 0
-            else contextlib.nullcontext())
-  except rundir.LockHeld as e:
-    raise UserError(f'a process is training in {workdir} (pid {e.pid}); use its '
-                    f'weights once it stops, or those of a copy') from None
-  except OSError as e:
-    # A run we may not write to (an archive, a colleague's runs) has no
-    # trainer writing in it either: read it unlocked.
-    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-      raise
-    held = contextlib.nullcontext()
+  # running trainer. A run we may not write to is read unlocked.
+  held = run.lock(enabled=jax.process_index() == 0, reading=True,
+                  hint='use its weights once it stops, or those of a copy')
   with held, checkpointing.CheckpointManager(
       workdir, every_steps=0, keep=config.keep_checkpoints) as checkpoints:
-    restored = checkpoints.restore(init.out_info)
+    restored = checkpoints.restore(target)
   if restored is None:
     raise UserError(f'{workdir} holds no checkpoint: no weights to evaluate or start from')
-  state = restored[0]
-  params, stats = ((state.ema_params, state.ema_batch_stats) if weights == 'ema' else
-                   (state.params, state.batch_stats))
+  params, stats = (restored[0][field] for field in WEIGHT_FIELDS[weights])
   _, eval_graphdef = graphdefs(abstract)
   return RunWeights(workdir, config, class_names, eval_graphdef, params, stats)
+
+
+def _weights_target(abstract: models.Inception, weights: str, sharding) -> dict:
+  """The step and the TrainState fields of `weights` ('ema' or 'raw'),
+  as shapes placed by `sharding`: what Orbax's partial restore reads of a
+  checkpoint (its optimizer state stays on disk, its structure unknown)."""
+  _, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+  place = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  params_field, stats_field = WEIGHT_FIELDS[weights]
+  return {'step': place(jax.ShapeDtypeStruct((), jnp.int32)),
+          params_field: jax.tree.map(place, params), stats_field: jax.tree.map(place, stats)}
+
+
+def _class_names(workdir: str, config) -> list[str]:
+  """The class names the run recorded when it trained (classes.json), or,
+  for a run written before training recorded them, `_dataset_class_names`."""
+  recorded = rundir.read_json(rundir.RunDir(workdir).classes)
+  return recorded if recorded is not None else _dataset_class_names(config)
+
+
+def _dataset_class_names(config) -> list[str]:
+  """The older runs' way (no classes.json): the names the configured dataset
+  describes now, so its data must still be where the run read it."""
+  return sources.class_names(config.data)

@@ -25,18 +25,18 @@ step (step 0 in metrics.jsonl).
 from __future__ import annotations
 
 import logging
-import re
 
 import jax
 import numpy as np
 from flax import nnx
 
-from inception_jax import interop, models, optim, trainstate
+from inception_jax import interop, models, optim, specs, trainstate
 from inception_jax.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
-KINDS = ('run', 'keras', 'tf_slim', 'torchvision')
+# `init_from`'s forms, checked with the rest of the config (`specs.RunSpec`).
+KINDS = specs.INIT_FROM_KINDS
 HEADS = ('Logits/', 'AuxLogits/')
 
 
@@ -52,21 +52,6 @@ def source_of(weights: str) -> str:
   if weights.endswith(('.h5', '.keras')):
     return f'keras:{weights}'
   return f'tf_slim:{weights}'
-
-
-def check_config(config) -> None:
-  """`init_from` and `freeze` as written: clear errors before anything runs."""
-  init_from = config.get('init_from', '')
-  if init_from:
-    kind, _, where = init_from.partition(':')
-    if kind not in KINDS or (kind != 'keras' and not where):
-      raise ConfigError(f"init_from must be 'run:DIR', 'keras', 'keras:FILE', "
-                        f"'tf_slim:CHECKPOINT' or 'torchvision:FILE'; got {init_from!r}")
-  try:
-    re.compile(config.get('freeze', ''))
-  except re.error as e:
-    raise ConfigError(f'freeze is not a regular expression ({e}): '
-                      f'{config.freeze!r}') from None
 
 
 def check_freeze(freeze: str, params) -> None:

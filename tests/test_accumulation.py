@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 from conftest import TINY_CONFIG, assert_close_to_scale
 
-from inception_jax import (config_lib, layers, models, optim, parallel, rundir, sweep, train,
-                           trainstate)
+from inception_jax import (config_lib, layers, models, optim, parallel, rundir, specs, sweep,
+                           train, trainstate)
 from inception_jax.data import pipeline, sources
 from inception_jax.errors import ConfigError
 
@@ -195,8 +195,8 @@ def test_paper_scale_batch_on_any_device_count(devices):
   """Whole groups of 32 on every device, at most 64 images per device at a
   time: 1600 exactly where the device count divides the 50 groups, else the
   nearest batch that splits evenly (the learning rate follows it)."""
-  config = config_lib.load('configs/inception_v3.py')
-  resolved = train.resolve_batch(config, devices)
+  config = specs.RunSpec.from_config(config_lib.load('configs/inception_v3.py'))
+  resolved = parallel.resolve_batch(config, devices)
   batch, accum, per_device = PAPER[devices]
   layout = parallel.BatchLayout(resolved.batch_size, resolved.optim.grad_accum_steps,
                                 devices, group=32)
@@ -235,7 +235,7 @@ def test_runs_recorded_before_these_keys_resume_and_stay_fresh(scale):
   with `data.color_distort` still a bool) is the same config today."""
   current = config_lib.load(f'configs/inception_v3.py:scale={scale}').to_dict()
   old = config_lib.load(f'configs/inception_v3.py:scale={scale}').to_dict()
-  for key in ('per_device_batch', 'fit_batch'):
+  for key in ('config_version', 'per_device_batch', 'fit_batch'):     # recorded before both
     del old[key]
   del old['optim']['grad_accum_steps'], old['model']['bn_update_per_group']
   for key in ('crop_sampler', 'crop_attempts', 'min_object_covered', 'eval_exclude'):
@@ -258,7 +258,7 @@ def test_a_run_fits_the_batch_and_accumulates(tmp_path, caplog):
       'per_device_batch=4', 'fit_batch=true', 'optim.grad_accum_steps=0', 'total_steps=2',
       'data.crop_sampler=tensorflow', 'data.crop_attempts=100',
       'data.color_distort=inception', 'tracking.tensorboard=false'])
-  with caplog.at_level(logging.INFO, logger='inception_jax.train'):
+  with caplog.at_level(logging.INFO, logger='inception_jax'):
     result = train.run(config, str(tmp_path))
   assert 'batch_size 60 → 64' in caplog.text
   assert 'batch 64 = 2 micro-batches of 32 (4 per device), 16 BatchNorm groups' in caplog.text

@@ -1,6 +1,6 @@
-"""config_checks: every config key has a rule (or a stated exemption), the
+"""config_checks: every spec field has a rule (or a stated exemption), the
 shipped configs keep them, and every rule refuses what it should with one
-line naming the key."""
+line naming the key when the config becomes a spec."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import ROOT, TINY_CONFIG, _cli_environment
 
-from inception_jax import config_checks, config_lib, models
+from inception_jax import config_checks, config_lib, models, rundir, specs
 from inception_jax.errors import ConfigError
 
 CONFIG = 'configs/inception_v3.py'
@@ -17,21 +17,26 @@ SCALES = ('paper', 'demo', 'tiny')
 
 
 def _config_keys(arg):
-  return {key for key, _ in config_checks.flatten(config_lib.load(f'{CONFIG}:{arg}'))}
+  return set(rundir.flatten(config_lib.load(f'{CONFIG}:{arg}').to_dict()))
+
+
+def test_every_spec_field_has_a_rule_or_an_exemption():
+  """A new spec field without a rule fails here: add it to RULES (or, with
+  the reason, to EXEMPT)."""
+  missing = sorted(set(specs.known_keys()) - set(config_checks.RULES)
+                   - set(config_checks.EXEMPT))
+  assert not missing, f'spec fields with no rule in config_checks.RULES: {missing}'
 
 
 @pytest.mark.parametrize('scale', SCALES)
 @pytest.mark.parametrize('model', sorted(models.PRESETS))
-def test_every_key_has_a_rule_or_an_exemption(scale, model):
-  """A new config key without a rule fails here: add it to RULES (or, with
-  the reason, to EXEMPT)."""
+def test_every_config_key_is_a_spec_field(scale, model):
   keys = _config_keys(f'scale={scale},model={model}')
-  missing = sorted(keys - set(config_checks.RULES) - set(config_checks.EXEMPT))
-  assert not missing, f'config keys with no rule in config_checks.RULES: {missing}'
+  assert not keys - set(specs.known_keys())
 
 
 def test_the_table_names_only_real_keys():
-  known = set().union(*(_config_keys(f'scale={s}') for s in SCALES))
+  known = set(specs.known_keys())
   assert not set(config_checks.RULES) & set(config_checks.EXEMPT)
   assert not (set(config_checks.RULES) | set(config_checks.EXEMPT)) - known
 
@@ -39,12 +44,12 @@ def test_the_table_names_only_real_keys():
 @pytest.mark.parametrize('scale', SCALES)
 @pytest.mark.parametrize('model', sorted(models.PRESETS))
 def test_the_shipped_configs_pass(scale, model):
-  config_checks.check(config_lib.load(f'{CONFIG}:scale={scale},model={model}'))
+  specs.RunSpec.from_config(config_lib.load(f'{CONFIG}:scale={scale},model={model}'))
 
 
 def _refused(config, key):
   with pytest.raises(ConfigError) as e:
-    config_checks.check(config)
+    specs.RunSpec.from_config(config)
   message = str(e.value)
   assert message.startswith(f'{key} must be ') and '\n' not in message, message
   return message
@@ -103,14 +108,31 @@ def test_every_rule_is_tested():
 ])
 def test_the_issues_examples(override, message):
   with pytest.raises(ConfigError) as e:
-    config_checks.check(config_lib.load(TINY_CONFIG, [override]))
+    specs.RunSpec.from_config(config_lib.load(TINY_CONFIG, [override]))
   assert str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize('override,message', [
+    ('total_steps=0', 'set total_steps > 0 or num_epochs > 0'),
+    ('init_from=imagenet', "init_from must be 'run:DIR', 'keras'"),
+    ('init_from=run:', "init_from must be 'run:DIR', 'keras'"),
+    ('freeze=Mixed_[5', 'freeze is not a regular expression'),
+    ('tracking.wandb_mode=sometimes', 'tracking.wandb_mode must be one of offline, online, '
+                                      "disabled; got 'sometimes'"),
+])
+def test_what_depends_on_several_keys_or_a_form(override, message):
+  """Checks beyond a key's type and range, made with the others."""
+  overrides = [override, 'num_epochs=0'] if override == 'total_steps=0' else [override]
+  with pytest.raises(ConfigError) as e:
+    specs.RunSpec.from_config(config_lib.load(TINY_CONFIG, overrides))
+  assert str(e.value).startswith(message) and '\n' not in str(e.value), str(e.value)
 
 
 def test_none_follows_the_dataset():
   config = config_lib.load(TINY_CONFIG)
   assert config.model.num_classes is None
-  config_checks.check(config)
+  spec = specs.RunSpec.from_config(config)
+  assert spec.model.num_classes is None and spec.model_spec(7).num_classes == 7
 
 
 def test_the_cli_stops_with_one_line_before_writing(tmp_path):

@@ -48,7 +48,7 @@ def test_cost_agrees_with_xla_cost_analysis():
   """XLA counts 2 flops per multiply-add and leaves out kernel taps on SAME
   padding; the rest of its count is element-wise work (BN, ReLU, pooling),
   about half a percent of the total at full size."""
-  spec = models.preset('inception_v3', aux_head=False)
+  spec = models.preset('inception_v3', aux_head=False, conv_impl='xla')   # as written
   model = models.create(spec, image_size=299)
   flops = cost.xla_flops(model, 299)
   forward, state, x = cost._forward(model, 299, return_aux=False)
@@ -84,6 +84,19 @@ def test_cost_follows_width_and_resolution():
   for preset in ('inception_v3_rf151', 'inception_v3_rf79'):
     c = cost.count(models.preset(preset, aux_head=False))
     assert abs(c.macs / base.macs - 1) < 0.1, preset
+
+
+def test_a_folder_datasets_classes_are_counted_without_its_images(tmp_path):
+  """`num_classes=None` follows the dataset: `cost` counts the class folders
+  of ROOT/train/ (hidden ones are not classes) without opening the data —
+  there is no image here, which the input pipeline would refuse."""
+  from inception_jax import config_lib
+  for name in ('cat', 'dog', 'emu', '.ipynb_checkpoints'):
+    (tmp_path / 'train' / name).mkdir(parents=True)
+  config = config_lib.load('configs/inception_v3.py:scale=tiny',
+                           {'data.name': 'folder', 'data.path': str(tmp_path)})
+  assert config.model.num_classes is None
+  assert cost.of_config(config).num_classes == 3
 
 
 def test_cli_cost_json_from_another_directory(tmp_path):

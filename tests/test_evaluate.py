@@ -74,7 +74,7 @@ def test_eval_mistakes_are_one_line(tmp_path, capsys):
   rundir.write_json(str(tmp_path / 'config.json'), config_lib.load(TINY_CONFIG).to_dict())
   with rundir.lock(str(tmp_path / '.lock')):        # a trainer at work in it
     assert cli.main(['eval', '--workdir', str(tmp_path)]) == 2
-  assert 'a process is training in' in capsys.readouterr().err
+  assert 'another process is training in' in capsys.readouterr().err
   assert cli.main(['eval', '--workdir', str(tmp_path)]) == 2
   assert 'holds no checkpoint: no weights to evaluate' in capsys.readouterr().err
   with pytest.raises(SystemExit):
@@ -93,6 +93,7 @@ def test_runs_of_earlier_versions_are_read_with_todays_keys():
   from inception_jax import rundir
   current = config_lib.load('configs/inception_v3.py:scale=demo').to_dict()
   old = json.loads(json.dumps(current))
+  old.pop('config_version', None)            # recorded before config versions
   del old['data']['crop_sampler'], old['data']['object_size'], old['optim']['grad_accum_steps']
   old['data']['color_distort'] = False
   read = rundir.as_current(old)
@@ -131,6 +132,45 @@ def test_predict_names_the_top_5_classes(tiny_run, tmp_path, capsys):
   assert paths[0] in capsys.readouterr().out
   assert cli.main(['predict', '--workdir', workdir, str(tmp_path / 'missing.png')]) == 2
   assert 'cannot read' in capsys.readouterr().err
+
+
+@pytest.mark.xdist_group('evaluate')
+def test_weights_come_without_an_optimizer_or_the_data(tiny_run, tmp_path, monkeypatch):
+  """A run's weights are read from its checkpoint alone (Orbax's partial
+  restore): the arrays the whole train state holds, the class names from
+  classes.json. A run written before classes.json takes them from its
+  dataset's description, as it named them then."""
+  import os
+  import shutil
+  import jax
+  from inception_jax import checkpointing, optim, parallel, rundir, specs, trainstate
+  from inception_jax.data import sources
+  workdir, _ = tiny_run
+  config = specs.RunSpec.from_config(rundir.RunDir(workdir).read_config())
+  names = sources.make_source(config.data, 'train').class_names()
+  # The whole state, as a resumed run restores it (optimizer state included).
+  tx = optim.make_optimizer(config.optim, steps_per_epoch=1.0, global_batch=config.batch_size)
+  init, _ = trainstate.trace_init(config, config.model_spec(len(names)), config.data.image_size,
+                                  tx, parallel.replicated(parallel.data_mesh()))
+  with checkpointing.CheckpointManager(workdir, every_steps=0, keep=1) as checkpoints:
+    state = checkpoints.restore(init.out_info)[0]
+
+  def not_needed(*args, **kwargs):
+    raise AssertionError('reading weights built an optimizer or a data source')
+  monkeypatch.setattr(optim, 'make_optimizer', not_needed)
+  monkeypatch.setattr(sources, 'make_source', not_needed)
+  for weights, whole in (('ema', (state.ema_params, state.ema_batch_stats)),
+                         ('raw', (state.params, state.batch_stats))):
+    member = trainstate.restore_weights(workdir, weights)
+    assert member.class_names == names
+    for read, kept in zip((member.params, member.stats), whole):
+      assert jax.tree.structure(read) == jax.tree.structure(kept)
+      assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(read),
+                                                      jax.tree.leaves(kept)))
+  earlier = tmp_path / 'earlier'
+  shutil.copytree(workdir, earlier)
+  os.remove(earlier / rundir.CLASSES)
+  assert trainstate.restore_weights(str(earlier)).class_names == names
 
 
 @pytest.mark.xdist_group('evaluate')

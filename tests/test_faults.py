@@ -120,7 +120,8 @@ def test_a_failing_squeue_does_not_count_a_job_as_gone(monkeypatch, returncode,
   assert sweep._in_queue('42') is listed
 
   class Job:
-    job_id, _left_queue = '42', time.time() - 3600     # "gone" for an hour
+    job_id = '42'
+  monkeypatch.setitem(sweep._LEFT_QUEUE, '42', time.time() - 3600)   # "gone" for an hour
   assert sweep._vanished(Job()) is (listed is False)
   status = {'state': 'running', 'message': 'SLURM job 42'}
   assert sweep.SlurmLauncher.queued_job(status) == (None if listed is False else '42')

@@ -155,6 +155,7 @@ def test_modules_per_grid_drops_or_repeats_the_grids_modules():
   config = config_lib.load('configs/inception_v3.py', ['model.modules_per_grid=(3,5,2)'])
   assert models.InceptionSpec.from_config(config.model).modules_per_grid == (3, 5, 2)
   old = config.to_dict()
+  old.pop('config_version', None)            # recorded before config versions
   del old['model']['modules_per_grid']
   assert rundir.as_current(old)['model']['modules_per_grid'] == list(models.RELEASED_MODULES)
   for bad in ((0, 4, 2), (3, 4), 'many', (3, 21, 2)):
@@ -303,27 +304,6 @@ def test_convbn_is_conv_bn_without_scale_then_relu():
   gamma = scaled.bn.scale.get_value()
   expected = jax.nn.relu(gamma * (conv - 0.5) / jnp.sqrt(4.0 + 1e-3) + layer.bn.bias.get_value())
   np.testing.assert_allclose(scaled(x), expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize('kernel, in_features, stride, padding', [
-    ((3, 3), 64, 1, 'SAME'), ((3, 3), 64, 2, 'VALID'), ((1, 7), 64, 1, 'SAME'),
-    ((7, 1), 64, 1, 'SAME'), ((1, 1), 8, 1, 'SAME'), ((3, 3), 8, 2, 'SAME'),
-    ((1, 1), 64, 2, 'VALID'), ((3, 3), 8, 1, 'VALID'), ((3, 3), 64, 1, 'VALID'),
-    ((3, 3), 8, 2, 'VALID')])
-def test_conv2d_and_its_gradients_are_xlas_convolution(kernel, in_features, stride, padding):
-  """`layers.conv2d` (on CPU: 1×1 as a matrix product, the filter gradient
-  of k×k over ≥ 64 channels as k² products, VALID padded by one and cut)
-  against XLA's convolution and its autodiff: the same values and gradients
-  up to float32 rounding."""
-  x = jax.random.normal(jax.random.key(0), (2, 9, 10, in_features))
-  w = jax.random.normal(jax.random.key(1), (*kernel, in_features, 5)) * 0.1
-  ours = lambda x, w: jnp.sum(jnp.sin(layers.conv2d(x, w, stride, padding)))
-  xla = lambda x, w: jnp.sum(jnp.sin(layers._xla_conv(x, w, stride, padding)))
-  np.testing.assert_allclose(layers.conv2d(x, w, stride, padding),
-                             layers._xla_conv(x, w, stride, padding), rtol=1e-5, atol=1e-5)
-  for got, want in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(xla, (0, 1))(x, w)):
-    assert got.shape == want.shape and got.dtype == want.dtype
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_registered_block_is_selected_from_the_config():

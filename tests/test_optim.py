@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from inception_jax import config_lib, layers, models, optim
+from inception_jax import config_lib, layers, models, optim, specs
 from inception_jax.errors import ConfigError
 
 CONFIG = 'configs/inception_v3.py'
@@ -20,10 +20,11 @@ NUM_STEPS = 12
 
 
 def optim_cfg(**overrides):
-  """The paper's optimizer config, its rate not scaled by the batch (paper
+  """The paper's optimizer spec, its rate not scaled by the batch (paper
   scale's base_batch_size 1600) unless asked."""
   overrides = {'base_batch_size': 0, **overrides}
-  return config_lib.load(CONFIG, {f'optim.{k}': v for k, v in overrides.items()}).optim
+  config = config_lib.load(CONFIG, {f'optim.{k}': v for k, v in overrides.items()})
+  return specs.RunSpec.from_config(config).optim
 
 
 def small_cfg(name, wd, clip):
@@ -251,10 +252,11 @@ def test_schedule_matches_tensorflow_exponential_decay():
 
 
 def test_bad_optimizer_config_is_a_clear_error():
-  with pytest.raises(ConfigError, match=r"optim\.name must be one of \['rmsprop', 'momentum'\], got 'adam'"):
-    optim.make_optimizer(optim_cfg(name='adam'), steps_per_epoch=10, global_batch=32)
+  """The spec refuses them when it is made, before an optimizer is built."""
+  with pytest.raises(ConfigError, match=r"optim\.name must be one of \['rmsprop', 'momentum'\] \(got 'adam'\)"):
+    optim_cfg(name='adam')
   with pytest.raises(ConfigError, match='grad_clip_norm'):
-    optim.make_optimizer(optim_cfg(grad_clip_norm=-1.0), steps_per_epoch=10, global_batch=32)
+    optim_cfg(grad_clip_norm=-1.0)
   with pytest.raises(ConfigError, match='steps_per_epoch'):
     optim.learning_rate_schedule(optim_cfg(), steps_per_epoch=0, global_batch=32)
 

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from inception_jax import config_lib, cost, models, rundir, sweep
-from inception_jax.data import pipeline
+from inception_jax.data import sources
 
 ROOT = config_lib.ROOT
 SWEEPS = sorted(os.path.relpath(p, ROOT)
@@ -37,7 +37,7 @@ def _configs(name, scale):
 
 def _spec(config):
   """The model spec, the number of classes resolved as cost.of_config does."""
-  classes = pipeline.num_classes(config.data) if config.model.num_classes is None else None
+  classes = sources.num_classes(config.data) if config.model.num_classes is None else None
   return models.InceptionSpec.from_config(config.model, dataset_classes=classes)
 
 
@@ -268,5 +268,5 @@ def test_an_error_raised_by_a_sweep_files_code_keeps_its_traceback(tmp_path):
   path.write_text('def get_sweep(arg):\n  return 1 / 0\n')
   with pytest.raises(ZeroDivisionError):
     sweep.load_sweep(str(path))
-  with pytest.raises(config_lib.ConfigError, match="config file '.*missing.py' not found"):
+  with pytest.raises(config_lib.ConfigError, match="sweep file '.*missing.py' not found"):
     sweep.load_sweep(str(tmp_path / 'missing.py'))

@@ -10,10 +10,11 @@ import sys
 import pytest
 from conftest import TINY_CONFIG
 
-from inception_jax import config_lib, tracking
+from inception_jax import config_lib, specs, tracking
 from inception_jax.errors import ConfigError
 
 TINY = TINY_CONFIG
+TENSORBOARD = specs.TrackingSpec(wandb=False)         # TensorBoard (and JSONL) only
 FAKE_KEY = 'f' * 40
 RESULT = {'metrics': {'eval/top1_error': 75.0, 'eval/top5_error': 25.0, 'eval/loss': 2.0,
                       'eval_raw/top1_error': 80.0, 'eval_raw/top5_error': 30.0,
@@ -71,7 +72,7 @@ def scalars(workdir):
 def test_hparams_session_starts_with_the_tracker_and_ends_with_the_run(tmp_path):
   workdir = str(tmp_path)
   config = {'total_steps': 6, 'optim': {'learning_rate': 0.045}}
-  with tracking.Tracker(workdir, config) as tracker:
+  with tracking.Tracker(workdir, config, TENSORBOARD) as tracker:
     hparams, metrics, ended = the_session(workdir)     # a running run is in the tab
     assert hparams['total_steps'].number_value == 6
     assert hparams['optim.learning_rate'].number_value == pytest.approx(0.045)
@@ -88,8 +89,9 @@ def test_tensorboard_logging_does_not_import_pytorch(tmp_path):
   """PyTorch is installed here (the interop tests), and tensorboardX would
   import it: seconds in every training process. The scalars still arrive."""
   script = ('import sys\n'
-            'from inception_jax import tracking\n'
-            f'with tracking.Tracker({str(tmp_path)!r}, {{"seed": 0}}) as tracker:\n'
+            'from inception_jax import specs, tracking\n'
+            f'with tracking.Tracker({str(tmp_path)!r}, {{"seed": 0}},\n'
+            '                      specs.TrackingSpec(wandb=False)) as tracker:\n'
             '  tracker.log(3, {"train/loss": 1.25})\n'
             'print("torch" in sys.modules)\n'
             'import torch\n'                     # and PyTorch is still importable
@@ -107,7 +109,7 @@ def test_a_resumed_run_keeps_one_session_with_its_current_config(tmp_path):
   finished again: one session all along, holding the config of the latest start."""
   workdir = str(tmp_path)
   for total, finish in ((6, False), (6, True), (10, True)):
-    with tracking.Tracker(workdir, {'total_steps': total}) as tracker:
+    with tracking.Tracker(workdir, {'total_steps': total}, TENSORBOARD) as tracker:
       hparams, _, ended = the_session(workdir)
       assert hparams['total_steps'].number_value == total and not ended
       if finish:
@@ -150,8 +152,8 @@ def test_offline_mode_stays_offline_with_an_api_key(tmp_path, wandb_home, caplog
   caplog.set_level(logging.INFO, logger=tracking.__name__)
   workdir = str(tmp_path / 'run')
   os.makedirs(workdir)
-  with tracking.Tracker(workdir, {'seed': 0}, tensorboard=False, wandb=True,
-                        wandb_mode='offline') as tracker:
+  with tracking.Tracker(workdir, {'seed': 0}, specs.TrackingSpec(
+      tensorboard=False, wandb=True, wandb_mode='offline')) as tracker:
     tracker.log(1, {'train/loss': 2.0})
     tracker.finish(RESULT)
   offline_run_logged_where(workdir, caplog)
@@ -164,14 +166,14 @@ def test_wandb_mode_variable_wins_over_the_config_with_a_log_line(
   monkeypatch.setenv('WANDB_MODE', 'offline')
   workdir = str(tmp_path / 'run')
   os.makedirs(workdir)
-  with tracking.Tracker(workdir, {'seed': 0}, tensorboard=False, wandb=True,
-                        wandb_mode='online') as tracker:
+  with tracking.Tracker(workdir, {'seed': 0}, specs.TrackingSpec(
+      tensorboard=False, wandb=True, wandb_mode='online')) as tracker:
     tracker.finish(RESULT)
   offline_run_logged_where(workdir, caplog)
   assert 'WANDB_MODE=offline overrides tracking.wandb_mode=online' in caplog.text
   monkeypatch.setenv('WANDB_MODE', 'sometimes')
   with pytest.raises(ConfigError, match='WANDB_MODE must be one of offline, online'):
-    tracking.check_config(config_lib.load(TINY, ['tracking.wandb=true']).tracking)
+    specs.RunSpec.from_config(config_lib.load(TINY, ['tracking.wandb=true'])).check_process()
 
 
 def test_online_without_a_network_is_one_warning_and_a_finished_run(
@@ -213,7 +215,7 @@ def test_a_full_disk_met_by_the_tensorboard_thread_stops_the_run(tmp_path, capsy
   import threading
   from inception_jax import rundir
   hook = threading.excepthook
-  tracker = tracking.Tracker(str(tmp_path), {'seed': 0}, tensorboard=True)
+  tracker = tracking.Tracker(str(tmp_path), {'seed': 0}, TENSORBOARD)
   writer = tracker._tb._get_file_writer().event_writer._ev_writer       # noqa: SLF001
 
   def full(*args, **kwargs):
@@ -248,8 +250,8 @@ def test_wandb_dying_while_the_run_trains_is_one_warning(tmp_path, wandb_home, c
   caplog.set_level(logging.WARNING, logger=tracking.__name__)
   workdir = str(tmp_path / 'run')
   os.makedirs(workdir)
-  with tracking.Tracker(workdir, {'seed': 0}, tensorboard=False, wandb=True,
-                        wandb_mode='offline') as tracker:
+  with tracking.Tracker(workdir, {'seed': 0}, specs.TrackingSpec(
+      tensorboard=False, wandb=True, wandb_mode='offline')) as tracker:
     tracker.log(1, {'train/loss': 2.0})
     service = [p for p in psutil.Process().children(recursive=True)
                if 'wandb' in ' '.join(p.cmdline())]

@@ -43,6 +43,15 @@ def test_a_missing_import_is_one_line(tmp_path, cli_main):
   assert 'Traceback' not in err
 
 
+def test_an_unregistered_block_names_model_imports(cli_main):
+  """The model imports nothing itself (config loading does): a block no module
+  registered is one line that says where one of your own is named."""
+  code, _, err = cli_main('cost', '--config', TINY_CONFIG,
+                          '--config.model.blocks.grid_17=test_user_unregistered')
+  assert code == 2 and "unknown block 'test_user_unregistered'" in err
+  assert 'model.imports' in err and 'Traceback' not in err
+
+
 def test_the_example_sweep_trains_the_notebooks_block(tmp_path):
   """sweeps/new_factorization.py (the README's example): `launch.py sweep`
   trains notebooks/my_blocks.py's block in a process of its own."""

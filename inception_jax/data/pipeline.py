@@ -19,6 +19,8 @@ error.
 Evaluation visits every example of the split exactly once: the process
 shards are padded to the same number of full batches, and a `mask` marks
 the real examples.
+
+Functions that take `data` take the run's data section, a `specs.DataSpec`.
 """
 
 from __future__ import annotations
@@ -35,21 +37,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inception_jax.data import preprocess, sources
+from inception_jax.data import preprocess
 from inception_jax.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
 
-def options(data_cfg) -> preprocess.Options:
+def options(data) -> preprocess.Options:
   return preprocess.Options(
-      image_size=data_cfg.image_size,
-      crop_sampler=data_cfg.crop_sampler,
-      crop_area=(data_cfg.crop_area_min, 1.0),
-      crop_attempts=data_cfg.crop_attempts,
-      min_object_covered=data_cfg.min_object_covered,
-      color_distort=data_cfg.color_distort,
-      eval_central_fraction=data_cfg.eval_central_fraction)
+      image_size=data.image_size,
+      crop_sampler=data.crop_sampler,
+      crop_area=(data.crop_area_min, 1.0),
+      crop_attempts=data.crop_attempts,
+      min_object_covered=data.min_object_covered,
+      color_distort=data.color_distort,
+      eval_central_fraction=data.eval_central_fraction)
 
 
 def local_batch_size(global_batch: int, process_count: int | None = None) -> int:
@@ -152,13 +154,13 @@ class _ProcessRows(grain.MapDataset):
     self.rows, self.index, self.count = rows, index, count
 
   def __len__(self) -> int:
-    return len(self._parent) // self.count
+    return len(self.parents[0]) // self.count
 
   def __getitem__(self, position):
     if isinstance(position, slice):
       return self.slice(position)
     batch, row = divmod(position, self.rows)
-    return self._parent[(batch * self.count + self.index) * self.rows + row]
+    return self.parents[0][(batch * self.count + self.index) * self.rows + row]
 
   def __str__(self) -> str:
     return f'ProcessRows(rows={self.rows}, index={self.index}, count={self.count})'
@@ -198,22 +200,22 @@ def _ignore_stop_signals(worker_index: int, worker_count: int) -> None:
     signal.signal(sig, signal.SIG_IGN)
 
 
-def _read_options(data_cfg) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=data_cfg.num_threads,
-                           prefetch_buffer_size=data_cfg.prefetch)
+def _read_options(data) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=data.num_threads,
+                           prefetch_buffer_size=data.prefetch)
 
 
-def _prefetch(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
-  if data_cfg.num_workers > 0:
+def _prefetch(ds: grain.IterDataset, data) -> grain.IterDataset:
+  if data.num_workers > 0:
     from absl import flags
     if not flags.FLAGS.is_parsed():    # Grain's workers read absl flags
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers),
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers),
                         worker_init_fn=_ignore_stop_signals)
   return ds
 
 
-def train_dataset(source, data_cfg, *, seed: int, local_batch: int,
+def train_dataset(source, data, *, seed: int, local_batch: int,
                   micro_batches: int = 1,
                   process_index: int | None = None,
                   process_count: int | None = None,
@@ -229,11 +231,11 @@ def train_dataset(source, data_cfg, *, seed: int, local_batch: int,
     raise ConfigError(f'the training split has {len(source)} examples, fewer than '
                       f'one batch ({local_batch * count})')
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
-  ds = ds.map_with_index(_TrainExample(source, options(data_cfg), seed, len(source),
-                                       data_cfg.skip_corrupt))
+  ds = ds.map_with_index(_TrainExample(source, options(data), seed, len(source),
+                                       data.skip_corrupt))
   if count > 1:
     ds = _ProcessRows(ds, rows=local_batch // micro_batches, index=index, count=count)
-  ds = _prefetch(ds.to_iter_dataset(_read_options(data_cfg)), data_cfg)
+  ds = _prefetch(ds.to_iter_dataset(_read_options(data)), data)
   # Workers prepare examples round-robin; skips are dropped and batches form
   # afterwards, so the stream is the same whatever data.num_workers is.
   ds = ds.filter(_DropSkipped(source, len(source),
@@ -241,7 +243,7 @@ def train_dataset(source, data_cfg, *, seed: int, local_batch: int,
   return ds.batch(local_batch, drop_remainder=True)
 
 
-def eval_dataset(source, data_cfg, *, local_batch: int,
+def eval_dataset(source, data, *, local_batch: int,
                  process_index: int | None = None,
                  process_count: int | None = None,
                  skipped: SkipCounter | None = None) -> tuple[grain.IterDataset, int]:
@@ -253,9 +255,9 @@ def eval_dataset(source, data_cfg, *, local_batch: int,
   indices = range(index, len(source), count)
   num_batches = math.ceil(math.ceil(len(source) / count) / local_batch)
   ds = grain.MapDataset.range(num_batches * local_batch)
-  ds = ds.map(_EvalExample(source, options(data_cfg), indices, data_cfg.skip_corrupt,
+  ds = ds.map(_EvalExample(source, options(data), indices, data.skip_corrupt,
                            SkipCounter() if skipped is None else skipped))
-  ds = _prefetch(ds.to_iter_dataset(_read_options(data_cfg)), data_cfg)
+  ds = _prefetch(ds.to_iter_dataset(_read_options(data)), data)
   return ds.batch(local_batch), num_batches
 
 
@@ -317,7 +319,3 @@ class Loader:
     """Stop Grain's threads and worker processes (idempotent)."""
     self._iterator.close()
 
-
-def num_classes(data_cfg) -> int:
-  """The number of classes of the configured dataset."""
-  return sources.make_source(data_cfg, data_cfg.train_split).num_classes

@@ -22,15 +22,13 @@ requirements-prepare.txt.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import logging
 import os
 import re
-import sys
 import tarfile
-import types
 
+from inception_jax import compat
 from inception_jax.data import sources
 from inception_jax.errors import UserError
 
@@ -56,9 +54,8 @@ def prepare(name: str, manual_dir: str | None = None, data_dir: str | None = Non
     builder = _builder(tfds, name, data_dir)
     prepared = builder.is_prepared()
   if prepared:
-    from tensorflow_datasets.core import file_adapters
     formats = tfds.builder_from_directory(builder.data_dir).info.available_file_formats()
-    if file_adapters.FileFormat.ARRAY_RECORD in formats:
+    if tfds.core.FileFormat.ARRAY_RECORD in formats:
       log.info('%s is prepared as ArrayRecord in %s already (delete that folder to '
                'build it again)', name, builder.data_dir)
     else:
@@ -104,7 +101,7 @@ def _import_tfds_builders():
 def _builder(tfds, name: str, data_dir: str | None):
   try:
     return tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
+  except tfds.core.DatasetNotFoundError:
     close = difflib.get_close_matches(name, tfds.list_builders(), n=1)
     hint = f' (did you mean {close[0]}?)' if close else ''
     raise UserError(f'TFDS has no dataset {name!r}{hint}') from None
@@ -200,33 +197,11 @@ def check_validation_names(names: list[str]) -> str:
 
 def _add_array_record(version_dir: str) -> None:
   """ArrayRecord files beside a TFRecord-prepared dataset's, recorded in its
-  dataset_info.json as an alternative format: TFDS's own converter, without
-  Beam (its module subclasses `beam.DoFn` at import, so a stand-in that is
-  never used lets it import; the conversion below runs without Beam)."""
+  dataset_info.json as an alternative format: TFDS's own converter, run
+  without Beam (`compat.convert_to_array_record`)."""
   log.info('%s is stored as TFRecord: adding ArrayRecord files beside them '
            '(as much disk space again)', version_dir)
-  with _beam_stand_in():
-    from tensorflow_datasets.scripts.cli import convert_format_utils
   # Quiet: without Beam it warns of a shard count it never computed (a
   # format string without its values); a missing shard still raises.
   with sources.tfds_quiet():
-    convert_format_utils.convert_dataset(
-        out_dir=None, out_file_format='array_record', dataset_version_dir=version_dir,
-        use_beam=False, num_workers=os.cpu_count() or 1)
-
-
-@contextlib.contextmanager
-def _beam_stand_in():
-  try:
-    import apache_beam  # noqa: F401
-    yield
-    return
-  except ImportError:
-    pass
-  stand_in = types.ModuleType('apache_beam')
-  stand_in.DoFn = object
-  sys.modules['apache_beam'] = stand_in
-  try:
-    yield
-  finally:
-    sys.modules.pop('apache_beam', None)
+    compat.convert_to_array_record(version_dir, num_workers=os.cpu_count() or 1)

@@ -11,6 +11,9 @@ Each source has `len()`, `[index]` → {'image': encoded bytes or uint8 array,
 'label': int, 'where': a name for error messages}, `num_classes`, `where`,
 the split's name for error messages, `names()`, each example's file name
 (for `data.eval_exclude`, `Excluding`), and `class_names()` (for `predict`).
+`class_names(data_cfg)` and `num_classes(data_cfg)` read the classes from
+what describes the dataset, without a source (for `cost`, and for runs older
+than their classes.json).
 """
 
 from __future__ import annotations
@@ -36,8 +39,7 @@ class Synthetic(SyntheticSource):
     return [f'synthetic_{i}' for i in range(len(self))]
 
   def class_names(self) -> list[str]:
-    from inception_jax.data.synthetic import class_parts
-    return [' '.join(map(str, class_parts(c))) for c in range(self.num_classes)]
+    return _synthetic_class_names(self.num_classes)
 
   def __getitem__(self, index):
     record = super().__getitem__(index)
@@ -45,14 +47,19 @@ class Synthetic(SyntheticSource):
     return record
 
 
+def _synthetic_class_names(count: int) -> list[str]:
+  from inception_jax.data.synthetic import MAX_CLASSES, class_parts
+  if not 2 <= count <= MAX_CLASSES:
+    raise ConfigError(f'data (synthetic): the synthetic dataset has 2 to {MAX_CLASSES} '
+                      f'classes, got {count}')
+  return [' '.join(map(str, class_parts(c))) for c in range(count)]
+
+
 class FolderSource:
   """Images under ROOT/SPLIT/<class>/; labels from the sorted class folders
   of ROOT/train (so train and validation agree)."""
 
   def __init__(self, root: str, split: str):
-    if not root:
-      raise ConfigError("data.name='folder' needs data.path=ROOT "
-                        '(ROOT/train/<class>/*.jpg, ROOT/validation/<class>/*.jpg)')
     self.classes = _class_folders(root, 'train')
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
@@ -96,6 +103,9 @@ class FolderSource:
 
 
 def _class_folders(root: str, split: str) -> list[str]:
+  if not root:
+    raise ConfigError("data.name='folder' needs data.path=ROOT "
+                      '(ROOT/train/<class>/*.jpg, ROOT/validation/<class>/*.jpg)')
   split_dir = os.path.join(root, split)
   if not os.path.isdir(split_dir):
     raise ConfigError(f'data.path: {split_dir} does not exist '
@@ -117,7 +127,6 @@ class TfdsSource:
 
   def __init__(self, name: str, split: str, data_dir: str | None = None):
     import tensorflow_datasets as tfds
-    from tensorflow_datasets.core import file_adapters
     data_dir = os.path.expanduser(data_dir) if data_dir else None
     # Read from the prepared files' own metadata (`builder_from_directory`):
     # the registered builder ignores the ArrayRecord files that `prepare`
@@ -125,7 +134,7 @@ class TfdsSource:
     # alternative_file_formats in TFDS 4.9).
     reader = tfds.builder_from_directory(_prepared_dir(tfds, name, data_dir))
     info = reader.info
-    if not info.available_file_formats() & file_adapters.FileFormat.with_random_access():
+    if not info.available_file_formats() & tfds.core.FileFormat.with_random_access():
       raise UserError(
           f'TFDS dataset {name!r} in {reader.data_dir} is stored as '
           f'{_FORMAT_NAMES.get(info.file_format.value, info.file_format.value)}, which has '
@@ -135,12 +144,7 @@ class TfdsSource:
     if split not in info.splits:
       raise ConfigError(f'TFDS dataset {name!r} in {reader.data_dir} has no split '
                         f'{split!r}; it has {", ".join(sorted(info.splits))}')
-    features = list(info.features.keys()) if hasattr(info.features, 'keys') else []
-    label = info.features['label'] if 'label' in features else None
-    if not isinstance(label, tfds.features.ClassLabel) or 'image' not in features:
-      raise ConfigError(f'TFDS dataset {name!r} is not an image classification dataset '
-                        f'(features: {", ".join(sorted(features)) or "one"}; needed: image and '
-                        f'label, a class label)')
+    label = _class_label(tfds, info, name)
     self._source = reader.as_data_source(
         split, decoders={'image': tfds.decode.SkipDecoding()})
     self.num_classes = label.num_classes
@@ -173,6 +177,27 @@ class TfdsSource:
 
   def __repr__(self):
     return f'TfdsSource({self.name}[{self.split}], {len(self)} examples)'
+
+
+def _class_label(tfds, info, name: str):
+  """The `label` feature (a ClassLabel) of TFDS dataset `name`'s metadata,
+  which must describe images with class labels."""
+  features = list(info.features.keys()) if hasattr(info.features, 'keys') else []
+  label = info.features['label'] if 'label' in features else None
+  if not isinstance(label, tfds.features.ClassLabel) or 'image' not in features:
+    raise ConfigError(f'TFDS dataset {name!r} is not an image classification dataset '
+                      f'(features: {", ".join(sorted(features)) or "one"}; needed: image and '
+                      f'label, a class label)')
+  return label
+
+
+def _tfds_class_names(name: str, data_dir: str | None) -> list[str]:
+  """A prepared TFDS dataset's class names from its metadata (dataset_info.json),
+  whatever format its examples are stored in: none is opened."""
+  import tensorflow_datasets as tfds
+  data_dir = os.path.expanduser(data_dir) if data_dir else None
+  info = tfds.builder_from_directory(_prepared_dir(tfds, name, data_dir)).info
+  return list(_class_label(tfds, info, name).names)
 
 
 @contextlib.contextmanager
@@ -266,19 +291,45 @@ def _read_exclusions(path: str) -> set[str]:
 
 
 def make_source(data_cfg, split: str, exclude: str | None = None):
-  """The source named by `data_cfg.name` for `split` (`data.train_split` or
-  `data.eval_split`), less the examples named in file `exclude` (default:
-  `data.eval_exclude` for the evaluation split; '' for none). Synthetic
-  images are drawn at image_size / 0.875, so evaluation's central crop
-  returns the network's input size."""
+  """The source named by `data_cfg.name` (`data_cfg`: a `specs.DataSpec`) for
+  `split` (`data.train_split` or `data.eval_split`), less the examples named
+  in file `exclude` (default: `data.eval_exclude` for the evaluation split;
+  '' for none). Synthetic images are drawn at image_size / 0.875, so
+  evaluation's central crop returns the network's input size."""
   source = _source(data_cfg, split)
   if exclude is None:
-    exclude = data_cfg.get('eval_exclude', '') if split == data_cfg.eval_split else ''
+    exclude = data_cfg.eval_exclude if split == data_cfg.eval_split else ''
   if exclude:
     source = Excluding(source, exclude)
     if not len(source):
       raise ConfigError(f'{exclude} leaves no example of {source.where} to evaluate')
   return source
+
+
+def class_names(data_cfg) -> list[str]:
+  """The configured dataset's class names, in label order, from what
+  describes it rather than its examples (no source or pipeline is built):
+  the synthetic dataset's `num_classes`, the class folders of ROOT/train/, a
+  TFDS dataset's metadata. For counting a config's classes (`cost`) and for
+  naming those of a run older than its classes.json (`trainstate`)."""
+  name = data_cfg.name
+  if name == 'synthetic':
+    return _synthetic_class_names(data_cfg.num_classes)
+  if name == 'folder':
+    return _class_folders(data_cfg.path, 'train')
+  if name.startswith('tfds:'):
+    return _tfds_class_names(name[len('tfds:'):], data_cfg.data_dir)
+  raise _unknown_name(name)
+
+
+def num_classes(data_cfg) -> int:
+  """The configured dataset's number of classes (`class_names`)."""
+  return len(class_names(data_cfg))
+
+
+def _unknown_name(name: str) -> ConfigError:
+  return ConfigError(f"data.name must be 'synthetic', 'folder' or 'tfds:NAME', "
+                     f'got {name!r}')
 
 
 def _source(data_cfg, split: str):
@@ -297,5 +348,4 @@ def _source(data_cfg, split: str):
     return FolderSource(data_cfg.path, split)
   if name.startswith('tfds:'):
     return TfdsSource(name[len('tfds:'):], split, data_cfg.data_dir)
-  raise ConfigError(f"data.name must be 'synthetic', 'folder' or 'tfds:NAME', "
-                    f'got {name!r}')
+  raise _unknown_name(name)
