@@ -12,7 +12,7 @@ Arg (comma-separated key=value, all optional):
                  Google's preprocessing (TensorFlow's crop sampler, colour
                  distortion with hue); bfloat16 compute on accelerators. The batch on D devices, at most
                  per_device_batch=64 images per device at a time
-                 (`python launch.py layout --config configs/inception_v3.py`):
+                 (`python -m inception_jax layout --config inception_v3`):
 
 devices  batch  micro-batches  per device  BN groups  learning rate  steps/epoch   steps
 -------  -----  -------------  ----------  ---------  -------------  -----------  ------
@@ -31,18 +31,18 @@ devices  batch  micro-batches  per device  BN groups  learning rate  steps/epoch
                  (model.modules_per_grid), 6 steps of batch 16: seconds, for tests
 
 Commands, expected runtime and result:
-  python launch.py train --config configs/inception_v3.py:scale=demo --workdir runs/demo
+  python -m inception_jax train --config inception_v3:scale=demo --workdir runs/demo
       about 2 minutes on 2 CPU cores; eval/top1_error below 10% (chance 90%);
       `make demo`'s Table 3 rows end at 0-0.3% but for the momentum row,
       whose seeds can end far apart (README)
-  python launch.py train --config configs/inception_v3.py:scale=tiny --workdir runs/tiny
+  python -m inception_jax train --config inception_v3:scale=tiny --workdir runs/tiny
       under a minute on 2 CPU cores (mostly compilation); eval/top1_error near chance
-  python launch.py train --config configs/inception_v3.py --workdir runs/v3 \
+  python -m inception_jax train --config inception_v3 --workdir runs/v3 \
       --config.data.data_dir=DATA_DIR
       ImageNet prepared with TFDS (README); 100 epochs at global batch 1600 on
       as many accelerators as you have (the paper used 50 GPUs); the paper
       reports 21.2% top-1 error — not yet reproduced with this code
-  python launch.py cost --config configs/inception_v3.py --json
+  python -m inception_jax cost --config inception_v3 --json
       23,851,784 parameters, 5,713,216,096 multiply-adds at 299×299; ~5 s
 
 Any key can be overridden: --config.model.width_multiplier=0.5,
@@ -194,7 +194,7 @@ def get_config(arg=None):
       progress=True,                  # progress bar on a terminal
   ))
 
-  # Resources of a run launched with `launch.py sweep --launcher slurm`
+  # Resources of a run launched with `inception_jax sweep --launcher slurm`
   # (0 or '' leaves the cluster's default). `tasks_per_node` processes on
   # each node (1: one process drives all its GPUs); a run of several tasks
   # joins them through jax.distributed.

@@ -283,13 +283,14 @@ def _config(row: Row) -> dict | None:
   return configs[0] if configs else None
 
 
-def changes(first: dict | None, config: dict | None) -> dict[str, list] | None:
-  """{key: [value in `first`, value in `config`]} for the flattened keys
-  whose values differ, less NOT_CHANGES; None unless both are known."""
-  if first is None or config is None:
+def changes(first: dict | None, other: dict | None) -> dict[str, list] | None:
+  """{key: [value in `first`, value in `other`]} for the flattened keys
+  whose values differ (a key one of them lacks counts as differing), less
+  NOT_CHANGES; None unless both are known."""
+  if first is None or other is None:
     return None
-  return {k: [first.get(k), config.get(k)] for k in sorted(first.keys() | config.keys())
-          if first.get(k, '<missing>') != config.get(k, '<missing>')
+  return {k: [first.get(k), other.get(k)] for k in sorted(first.keys() | other.keys())
+          if (k in first, first.get(k)) != (k in other, other.get(k))
           and not rundir.matches(k, NOT_CHANGES)}
 
 

@@ -138,7 +138,8 @@ def as_current(recorded: Mapping) -> dict:
   the migrations from the version that recorded it (0 when it says none).
   A config of a newer version than this code's is a `UserError`."""
   config = jsonable(recorded)
-  version = config.get(VERSION_KEY, 0)
+  # A config recorded before versions existed names none: version 0.
+  version = config[VERSION_KEY] if VERSION_KEY in config else 0
   if type(version) is not int or not 0 <= version <= CONFIG_VERSION:
     raise UserError(f'a config recorded with config_version {version!r}: this version '
                     f'of inception_jax reads versions 0 to {CONFIG_VERSION}; '

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 
 import ml_collections
 
-from inception_jax import config_lib, rundir
+from inception_jax import config_lib, rundir, specs
 from inception_jax.errors import ConfigError, ExitCode, UserError
 
 log = logging.getLogger(__name__)
@@ -102,15 +102,15 @@ def label(runs: list[Run]) -> list[Run]:
   labelled = []
   for run in runs:
     row = run.name.partition('/')[0]
-    config = configs[row]
+    flat = configs[row]
     tracking = {}
-    if config is not None:
+    if flat is not None:
       tracking = {
           'tracking.run_name': run.name, 'tracking.job_type': row,
           'tracking.hparams_first': varying + (['seed'] if len(seeds) > 1 else []),
-          'tracking.tags': [_tag(k, config.get(k)) for k in varying
-                            if first is not None and config.get(k) != first.get(k)]}
-      tracking = {k: v for k, v in tracking.items() if k in config}
+          'tracking.tags': [_tag(k, flat.get(k)) for k in varying
+                            if first is not None and flat.get(k) != first.get(k)]}
+      tracking = {k: v for k, v in tracking.items() if k in flat}
     labelled.append(dataclasses.replace(run, overrides={**run.overrides, **tracking}))
   return labelled
 
@@ -458,7 +458,7 @@ class SlurmLauncher:
     submitted = []
     for resources, batch in _group_by_resources(jobs).items():
       executor = submitit.SlurmExecutor(folder=self.folder)
-      executor.update_parameters(job_name=group, **_executor_parameters(dict(resources)))
+      executor.update_parameters(job_name=group, **_executor_parameters(resources))
       with executor.batch():
         pending = [(executor.submit(self.train_job, run.train_args(workdir, group)),
                     run, workdir)
@@ -526,23 +526,26 @@ def _group_by_resources(jobs) -> dict[tuple, list]:
   groups: dict[tuple, list] = {}
   for run, workdir in jobs:
     try:
-      slurm = run.build_config().slurm.to_dict()
+      slurm = specs.RunSpec.from_config(run.build_config()).slurm
     except UserError:
-      slurm = {}                  # the job itself reports the bad config
-    groups.setdefault(tuple(sorted(slurm.items())), []).append((run, workdir))
+      slurm = CLUSTER_DEFAULTS    # the job itself reports the bad config
+    groups.setdefault(slurm, []).append((run, workdir))
   return groups
 
 
-def _executor_parameters(slurm: dict) -> dict:
+# A job whose config is bad asks for nothing but one task: it only reports the error.
+CLUSTER_DEFAULTS = specs.SlurmSpec(gpus_per_node=0, cpus_per_task=0, time_minutes=0)
+
+
+def _executor_parameters(slurm: specs.SlurmSpec) -> dict:
   """config.slurm → sbatch options of submitit's SlurmExecutor. 0 or '' leaves
   the cluster's default: the option is not passed at all (None), so
   `time_minutes=0` is the partition's limit, not `--time=0` ("no limit")."""
-  given = lambda key: slurm.get(key) or None
-  return dict(nodes=slurm.get('nodes') or 1,
-              ntasks_per_node=slurm.get('tasks_per_node') or 1,
-              time=given('time_minutes'), cpus_per_task=given('cpus_per_task'),
-              partition=given('partition'), gpus_per_node=given('gpus_per_node'),
-              mem=f"{slurm['mem_gb']}GB" if slurm.get('mem_gb') else None)
+  given = lambda value: value or None
+  return dict(nodes=slurm.nodes, ntasks_per_node=slurm.tasks_per_node,
+              time=given(slurm.time_minutes), cpus_per_task=given(slurm.cpus_per_task),
+              partition=given(slurm.partition), gpus_per_node=given(slurm.gpus_per_node),
+              mem=f'{slurm.mem_gb}GB' if slurm.mem_gb else None)
 
 
 def _job_outcome(job, workdir: str) -> Outcome:

@@ -284,7 +284,11 @@ def _write_hparams(directory: str, config: Mapping, first=(), *, ended: bool) ->
   flat = rundir.scalars(rundir.flatten(config))
   ordered = {k: flat[k] for k in [*first, *sorted(flat)] if k in flat}
   summaries = compat.hparams_summaries(ordered, dict.fromkeys(FINAL_METRICS))
-  compat.mark_hparams_differing(summaries[0], set(first))
+  try:
+    compat.mark_hparams_differing(summaries[0], set(first))
+  except ImportError:        # TensorBoard itself is an extra; tensorboardX writes without it
+    log.info('tensorboard is not installed: the swept keys lead the HParams '
+             'table but are not marked as differing (pip install inception_jax[tensorboard])')
   run, now = rundir.RunDir(directory), time.time()
   with rundir.writing(run.hparams_events):
     compat.write_events(run.hparams_tmp, summaries[:3 if ended else 2], now)

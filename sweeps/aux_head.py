@@ -17,7 +17,7 @@ branch is batch-normalized or has a dropout layer" (Section 4).
 Paper figures: Table 3 gives the two aux-head rows (21.2% / 5.6% with BN,
 21.6% / 5.8% without, both 4.8 Bn ops; the Fig. 8 caption's "0.4% absolute
 gain in top-1"). The paper gives no figure for v3 without an aux head. The
-aux head is used in training only: `launch.py cost` reports the inference
+aux head is used in training only: `inception_jax cost` reports the inference
 network, so all three rows cost the same there (the head's own parameters
 and multiply-adds are `aux_params` / `aux_macs` in `--json`).
 
@@ -25,10 +25,10 @@ Expected at paper scale: aux_bn 0.4 points of top-1 error below aux_no_bn
 (Table 3), and no_aux no better than aux_no_bn (Section 4: the head helps
 late in training). 0.4 points is about the seed-to-seed spread of an
 ImageNet run: with fewer than three seeds a row (`--seeds 3`) the difference
-cannot be told from noise; `launch.py compare` says whether it can.
+cannot be told from noise; `inception_jax compare` says whether it can.
 
 Arg: scale=demo (default) | paper | tiny.
-  python launch.py cost --sweep sweeps/aux_head.py:scale=paper
+  python -m inception_jax cost --sweep aux_head:scale=paper
 """
 
 from inception_jax import config_lib

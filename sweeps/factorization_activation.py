@@ -17,10 +17,10 @@ The activation changes no parameter or multiply-add: both rows cost the same.
 
 Expected at paper scale: relu about 1 point of top-1 error below linear
 (Fig. 2), several times the seed-to-seed spread of an ImageNet run, so two or
-three seeds a row should show it; `launch.py compare` marks whether they do.
+three seeds a row should show it; `inception_jax compare` marks whether they do.
 
 Arg: scale=demo (default) | paper | tiny.
-  python launch.py cost --sweep sweeps/factorization_activation.py:scale=paper
+  python -m inception_jax cost --sweep factorization_activation:scale=paper
 """
 
 from inception_jax import config_lib

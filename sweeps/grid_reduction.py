@@ -12,7 +12,7 @@ bank; Fig. 10 the paper's efficient one, used in Inception-v3 (Section 5):
 Every other layer is unchanged; the two reductions take the same design.
 At paper scale the whole network costs 5.71 / 6.16 / 10.02 G multiply-adds
 with 23.9 / 31.8 / 31.8 M parameters: the naive reductions' 3×3 convs widen
-straight to 768 and 1280 channels (`launch.py cost` below).
+straight to 768 and 1280 channels (`inception_jax cost` below).
 
 Paper figures: the paper reports no accuracy for the naive reductions, only
 the cost argument. The `efficient` row is Inception-v3 itself, so it carries
@@ -21,10 +21,10 @@ Table 3's last row (21.2% / 5.6%, 4.8 Bn ops); the other rows have none.
 Expected at paper scale (the paper's argument, not a measurement):
 pool_conv worse than efficient (its bottleneck), conv_pool about as good at
 1.75× the multiply-adds. A difference smaller than the spread of the sweep's
-own seeds (`--seeds 3`, `launch.py compare`) is no difference.
+own seeds (`--seeds 3`, `inception_jax compare`) is no difference.
 
 Arg: scale=demo (default) | paper | tiny.
-  python launch.py cost --sweep sweeps/grid_reduction.py:scale=paper
+  python -m inception_jax cost --sweep grid_reduction:scale=paper
 """
 
 from inception_jax import config_lib

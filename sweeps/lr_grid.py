@@ -16,15 +16,15 @@ has them: Table 3's last row (21.2% / 5.6%, 4.8 Bn ops), at paper scale.
 
 Expected: no figure from the paper. A grid point is better than its
 neighbours only where the difference exceeds the spread of its seeds
-(`--seeds 3`, `launch.py compare`); with one seed the best point of a grid is
+(`--seeds 3`, `inception_jax compare`); with one seed the best point of a grid is
 partly luck.
 
 Arg: scale=demo (default) | paper | tiny; model=PRESET (default inception_v3);
 optim=rmsprop | momentum (default: the config's); lrs=A/B/… (learning rates
 in place of the factors) and smoothings=A/B/… (in place of SMOOTHINGS).
-  python launch.py cost --sweep sweeps/lr_grid.py:scale=paper
+  python -m inception_jax cost --sweep lr_grid:scale=paper
   # the study that chose the demo's momentum learning rate (README):
-  python launch.py sweep sweeps/lr_grid.py:model=inception_v2,optim=momentum,lrs=0.01/0.02/0.03,smoothings=0 \
+  python -m inception_jax sweep lr_grid:model=inception_v2,optim=momentum,lrs=0.01/0.02/0.03,smoothings=0 \
       --seeds 2 --parallel 2 --workdir runs/momentum_lr
 """
 

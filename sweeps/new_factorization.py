@@ -12,9 +12,9 @@ Paper figures: none (the paper states the remark without a measurement).
 Each row runs two seeds at demo scale (three at paper scale).
 
 Arg: scale=demo (default) | paper | tiny.
-  python launch.py cost --sweep sweeps/new_factorization.py
-  python launch.py sweep sweeps/new_factorization.py --workdir runs/new_factorization
-  python launch.py compare runs/new_factorization
+  python -m inception_jax cost --sweep new_factorization
+  python -m inception_jax sweep new_factorization --workdir runs/new_factorization
+  python -m inception_jax compare runs/new_factorization
 """
 
 from inception_jax import config_lib

@@ -11,7 +11,7 @@ same (Section 9):
 Paper figures, Table 2 (top-1 accuracy, single frame): 76.6% / 76.4% / 75.2%
 for 299 / 151 / 79, given below as top-1 error. The paper gives no top-5
 error and no cost for these rows; it only says the costs are "almost
-identical" (see `launch.py cost` below: 5.71 / 5.71 / 5.25 G multiply-adds).
+identical" (see `inception_jax cost` below: 5.71 / 5.71 / 5.25 G multiply-adds).
 Some transcriptions of Table 2 print 75.2% for 151×151 too; the paper's table
 has 76.4% (docs/paper_notes.md#table-2-resolutions).
 
@@ -32,11 +32,11 @@ Expected at paper scale: rf151 within 0.2 points of rf299 (the paper's point:
 at equal compute a lower resolution costs little) and rf79 about 1.4 points
 worse. 0.2 points is below the seed-to-seed spread of an ImageNet run, so
 rf299 and rf151 should not differ beyond the noise, and rf79 should; run at
-least three seeds (`--seeds 3`) and read `launch.py compare`'s Δ columns.
+least three seeds (`--seeds 3`) and read `inception_jax compare`'s Δ columns.
 
 Arg: scale=demo (default) | paper | tiny; image_size=S overrides v3's size
 (0: the scale's), e.g. image_size=107 for a demo with 11×11 grids.
-  python launch.py cost --sweep sweeps/table2_resolution.py:scale=paper
+  python -m inception_jax cost --sweep table2_resolution:scale=paper
 """
 
 import functools

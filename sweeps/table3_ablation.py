@@ -29,7 +29,7 @@ and 0.4 points (BN-auxiliary). Steps of 0.3–0.4 points are about the
 seed-to-seed spread of an ImageNet run, so a row's difference means something
 only where it exceeds the spread of the sweep's own seeds: each row runs three
 seeds at paper scale and two at demo scale (SEEDS; `--seeds N` replaces them),
-and the Δ columns of `launch.py compare` mark the differences that exceed the
+and the Δ columns of `inception_jax compare` mark the differences that exceed the
 spread (Welch's t-test, stated in the table's footer).
 
 Expected at demo scale (a shared miniature recipe on synthetic data, README):
@@ -40,7 +40,7 @@ them by error (the report's tie table compares them by eval loss, where label
 smoothing sits higher by construction, and by how soon they reach 5 %).
 
 Arg: scale=demo (default) | paper | tiny.
-  python launch.py cost --sweep sweeps/table3_ablation.py:scale=paper
+  python -m inception_jax cost --sweep table3_ablation:scale=paper
 """
 
 from inception_jax import config_lib

@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import TINY_CONFIG, run_cli, start_cli
 
-from inception_jax import checkpointing, config_lib, rundir, sweep, tracking
+from inception_jax import checkpointing, config_lib, rundir, specs, sweep, tracking
 
 PREEMPTED = 4
 
@@ -92,15 +92,15 @@ def test_zero_slurm_resources_leave_the_cluster_default():
   """`time_minutes=0` must not become `--time=0` (no limit at all), nor
   `cpus_per_task=0` an option: neither is passed to sbatch."""
   from submitit.slurm import slurm
-  params = sweep._executor_parameters(dict(nodes=1, time_minutes=0, cpus_per_task=0,
-                                           partition='', gpus_per_node=0, mem_gb=0))
+  params = sweep._executor_parameters(specs.SlurmSpec(
+      nodes=1, time_minutes=0, cpus_per_task=0, partition='', gpus_per_node=0, mem_gb=0))
   lines = slurm._make_sbatch_string(command='true', folder='/tmp/x', **params)
   options = [l.split()[1].split('=')[0] for l in lines.splitlines()
              if l.startswith('#SBATCH')]
   for option in ('--time', '--cpus-per-task', '--partition', '--mem'):
     assert option not in options
-  params = sweep._executor_parameters(dict(nodes=2, time_minutes=90, cpus_per_task=4,
-                                           partition='gpu', gpus_per_node=8, mem_gb=64))
+  params = sweep._executor_parameters(specs.SlurmSpec(
+      nodes=2, time_minutes=90, cpus_per_task=4, partition='gpu', gpus_per_node=8, mem_gb=64))
   lines = slurm._make_sbatch_string(command='true', folder='/tmp/x', **params)
   for line in ('--time=90', '--cpus-per-task=4', '--partition=gpu', '--nodes=2',
                '--mem=64GB', '--ntasks-per-node=1'):

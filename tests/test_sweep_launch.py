@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, TINY_CONFIG, slurm_cluster_problem
 
-from inception_jax import config_lib, report, rundir, sweep
+from inception_jax import config_lib, report, rundir, specs, sweep
 
 TINY = TINY_CONFIG
 
@@ -463,10 +463,10 @@ def test_slurm_time_limit_warning_interrupts_the_run_and_the_rerun_resumes(
 def test_slurm_resources_come_from_the_config():
   config = config_lib.load('configs/inception_v3.py', {'slurm.nodes': 4,
                                                        'slurm.partition': 'gpu'})
-  params = sweep._executor_parameters(config.slurm.to_dict())
+  params = sweep._executor_parameters(specs.RunSpec.from_config(config).slurm)
   assert params['nodes'] == 4 and params['ntasks_per_node'] == 1
   tasks = config_lib.load('configs/inception_v3.py', {'slurm.tasks_per_node': 2})
-  assert sweep._executor_parameters(tasks.slurm.to_dict())['ntasks_per_node'] == 2
+  assert sweep._executor_parameters(specs.RunSpec.from_config(tasks).slurm)['ntasks_per_node'] == 2
   assert params['gpus_per_node'] == 8 and params['partition'] == 'gpu'
   assert params['time'] == 72 * 60 and params['cpus_per_task'] == 16
 

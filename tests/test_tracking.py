@@ -85,6 +85,32 @@ def test_hparams_session_starts_with_the_tracker_and_ends_with_the_run(tmp_path)
     assert written[name] == [(6, pytest.approx(RESULT['metrics'][name]))], name
 
 
+def test_a_sweep_run_writes_hparams_without_the_tensorboard_package(tmp_path, monkeypatch,
+                                                                     caplog):
+  """`pip install .` brings tensorboardX, not TensorBoard (an extra): a sweep's
+  run still writes its session, its swept keys first, only not marked."""
+  import builtins
+  real_import = builtins.__import__
+
+  def no_tensorboard(name, *args, **kwargs):
+    if name == 'tensorboard' or name.startswith('tensorboard.'):
+      raise ImportError(f'No module named {name!r}')
+    return real_import(name, *args, **kwargs)
+
+  spec = specs.TrackingSpec(wandb=False, hparams_first=('optim.learning_rate', 'seed'))
+  with monkeypatch.context() as patch, caplog.at_level(logging.INFO, 'inception_jax'):
+    patch.setattr(builtins, '__import__', no_tensorboard)
+    with tracking.Tracker(str(tmp_path), {'seed': 1, 'optim': {'learning_rate': 0.1}},
+                          spec):
+      pass
+  assert 'tensorboard is not installed' in caplog.text
+  hparams, _, _ = the_session(str(tmp_path))
+  assert hparams['optim.learning_rate'].number_value == pytest.approx(0.1)
+  experiment = dict(hparams_records(str(tmp_path)))['experiment'].experiment
+  assert [i.name for i in experiment.hparam_infos][:2] == ['optim.learning_rate', 'seed']
+  assert not any(i.differs for i in experiment.hparam_infos)
+
+
 def test_tensorboard_logging_does_not_import_pytorch(tmp_path):
   """PyTorch is installed here (the interop tests), and tensorboardX would
   import it: seconds in every training process. The scalars still arrive."""
