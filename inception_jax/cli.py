@@ -3,11 +3,13 @@ same as the `inception-jax` console script that `pip install` puts on the
 PATH (and `python launch.py COMMAND …` in a checkout).
 
   python -m inception_jax train --config CONFIG[:ARG] --workdir DIR [--config.KEY=VALUE ...]
-      [--allow_config_change] [--from_step N] [--dry-run]
+      [--allow_config_change] [--from_step N] [--search-trial JOURNAL#N] [--dry-run]
   python -m inception_jax cost --config CONFIG[:ARG] [--json] [--config.KEY=VALUE ...]
   python -m inception_jax cost --sweep SWEEP[:ARG] [--json]
   python -m inception_jax sweep SWEEP[:ARG] --workdir DIR [--dry-run]
       [--launcher local|slurm] [--parallel N] [--only NAME,...] [--seeds N] [--rerun-stale]
+  python -m inception_jax search SEARCH[:ARG] --workdir DIR [--trials N] [--parallel P]
+      [--launcher local|slurm] [--confirm K [--top M]] [--dry-run]
   python -m inception_jax compare DIR [--format text|markdown|json|html]
   python -m inception_jax sync DIR [--dry-run]
   python -m inception_jax layout --config CONFIG[:ARG] [--devices 1,8,…] [--config.KEY=VALUE ...]
@@ -48,15 +50,29 @@ previous and the first row, marked where Welch's t-test finds it significant
 (html: writes DIR/report.html). `sync` uploads every offline wandb run of a
 sweep (or a run) directory with `wandb sync`.
 
+`search` runs an Optuna study (SEARCH likewise: `lr_smoothing`,
+`searches/lr_smoothing.py`; needs the `search` extra): the search file's
+sampler proposes each trial's parameters, each trial trains in DIR/trial_NNN
+and reports its evaluations, and the pruner stops weak trials early (exit 7,
+saved). The study is a journal file, DIR/study.journal: no server, shared by
+SLURM jobs. Rerunning the command continues the study; a driver killed while
+its trials train takes them along (they save) and the rerun resumes them;
+one search at a time per DIR, and a DIR holding another (or an edited)
+search's study is refused. At the end it prints the best trial and the
+training steps pruning saved; `--confirm K` then trains the base config and
+the best --top M trials with K seeds (DIR/confirm) and prints their table.
+
 Metrics follow one convention everywhere (logs, TensorBoard, wandb, result.json,
 compare, eval, the report): top-1 and top-5 error in %, as the paper gives them.
 
-Exit status: 0 done; 1 a sweep run failed (the others went on); 2 an error a
+Exit status: 0 done; 1 a sweep run failed (the others went on), or no search trial
+completed; 2 an error a
 user can cause (one line on stderr); 3 the loss or gradient became
 non-finite; 4 stopped by SIGTERM/SIGINT/SIGUSR2 after saving checkpoints (rerun the
-same command to resume); 5 a sweep holds stale runs (--rerun-stale retrains them);
+same command to resume; a search: rerun it to continue); 5 a sweep holds stale runs (--rerun-stale retrains them);
 6 no space left on device (what was written is intact: free space and rerun the
-same command to resume).
+same command to resume); 7 a search trial (train --search-trial) stopped early by
+the study's pruner, its checkpoint saved (not a failure).
 """
 
 from __future__ import annotations
@@ -105,8 +121,18 @@ def _train(args, overrides, stop):
   if config.model.get('dtype') == 'float64':     # numerical checks: float64 throughout
     import jax
     jax.config.update('jax_enable_x64', True)
-  result = train.run(config, args.workdir, allow_config_change=args.allow_config_change,
-                     from_step=args.from_step, stop=stop)
+  trial = None
+  if args.search_trial:
+    import jax
+    from inception_jax import pruning
+    trial = pruning.TrialReporter.from_arg(args.search_trial,
+                                           enabled=jax.process_index() == 0)
+  try:
+    result = train.run(config, args.workdir, allow_config_change=args.allow_config_change,
+                       from_step=args.from_step, stop=stop, trial=trial)
+  except train.Pruned as e:   # an outcome of the search, not an error: its result line
+    print(e)
+    return e.exit_code
   metrics = result['metrics']
   top1, top5 = rundir.error_percent(metrics, 'top1'), rundir.error_percent(metrics, 'top5')
   if top1 is not None:
@@ -211,6 +237,59 @@ def _sweep_dry_run(args) -> int:
   return 0
 
 
+def cmd_search(args, overrides):
+  from inception_jax import search
+  if overrides:
+    raise UserError('--config.* overrides do not apply to a search; put them in '
+                    'the search file')
+  if args.top is not None and args.confirm is None:
+    raise UserError('--top M chooses the trials --confirm K retrains; give --confirm K')
+  top = 2 if args.top is None else args.top
+  if args.confirm is not None and (args.confirm < 1 or top < 1):
+    raise UserError(f'--confirm takes a number of seeds >= 1 and --top a number of '
+                    f'trials >= 1, got {args.confirm} and {top}')
+  if args.dry_run:
+    print('\n'.join(search.dry_run(args.search, args.workdir, args.trials)))
+    return 0
+  if args.launcher == 'slurm':
+    launcher = search.SlurmTrials(args.workdir, train_job, parallel=args.parallel)
+  else:
+    launcher = search.LocalTrials(args.parallel)
+  summary = search.run_search(args.search, args.workdir, launcher=launcher,
+                              trials=args.trials, command=args.command_line)
+  print('\n' + '\n'.join(summary.lines()))
+  code = summary.exit_code()
+  if code == ExitCode.INTERRUPTED:
+    print('error: the search was stopped; rerun the same command to continue it',
+          file=sys.stderr)
+    return code
+  if code == ExitCode.FAILED:
+    print(f'error: no trial completed; see their train.log in {args.workdir}/trial_NNN/',
+          file=sys.stderr)
+    return code
+  print(f'the trials, their curves and parameter importances: {_prog()} compare '
+        f'{shlex.quote(args.workdir)} [--format html]')
+  return _confirm(args, top) if args.confirm else 0
+
+
+def _confirm(args, top: int) -> int:
+  """`search --confirm K`: the best `top` trials and the base config over
+  K seeds, as a sweep in DIR/confirm; its summary and comparison table."""
+  from inception_jax import report, rundir, search, sweep
+  directory = rundir.SearchDir(args.workdir).confirm
+  launcher = (sweep.SlurmLauncher(directory, train_job) if args.launcher == 'slurm'
+              else sweep.LocalLauncher(args.parallel))
+  outcomes = search.confirm(args.workdir, args.confirm, top, launcher=launcher,
+                            command=args.command_line)
+  print('\n' + sweep.summary(outcomes))
+  print('\n' + report.render(directory, 'text'))
+  code = sweep.exit_code(outcomes.values())
+  if code != ExitCode.OK:
+    print(f'error: the confirmation did not finish ({sweep.summary(outcomes).splitlines()[-1]}); '
+          f'rerun the same command to continue it', file=sys.stderr)
+  return code
+
+
 def cmd_sync(args, overrides):
   from inception_jax import tracking
   if overrides:
@@ -224,10 +303,12 @@ def cmd_sync(args, overrides):
 
 
 def cmd_compare(args, overrides):
-  from inception_jax import report
+  from inception_jax import report, search_report
   if overrides:
     raise UserError('compare takes no --config.* overrides')
-  print(report.render(args.workdir, args.format))
+  # A search directory (search.json): its trials, the pruning saved, Optuna's figures.
+  chosen = search_report if search_report.is_search(args.workdir) else report
+  print(chosen.render(args.workdir, args.format))
   return 0
 
 
@@ -405,6 +486,7 @@ def train_job(args: list[str]) -> dict:
 
 CONFIG_HELP = 'a shipped config by NAME (inception_v3) or a config FILE.py; [:ARG]'
 SWEEP_HELP = 'a shipped sweep by NAME (table3_ablation) or a sweep FILE.py; [:ARG]'
+SEARCH_HELP = 'a shipped search by NAME (lr_smoothing) or a search FILE.py; [:ARG]'
 
 
 def _prog() -> str:
@@ -433,6 +515,10 @@ def main(argv=None, prog: str | None = None) -> int:
   p.add_argument('--from_step', type=int, metavar='N',
                  help='resume from the checkpoint of step N (later ones are moved to '
                       'checkpoints_discarded/, kept): e.g. before a divergence')
+  p.add_argument('--search-trial', metavar='JOURNAL#N',
+                 help="train trial N of the study in JOURNAL (what `search` starts): "
+                      "report each evaluation's objective to it and stop when its "
+                      "pruner says (exit 7)")
   p.add_argument('--dry-run', action='store_true',
                  help='print the config, the batch layout and the cost; write nothing')
   p.set_defaults(fn=cmd_train)
@@ -455,14 +541,32 @@ def main(argv=None, prog: str | None = None) -> int:
   p.add_argument('--dry-run', action='store_true',
                  help='list the run directories and their batch layout; write nothing')
   p.set_defaults(fn=cmd_sweep)
+  p = sub.add_parser('search', help='an adaptive hyperparameter search (Optuna): weak '
+                                    'trials stopped early, resumable')
+  p.add_argument('search', help=SEARCH_HELP)
+  p.add_argument('--workdir', required=True,
+                 help='search directory (the study, a run directory per trial: trial_NNN)')
+  p.add_argument('--trials', type=int, metavar='N',
+                 help="trials in all, those of earlier invocations included (default: "
+                      "the search file's)")
+  p.add_argument('--parallel', type=int, default=1,
+                 help='trials at a time (local: processes; slurm: jobs in the queue)')
+  p.add_argument('--launcher', choices=('local', 'slurm'), default='local')
+  p.add_argument('--confirm', type=int, metavar='K',
+                 help='then train the base config and the best --top trials with seeds '
+                      '0 … K-1 (a sweep in DIR/confirm) and print its table')
+  p.add_argument('--top', type=int, metavar='M', help='trials --confirm retrains (default 2)')
+  p.add_argument('--dry-run', action='store_true',
+                 help='print the search and the study so far; write nothing')
+  p.set_defaults(fn=cmd_search)
   p = sub.add_parser('sync', help="upload a sweep's (or a run's) offline wandb runs "
                                   "(wandb sync)")
   p.add_argument('workdir', help='sweep or run directory')
   p.add_argument('--dry-run', action='store_true',
                  help='list the runs and the wandb command, upload nothing')
   p.set_defaults(fn=cmd_sync)
-  p = sub.add_parser('compare', help='the table of a sweep directory')
-  p.add_argument('workdir', help='sweep directory')
+  p = sub.add_parser('compare', help='the table of a sweep or search directory')
+  p.add_argument('workdir', help='sweep or search directory')
   p.add_argument('--format', choices=('text', 'markdown', 'json', 'html'), default='text')
   p.set_defaults(fn=cmd_compare)
   p = sub.add_parser('eval', help="a run's (or an ensemble's) top-1/top-5, 1, 12 or 144 crops")
@@ -509,7 +613,7 @@ def main(argv=None, prog: str | None = None) -> int:
   try:
     overrides, rest = _split_overrides(argv)
     args = parser.parse_args(rest)
-    args.command_line = ' '.join(shlex.quote(a) for a in [prog, *argv])
+    args.command_line = ' '.join([prog, *map(shlex.quote, argv)])   # prog may hold spaces
     return args.fn(args, overrides)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)

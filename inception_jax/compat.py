@@ -436,6 +436,27 @@ def _beam_stand_in():
     sys.modules.pop('apache_beam', None)
 
 
+# --- Optuna ----------------------------------------------------------------------
+
+
+def attach_trial(study, trial_id: int):
+  """An `optuna.trial.Trial` for a trial that another process created (the
+  search driver's `study.ask()`), so that the trainer reports to it and asks
+  its pruner: Optuna's documented constructor `Trial(study, trial_id)`, which
+  its docs advise against calling directly (it is made for `study.optimize`
+  and `study.ask`). Written for optuna 5.0.0 (and 4.2 on)."""
+  use = _use('attach_trial')
+  trial = use.attr(use.module('optuna.trial'), 'Trial')
+  return trial(study=study, trial_id=trial_id)
+
+
+def _probe_attach_trial(use: Use) -> None:
+  trial = use.attr(use.module('optuna.trial'), 'Trial')
+  use.params(trial, ('study', 'trial_id'), 'optuna.trial.Trial')
+  for name in ('report', 'should_prune', 'set_user_attr'):
+    use.attr(trial, name)
+
+
 # --- Python's logging ----------------------------------------------------------
 
 
@@ -467,4 +488,5 @@ USES: list[Use] = [
     Use('convert_to_array_record', 'tensorflow-datasets', '4.9.10',
         _probe_convert_to_array_record),
     Use('log_format', 'python', '3.11 and 3.12', _probe_log_format),
+    Use('attach_trial', 'optuna', '5.0.0 (4.2 on)', _probe_attach_trial),
 ]

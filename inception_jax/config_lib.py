@@ -5,10 +5,11 @@ comma-separated `key=value` pairs (`scale=demo,model=inception_v2`). The
 config it returns is locked, so an unknown key is an error, and assignments
 are type-checked by ml_collections.
 
-A bare NAME (`inception_v3`, `table3_ablation`) is a shipped file: one of
-`configs/` or `sweeps/` at the top of a checkout, which the wheel installs as
-`inception_jax/configs/` and `inception_jax/sweeps/` (pyproject.toml), so the
-same name works from any directory, installed or not.
+A bare NAME (`inception_v3`, `table3_ablation`, `lr_smoothing`) is a shipped
+file: one of `configs/`, `sweeps/` or `searches/` at the top of a checkout,
+which the wheel installs as `inception_jax/configs/`, `inception_jax/sweeps/`
+and `inception_jax/searches/` (pyproject.toml), so the same name works from any
+directory, installed or not.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from inception_jax.errors import ConfigError
 
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(PACKAGE)
-SHIPPED = {'configs': 'config', 'sweeps': 'sweep'}     # directory: what each file is
+# Directory: what each file is.
+SHIPPED = {'configs': 'config', 'sweeps': 'sweep', 'searches': 'search'}
 _NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')          # a shipped file by name
 
 
@@ -74,14 +76,14 @@ def parse_value(raw: str, current: Any, where: str) -> Any:
 
 
 def shipped_dir(kind: str) -> str:
-  """The folder of the shipped `kind` files ('configs' or 'sweeps'): inside
+  """The folder of the shipped `kind` files (a key of SHIPPED): inside
   the package when installed from a wheel, else at the top of the checkout."""
   installed = os.path.join(PACKAGE, kind)
   return installed if os.path.isdir(installed) else os.path.join(ROOT, kind)
 
 
 def shipped(kind: str = 'configs') -> list[str]:
-  """The names of the shipped config (or sweep) files: ['inception_v3']."""
+  """The names of the shipped config (sweep, search) files: ['inception_v3']."""
   folder = shipped_dir(kind)
   files = os.listdir(folder) if os.path.isdir(folder) else []
   return sorted(f[:-len('.py')] for f in files
@@ -90,8 +92,8 @@ def shipped(kind: str = 'configs') -> list[str]:
 
 def _resolve(path: str, base: str | None = None, kind: str = 'configs') -> str:
   """The file `path` names: a shipped file by NAME, else the path as given,
-  under `base`, under the checkout or (`configs/…`, `sweeps/…` in an installed
-  package) among the shipped files."""
+  under `base`, under the checkout or (`configs/…`, `sweeps/…`, `searches/…`
+  in an installed package) among the shipped files."""
   if _NAME.fullmatch(path):
     candidate = os.path.join(shipped_dir(kind), f'{path}.py')
     if os.path.isfile(candidate):
@@ -116,7 +118,7 @@ def absolute(path_arg: str, base: str | None = None, kind: str = 'configs') -> s
 
 
 def load_module(path: str, base: str | None = None, kind: str = 'configs'):
-  """Import the `.py` file `path` (a config or sweep file; a bare NAME is a
+  """Import the `.py` file `path` (a config, sweep or search file; a bare NAME is a
   shipped one of `kind`). A syntax error in it is one line naming the file
   and line; an error its code raises when run keeps its traceback (a bug in
   the user's code)."""

@@ -20,6 +20,9 @@ class ExitCode(enum.IntEnum):
   INTERRUPTED = 4
   STALE = 5            # a sweep holds runs trained under another config
   DISK_FULL = 6        # no space left: free some and rerun the same command
+  # A search trial (`train --search-trial`) that the study's pruner stopped
+  # after an evaluation: saved, result.json says `pruned`; not a failure.
+  PRUNED = 7
 
 
 class UserError(Exception):

@@ -27,6 +27,9 @@ saying so.
   print(format_text(report))          # or format_markdown / format_json
   write_html(report, 'runs/table3')   # runs/table3/report.html: table, provenance,
                                       # interactive Plotly figures, offline
+
+A search directory's report (its trials, Optuna's figures) is search_report's,
+on this page's parts (`write_page`, `table_html`, `figure_html`, ...).
 """
 
 from __future__ import annotations
@@ -323,7 +326,7 @@ def _num(fmt: str) -> Callable[[Any], str]:
   return lambda x: '' if x is None or not math.isfinite(x) else format(x, fmt)
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
   if seconds is None or not math.isfinite(seconds):
     return ''
   if seconds < 60:
@@ -373,7 +376,7 @@ COLUMNS = [
     ('top-5 err', lambda r: _spread(r, 'top5_error'), False),
     ('paper top-5', lambda r: _num('g')(r.paper.get('top5_error')), True),
     ('img/s', lambda r: _num(',.1f')(r.mean('images_per_sec')), False),
-    ('wall time', lambda r: _duration(r.mean('wall_time_sec')), False),
+    ('wall time', lambda r: duration(r.mean('wall_time_sec')), False),
     ('state', lambda r: r.state_text, False),
 ]
 
@@ -492,7 +495,7 @@ def format_markdown(report: Report) -> str:
 def format_json(report: Report) -> str:
   """A JSON list, one dict per row (per-seed figures under `per_seed`, no
   curves or configs); NaN/inf become null."""
-  return json.dumps([_finite(_row_dict(row, report)) for row in report.rows], indent=2,
+  return json.dumps([finite(_row_dict(row, report)) for row in report.rows], indent=2,
                     allow_nan=False)
 
 
@@ -523,13 +526,14 @@ def _row_dict(row: Row, report: Report) -> dict:
   }
 
 
-def _finite(x):
+def finite(x):
+  """A JSON tree with NaN and infinities as None (JSON has neither)."""
   if isinstance(x, float) and not math.isfinite(x):
     return None
   if isinstance(x, dict):
-    return {k: _finite(v) for k, v in x.items()}
+    return {k: finite(v) for k, v in x.items()}
   if isinstance(x, list):
-    return [_finite(v) for v in x]
+    return [finite(v) for v in x]
   return x
 
 
@@ -560,28 +564,33 @@ def write_html(report: Report, directory: str) -> str:
   footer = ''.join(f'<p class="footer">{html.escape(f)}</p>' for f in FOOTER)
   tie = tie_table(report)
   parts = [
-      '<!DOCTYPE html>', '<html><head><meta charset="utf-8">',
-      f'<title>{html.escape(report.name)}</title><style>{STYLE}</style></head><body>',
       f'<h1>Sweep {html.escape(report.name)}</h1>',
-      _provenance_html(report),
-      _table_html(header, rows, [row.state for row in report.rows]),
+      provenance_html(report),
+      table_html(header, rows, [row.state for row in report.rows]),
       footer, f'<ul>{notes}</ul>' if notes else '',
       '' if not tie else (f'<h2>Rows tied at the ceiling</h2><p class="tie">'
-                          f'{html.escape(tie_note(report))}</p>' + _table_html(*tie)),
+                          f'{html.escape(tie_note(report))}</p>' + table_html(*tie)),
       _changes_html(report),
-      *_figures(report),
-      '</body></html>', '']
-  path = rundir.SweepDir(directory).report_html
+      *_figures(report)]
+  return write_page(rundir.SweepDir(directory).report_html, report.name, STYLE, parts)
+
+
+def write_page(path: str, title: str, style: str, parts: list[str]) -> str:
+  """Write an HTML page of `parts` (the body's) to `path`; returns `path`.
+  A sweep's report and a search's (search_report) share it."""
+  page = ['<!DOCTYPE html>', '<html><head><meta charset="utf-8">',
+          f'<title>{html.escape(title)}</title><style>{style}</style></head><body>',
+          *parts, '</body></html>', '']
   try:
-    rundir.write_text(path, '\n'.join(parts))
+    rundir.write_text(path, '\n'.join(page))
   except OSError as e:
     raise UserError(f'cannot write {path}: {e.strerror or e} (--format text, markdown '
                     f'or json print to the terminal instead)') from None
   return path
 
 
-def _table_html(header: list[str], rows: list[list[str]],
-                classes: list[str] | None = None) -> str:
+def table_html(header: list[str], rows: list[list[str]],
+               classes: list[str] | None = None) -> str:
   """A <table> in a horizontally scrolling box; paper columns greyed, each
   row's class its state (failed and stale rows are coloured)."""
   paper = ['paper' if title.startswith('paper') else '' for title in header]
@@ -666,7 +675,7 @@ def _when(text: str) -> str:
     return text
 
 
-def _provenance_html(report: Report) -> str:
+def provenance_html(report: Report) -> str:
   return '<ul class="provenance">' + ''.join(
       f'<li>{html.escape(line)}</li>' for line in provenance_lines(report)) + '</ul>'
 
@@ -693,11 +702,11 @@ def _figures(report: Report) -> list[str]:
                         _curve_figure(report, 'eval/top1_error', 'eval top-1 error (%)'))
             if f is not None]
   figures = curves + [f for f in [_final_figure(report)] if f is not None]
-  parts = [f'<div class="figure">{_figure_html(f, i)}</div>' for i, f in enumerate(figures)]
+  parts = [f'<div class="figure">{figure_html(f, i)}</div>' for i, f in enumerate(figures)]
   return parts if curves else ['<p>No learning curves yet.</p>', *parts]
 
 
-def _figure_html(figure, i: int) -> str:
+def figure_html(figure, i: int) -> str:
   return figure.to_html(
       full_html=False, include_plotlyjs=i == 0, include_mathjax=False,
       div_id=f'figure-{i}', default_height=f'{figure.layout.height}px',

@@ -4,14 +4,16 @@ place that writes and reads their JSON files.
 A run directory (`RunDir`) holds `config.json`, `metrics.jsonl`,
 `result.json`, `checkpoints/` and the rest its properties name; a sweep
 directory (`SweepDir`) `sweep.json` and a run directory per run, NAME/, or
-per seed of a run with seeds, NAME/seed_K/ (docs/ARCHITECTURE.md has the
-whole contract). Writes are atomic (a temporary file renamed over the old
-one), so a reader — a report, a rerun, a user — sees the old file or the new
-one, never half. Reads say what is wrong: a missing file is a default, an
-invalid one a clear error; a metrics line cut short by a kill is skipped. A
-full disk is a `DiskFull` naming the file (`writing`). `RunDir.lock` is the
-exclusive lock a trainer holds on its run directory, `SweepDir.lock` a
-sweep's on its own. A recorded config is read through `as_current`: the
+per seed of a run with seeds, NAME/seed_K/; a search directory (`SearchDir`)
+`search.json`, the study's journal and a run directory per trial, trial_NNN/
+(docs/ARCHITECTURE.md has the whole contract). Writes are atomic (a
+temporary file renamed over the old one), so a reader — a report, a rerun, a
+user — sees the old file or the new one, never half. Reads say what is
+wrong: a missing file is a default, an invalid one a clear error; a metrics
+line cut short by a kill is skipped. A full disk is a `DiskFull` naming the
+file (`writing`). `RunDir.lock` is the exclusive lock a trainer holds on its
+run directory, `SweepDir.lock` a sweep's on its own, `SearchDir.lock` a
+search driver's. A recorded config is read through `as_current`: the
 `MIGRATIONS` from the version that wrote it to today's.
 """
 
@@ -25,7 +27,7 @@ import json
 import os
 import re
 import subprocess
-from typing import IO, Any, Iterable, Mapping
+from typing import Any, ClassVar, IO, Iterable, Mapping
 
 from inception_jax.errors import ExitCode, UserError
 
@@ -53,6 +55,12 @@ SWEEP_RECORD = 'sweep.json'
 SWEEP_LOCK = '.sweep.lock'
 REPORT_HTML = 'report.html'
 SLURM_LOGS = 'slurm'          # submitit's folder: SLURM_LOGS/JOB_ID/ per job
+# A search directory's own (search.py): a run directory per Optuna trial,
+# trial_NNN/, and the sweep of `search --confirm` in confirm/.
+SEARCH_RECORD = 'search.json'
+SEARCH_LOCK = '.search.lock'
+STUDY_JOURNAL = 'study.journal'   # Optuna's journal file: the study itself
+CONFIRM = 'confirm'
 # The key a recorded config holds the version of its form in (`as_current`).
 VERSION_KEY = 'config_version'
 
@@ -398,14 +406,15 @@ def config_differences(a: Mapping, b: Mapping, *,
 # --- Locks ---------------------------------------------------------------------
 
 class LockHeld(UserError):
-  """Another process holds a run's lock (a trainer) or a sweep's: the one
-  wording of it, "another process is training in DIR (pid N)", then `hint`,
+  """Another process holds a run's lock (a trainer), a sweep's or a search's:
+  the one wording of it, "another process is training in DIR (pid N)", then `hint`,
   what to do about it. `pid` is the one the holder wrote into the file."""
 
   def __init__(self, path: str, pid: str, hint: str = ''):
     directory = os.path.dirname(path) or '.'
-    holder = ('another sweep is running' if os.path.basename(path) == SWEEP_LOCK
-              else 'another process is training')
+    holder = {SWEEP_LOCK: 'another sweep is running',
+              SEARCH_LOCK: 'another search is running'}.get(os.path.basename(path),
+                                                            'another process is training')
     super().__init__(f'{holder} in {directory} (pid {pid})' + (f'; {hint}' if hint else ''))
     self.pid = pid
 
@@ -543,19 +552,18 @@ class RunDir:
 
 
 @dataclasses.dataclass(frozen=True)
-class SweepDir:
-  """A sweep directory: its record (sweep.json), its lock, its report, and a
-  run directory per run, NAME/ or NAME/seed_K/."""
+class _DriverDir:
+  """What a sweep's and a search's directories share: a record (RECORD), the
+  driver's lock (LOCK; `LockHeld` names which driver holds it), the report and
+  submitit's SLURM logs."""
   path: str
+  RECORD: ClassVar[str] = ''
+  LOCK: ClassVar[str] = ''
 
-  record = property(lambda self: os.path.join(self.path, SWEEP_RECORD))
-  lock_file = property(lambda self: os.path.join(self.path, SWEEP_LOCK))
+  record = property(lambda self: os.path.join(self.path, self.RECORD))
+  lock_file = property(lambda self: os.path.join(self.path, self.LOCK))
   report_html = property(lambda self: os.path.join(self.path, REPORT_HTML))
   slurm_logs = property(lambda self: os.path.join(self.path, SLURM_LOGS))
-
-  def run(self, name: str) -> RunDir:
-    """The run directory of run NAME (or NAME/seed_K)."""
-    return RunDir(os.path.join(self.path, name))
 
   def read_record(self, default: Any = None) -> Any:
     return read_json(self.record, default)
@@ -564,5 +572,33 @@ class SweepDir:
     write_json(self.record, record)
 
   def lock(self) -> IO:
-    """Hold .sweep.lock (`LockHeld`: "another sweep is running in DIR")."""
     return lock(self.lock_file)
+
+
+class SweepDir(_DriverDir):
+  """A sweep directory: sweep.json, .sweep.lock, its report, and a run
+  directory per run, NAME/ or NAME/seed_K/."""
+  RECORD, LOCK = SWEEP_RECORD, SWEEP_LOCK
+
+  def run(self, name: str) -> RunDir:
+    """The run directory of run NAME (or NAME/seed_K)."""
+    return RunDir(os.path.join(self.path, name))
+
+
+def trial_name(number: int) -> str:
+  """The run directory of Optuna trial `number`, relative to the search's."""
+  return f'trial_{number:03d}'
+
+
+class SearchDir(_DriverDir):
+  """A search directory: search.json, .search.lock, its report, Optuna's
+  journal of the study, a run directory per trial (trial_NNN/) and the sweep
+  directory of its confirmation (confirm/)."""
+  RECORD, LOCK = SEARCH_RECORD, SEARCH_LOCK
+
+  journal = property(lambda self: os.path.join(self.path, STUDY_JOURNAL))
+  confirm = property(lambda self: os.path.join(self.path, CONFIRM))
+
+  def trial(self, number: int) -> RunDir:
+    """The run directory of trial `number` (DIR/trial_NNN)."""
+    return RunDir(os.path.join(self.path, trial_name(number)))

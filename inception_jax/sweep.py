@@ -108,14 +108,14 @@ def label(runs: list[Run]) -> list[Run]:
       tracking = {
           'tracking.run_name': run.name, 'tracking.job_type': row,
           'tracking.hparams_first': varying + (['seed'] if len(seeds) > 1 else []),
-          'tracking.tags': [_tag(k, flat.get(k)) for k in varying
+          'tracking.tags': [tag(k, flat.get(k)) for k in varying
                             if first is not None and flat.get(k) != first.get(k)]}
       tracking = {k: v for k, v in tracking.items() if k in flat}
     labelled.append(dataclasses.replace(run, overrides={**run.overrides, **tracking}))
   return labelled
 
 
-def _tag(key: str, value: Any) -> str:
+def tag(key: str, value: Any) -> str:
   """'optim.name=momentum', cut to wandb's 64 characters a tag."""
   text = f'{key}={value}'
   return text if len(text) <= 64 else text[:63] + '…'
@@ -328,14 +328,15 @@ def _listed(seeds: list[int]) -> str:
 
 
 @contextlib.contextmanager
-def lock_directory(directory: str):
-  """Create the sweep directory and hold DIR/.sweep.lock while inside: a
-  second sweep on the same directory stops at once, naming the first's pid."""
+def lock_directory(directory: str, layout=rundir.SweepDir, what: str = 'sweep'):
+  """Create the sweep directory (or another driver's: `layout`, `what`) and
+  hold its lock while inside: a second driver on the same directory stops at
+  once, naming the first's pid."""
   try:
     os.makedirs(directory, exist_ok=True)
-    held = rundir.SweepDir(directory).lock()
+    held = layout(directory).lock()
   except OSError as e:
-    raise UserError(f'cannot write the sweep directory {directory}: '
+    raise UserError(f'cannot write the {what} directory {directory}: '
                     f'{e.strerror or e}') from None
   with held:
     yield
@@ -345,7 +346,9 @@ def lock_directory(directory: str):
 
 @dataclasses.dataclass
 class Outcome:
-  state: str     # 'done' | 'failed' | 'interrupted' | 'stale' | 'skipped' | 'pending'
+  # 'done' | 'pruned' (a search trial its pruner stopped: finished early) |
+  # 'failed' | 'interrupted' | 'stale' | 'skipped' | 'pending'
+  state: str
   exit_code: int | None = None
   message: str = ''
 
@@ -394,7 +397,7 @@ class LocalLauncher:
     os.makedirs(workdir, exist_ok=True)
     # `python -m inception_jax train` finds this very package (installed or not).
     env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(filter(None, (_PACKAGE_PARENT,
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, (PACKAGE_PARENT,
                                                       env.get('PYTHONPATH'))))
     # Own process group: a Ctrl-C on the terminal reaches the sweep, which
     # passes one SIGTERM on (a second SIGINT would stop a run without saving).
@@ -405,24 +408,34 @@ class LocalLauncher:
           start_new_session=True)
 
 
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # How a run ends that the sweep's own stop signal ended before it could save
 # (killed by it while the interpreter started): interrupted, not failed.
-_KILLED_BY_STOP = {-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT}
+KILLED_BY_STOP = {-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT}
 
 
 def _outcome(exit_code: int, workdir: str, stopping: bool = False) -> Outcome:
   if exit_code == ExitCode.OK and finished(workdir):
     return Outcome('done', ExitCode.OK)
-  message = _last_error(rundir.RunDir(workdir).log) or f'exit status {exit_code}'
+  if exit_code == ExitCode.PRUNED and finished(workdir):
+    return _pruned(workdir)
+  message = last_error(rundir.RunDir(workdir).log) or f'exit status {exit_code}'
   interrupted = (exit_code == ExitCode.INTERRUPTED
-                 or (stopping and exit_code in _KILLED_BY_STOP))
+                 or (stopping and exit_code in KILLED_BY_STOP))
   return Outcome('interrupted' if interrupted else 'failed', exit_code, message)
 
 
-def _last_error(log_path: str) -> str:
+def _pruned(workdir: str) -> Outcome:
+  """A search trial that the study's pruner stopped: finished early, saved,
+  not failed (`train.Pruned`)."""
+  result = rundir.RunDir(workdir).read_result() or {}
+  return Outcome('pruned', ExitCode.PRUNED,
+                 f"pruned at step {result.get('pruned_at_step', '?')}")
+
+
+def last_error(log_path: str) -> str:
   """The `error: ...` line a failed run printed, else its last line."""
   try:
     with open(log_path, errors='replace') as f:
@@ -458,7 +471,7 @@ class SlurmLauncher:
     submitted = []
     for resources, batch in _group_by_resources(jobs).items():
       executor = submitit.SlurmExecutor(folder=self.folder)
-      executor.update_parameters(job_name=group, **_executor_parameters(resources))
+      executor.update_parameters(job_name=group, **executor_parameters(resources))
       with executor.batch():
         pending = [(executor.submit(self.train_job, run.train_args(workdir, group)),
                     run, workdir)
@@ -471,9 +484,9 @@ class SlurmLauncher:
       while submitted:
         for item in list(submitted):
           job, run, workdir = item
-          if job.done() or _vanished(job):
+          if job.done() or vanished(job):
             submitted.remove(item)
-            on_end(run, _job_outcome(job, workdir))
+            on_end(run, job_outcome(job, workdir))
         time.sleep(self.poll_seconds if submitted else 0)
     except KeyboardInterrupt:
       # The jobs go on without us; a rerun of the sweep waits for them.
@@ -488,10 +501,10 @@ class SlurmLauncher:
       return None
     job_id = detail.split()[-1]
     # Unknown (squeue failed): assume it is still there rather than start a second.
-    return job_id if _in_queue(job_id) is not False else None
+    return job_id if in_queue(job_id) is not False else None
 
 
-def _in_queue(job_id: str) -> bool | None:
+def in_queue(job_id: str) -> bool | None:
   """Whether SLURM still lists the job (pending or running); None when squeue
   cannot tell (the controller restarting, a timeout)."""
   try:
@@ -508,11 +521,11 @@ def _in_queue(job_id: str) -> bool | None:
 _LEFT_QUEUE: dict[str, float] = {}
 
 
-def _vanished(job, grace_seconds: float = 60.0) -> bool:
+def vanished(job, grace_seconds: float = 60.0) -> bool:
   """A job that left the queue without writing its result (cancelled, killed
   with its node): submitit alone would wait for it forever without `sacct`.
   A failing squeue says nothing: the job is not counted as gone."""
-  listed = _in_queue(job.job_id)
+  listed = in_queue(job.job_id)
   if listed is None:
     return False
   if listed:
@@ -537,7 +550,7 @@ def _group_by_resources(jobs) -> dict[tuple, list]:
 CLUSTER_DEFAULTS = specs.SlurmSpec(gpus_per_node=0, cpus_per_task=0, time_minutes=0)
 
 
-def _executor_parameters(slurm: specs.SlurmSpec) -> dict:
+def executor_parameters(slurm: specs.SlurmSpec) -> dict:
   """config.slurm → sbatch options of submitit's SlurmExecutor. 0 or '' leaves
   the cluster's default: the option is not passed at all (None), so
   `time_minutes=0` is the partition's limit, not `--time=0` ("no limit")."""
@@ -548,7 +561,7 @@ def _executor_parameters(slurm: specs.SlurmSpec) -> dict:
               mem=f'{slurm.mem_gb}GB' if slurm.mem_gb else None)
 
 
-def _job_outcome(job, workdir: str) -> Outcome:
+def job_outcome(job, workdir: str) -> Outcome:
   if not job.done():
     return Outcome('failed', None, f'SLURM job {job.job_id} left the queue without '
                    f'a result (cancelled or killed); rerun the sweep to resume it')
@@ -563,6 +576,8 @@ def _job_outcome(job, workdir: str) -> Outcome:
     crash = ''
   if code == 0 and finished(workdir):
     return Outcome('done', 0)
+  if code == ExitCode.PRUNED and finished(workdir):
+    return _pruned(workdir)
   lines = [line for line in (job.stderr() or '').splitlines() if line.startswith('error:')]
   message = lines[-1] if lines else crash or f'exit status {code}'
   return Outcome('interrupted' if code == ExitCode.INTERRUPTED else 'failed', code, message)
@@ -766,7 +781,7 @@ class Progress:
       if state == 'done' and name not in self.resumed:
         self.durations.append(seconds)
       counts = self.counts()
-    detail = message if state != 'done' else _duration(seconds)
+    detail = message if state != 'done' else duration(seconds)
     self.echo(f'[{name}] {state}: {detail} · {counts}')
     if self.bar is not None:
       self.bar.update(1)
@@ -777,11 +792,11 @@ class Progress:
     states = list(self.states.values())
     running = len(self.begun) - len(self.states)
     parts = [f'{states.count("done")}/{len(self.names)} done', f'{running} running']
-    parts += [f'{states.count(s)} {s}' for s in ('failed', 'interrupted')
+    parts += [f'{states.count(s)} {s}' for s in ('pruned', 'failed', 'interrupted')
               if states.count(s)]
     left = self.seconds_left()
     if left is not None:
-      parts.append(f'about {_duration(left)} left')
+      parts.append(f'about {duration(left)} left')
     elif not self.durations:
       parts.append('time left: known once a run finishes')
     return ', '.join(parts)
@@ -841,7 +856,7 @@ class Progress:
       running = [f'{n} {self.status.get(n, "")}'.strip() for n in self.begun
                  if n not in self.states]
       left = self.seconds_left()
-    eta = '' if left is None else f'~{_duration(left)} left · '
+    eta = '' if left is None else f'~{duration(left)} left · '
     self.bar.set_description_str(eta + ' · '.join(running), refresh=True)
 
 
@@ -852,7 +867,7 @@ def _size(path: str) -> int:
     return 0
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
   minutes, seconds = divmod(int(round(seconds)), 60)
   hours, minutes = divmod(minutes, 60)
   return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
@@ -870,9 +885,10 @@ def summary(outcomes: dict[str, Outcome]) -> str:
 
 
 def exit_code(outcomes: Iterable[Outcome]) -> ExitCode:
-  """OK when every run finished; FAILED if any failed; INTERRUPTED when the
-  sweep was stopped (rerun it to resume); STALE when runs ran under another
-  config than the sweep file's (`--rerun-stale` trains them again)."""
+  """OK when every run finished (a pruned search trial too); FAILED if any
+  failed; INTERRUPTED when the sweep was stopped (rerun it to resume); STALE
+  when runs ran under another config than the sweep file's (`--rerun-stale`
+  trains them again)."""
   states = {o.state for o in outcomes}
   if 'failed' in states:
     return ExitCode.FAILED

@@ -44,6 +44,13 @@ class Preempted(UserError):
   exit_code = ExitCode.INTERRUPTED
 
 
+class Pruned(UserError):
+  """A search trial that the study's pruner stopped after an evaluation: the
+  run saved a checkpoint and wrote result.json (state 'pruned'). Not a
+  failure: the search goes on with other trials."""
+  exit_code = ExitCode.PRUNED
+
+
 def check_config(config) -> specs.RunSpec:
   """`config` as a run reads it, a `specs.RunSpec`: every value checked, every
   default filled in, and what this process must provide for it (64-bit JAX
@@ -247,7 +254,8 @@ def _check_resume(saved: dict, config, allow_config_change: bool) -> None:
 
 
 def run(config, workdir: str, *, allow_config_change: bool = False,
-        from_step: int | None = None, stop: stopping.StopSignal | None = None) -> dict:
+        from_step: int | None = None, stop: stopping.StopSignal | None = None,
+        trial=None) -> dict:
   """Train `config` (a ConfigDict or a nested dict) in `workdir`; returns
   (and writes) the result.
 
@@ -256,6 +264,13 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
   finished one returns its result.json untouched. `stop`: the command line's
   signal flag, installed before JAX was imported (else one of its own). SIGTERM, SIGINT or SIGUSR2 finishes
   the current step, saves a checkpoint and raises `Preempted`.
+
+  `trial`: a search trial's `pruning.TrialReporter` (`train --search-trial`).
+  Each evaluation reports the study's objective to it; when the study's
+  pruner stops the trial, the run saves a checkpoint of that step, writes
+  result.json with `state` 'pruned' and `pruned_at_step`, and raises
+  `Pruned`. A pruned run is finished: run again, it raises `Pruned` again
+  and trains no further.
   """
   start_time = time.time()
   config_lib.import_user_modules(config)    # a config built in Python, not loaded
@@ -328,6 +343,8 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
           f'{start_step}, resume from an earlier checkpoint with --from_step N '
           f'(steps: {", ".join(map(str, checkpoints.all_steps()))}), or use a new '
           f'--workdir.')
+    if finished is not None and finished.get('state') == 'pruned':
+      raise Pruned(_pruned_message(finished, workdir, rerun=True))
     if finished is not None and start_step >= data.total_steps:
       log.info('the run in %s has finished already (result.json); nothing to do', workdir)
       return finished
@@ -360,7 +377,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
     loop = _Loop(config, data, checkpoints, tracker, progress, stop, profile,
                  train_step=train_step, seed=trainstate.seed(config),
                  eval_step=jax.jit(make_eval_step(eval_graphdef),
-                                   out_shardings=replicated))
+                                   out_shardings=replicated), trial=trial)
     state = loop.run(state)
     last = loop.last or last
     checkpoints.close()                 # every save complete before result.json
@@ -369,6 +386,8 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
     result = _result(config, cost.count(spec, image_size, model=abstract), data, loop,
                      last, start_step, start_time)
     tracker.finish(result)
+    if loop.pruned_at is not None:
+      raise Pruned(_pruned_message(result, workdir))
     return result
 
 
@@ -388,11 +407,17 @@ def run_name(config, workdir: str) -> str:
 
 
 def _result(config, c: cost.Cost, data, loop, last, start_step, start_time) -> dict:
-  """result.json: the final evaluation, the cost, the speed, where it ran."""
+  """result.json: the final evaluation, the cost, the speed, where it ran; a
+  pruned trial's also its state and the step it reached (its `steps`)."""
+  steps = data.total_steps if loop.pruned_at is None else loop.pruned_at
+  pruned = ({} if loop.pruned_at is None else
+            {'state': 'pruned', 'pruned_at_step': loop.pruned_at,
+             'objective': loop.trial.objective})
   return {
       'metrics': {**loop.eval_metrics, 'train/loss': last.get('train/loss', float('nan'))},
-      'steps': data.total_steps,
-      'epochs': data.total_steps / data.steps_per_epoch,
+      **pruned,
+      'steps': steps,
+      'epochs': steps / data.steps_per_epoch,
       'batch_size': config.batch_size,
       'grad_accum_steps': config.optim.grad_accum_steps,
       # Images evaluated: the split less data.eval_exclude and skipped corrupt ones.
@@ -400,7 +425,7 @@ def _result(config, c: cost.Cost, data, loop, last, start_step, start_time) -> d
       'image_size': config.data.image_size,
       'params': c.params,
       'macs': c.macs,
-      'train_images_per_sec': ((data.total_steps - start_step) * config.batch_size
+      'train_images_per_sec': ((steps - start_step) * config.batch_size
                                / max(loop.train_time, 1e-9)),
       'wall_time_sec': time.time() - start_time,
       'devices': jax.device_count(),
@@ -442,6 +467,15 @@ class _Data:
                                        local_batch=self.eval_batch, skipped=self.skipped)
     for batch in dataset:
       yield pipeline.to_global(batch, self.sharding)
+
+
+def _pruned_message(result: dict, workdir: str, rerun: bool = False) -> str:
+  """'pruned at step N (objective V)', and where the run is."""
+  step, objective = result['pruned_at_step'], result.get('objective', 'eval/top1_error')
+  value = result.get('metrics', {}).get(objective, float('nan'))
+  where = (f'; the run in {workdir} is finished (--from_step N trains it on)' if rerun
+           else f'; saved a checkpoint in {checkpointing.directory(workdir)}')
+  return f'pruned at step {step} ({objective} {value:.4g}){where}'
 
 
 def _discard_result(workdir: str) -> None:
@@ -489,8 +523,11 @@ class _Loop:
   """
 
   def __init__(self, config, data, checkpoints, tracker, progress, stop, profile, *,
-               train_step, seed, eval_step):
+               train_step, seed, eval_step, trial=None):
     self.config, self.data, self.checkpoints = config, data, checkpoints
+    # A search trial's reporter (pruning.TrialReporter), and the step where
+    # its pruner stopped the run.
+    self.trial, self.pruned_at = trial, None
     self.tracker, self.progress, self.stop, self.profile = tracker, progress, stop, profile
     # Jitted; compiled on first use, every process together
     # (`parallel.compiled_together`).
@@ -539,6 +576,8 @@ class _Loop:
         with clock.paused():
           self.eval_metrics = self.evaluate(state)
           self.tracker.log(step, self.eval_metrics)
+          if self.trial is not None and self._pruned(step, state):
+            break          # finished: no Preempted, nothing to resume
       if stopping:
         raise Preempted(
             f'stopped by {self.stop.received or "a signal to another process"} after '
@@ -548,6 +587,16 @@ class _Loop:
     if not self.eval_metrics:           # resumed after the final step
       self.eval_metrics = self.evaluate(state)
     return state
+
+  def _pruned(self, step: int, state) -> bool:
+    """Report the evaluation of `step` to the search trial; when its pruner
+    stops the trial there, save this step (unless saved already) and say so."""
+    last = step == self.data.total_steps
+    if not _chief_decides(self.trial.report(step, self.eval_metrics, last=last)):
+      return False
+    self.checkpoints.save(step, state, self.data.loader.get_state(), self.config.to_dict())
+    self.pruned_at = step
+    return True
 
   def _log(self, step: int, metrics, clock: '_Clock') -> None:
     """Fetch a step's metrics, stop on a non-finite loss, log at the interval."""
@@ -595,6 +644,14 @@ class _Loop:
     # so a run's own figures and a later `eval` of it agree exactly.
     return {k: (100 * float(v) if k.endswith('_error') else float(v)) / count
             for k, v in totals.items()}
+
+
+def _chief_decides(flag: bool) -> bool:
+  """Process 0's `flag`, on every process: only it talks to the study."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 class _Profile:

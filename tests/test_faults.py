@@ -92,14 +92,14 @@ def test_zero_slurm_resources_leave_the_cluster_default():
   """`time_minutes=0` must not become `--time=0` (no limit at all), nor
   `cpus_per_task=0` an option: neither is passed to sbatch."""
   from submitit.slurm import slurm
-  params = sweep._executor_parameters(specs.SlurmSpec(
+  params = sweep.executor_parameters(specs.SlurmSpec(
       nodes=1, time_minutes=0, cpus_per_task=0, partition='', gpus_per_node=0, mem_gb=0))
   lines = slurm._make_sbatch_string(command='true', folder='/tmp/x', **params)
   options = [l.split()[1].split('=')[0] for l in lines.splitlines()
              if l.startswith('#SBATCH')]
   for option in ('--time', '--cpus-per-task', '--partition', '--mem'):
     assert option not in options
-  params = sweep._executor_parameters(specs.SlurmSpec(
+  params = sweep.executor_parameters(specs.SlurmSpec(
       nodes=2, time_minutes=90, cpus_per_task=4, partition='gpu', gpus_per_node=8, mem_gb=64))
   lines = slurm._make_sbatch_string(command='true', folder='/tmp/x', **params)
   for line in ('--time=90', '--cpus-per-task=4', '--partition=gpu', '--nodes=2',
@@ -117,12 +117,12 @@ def test_a_failing_squeue_does_not_count_a_job_as_gone(monkeypatch, returncode,
   which must not be marked failed (nor resubmitted beside itself)."""
   answer = subprocess.CompletedProcess([], returncode, stdout='', stderr=stderr)
   monkeypatch.setattr(sweep.subprocess, 'run', lambda *a, **k: answer)
-  assert sweep._in_queue('42') is listed
+  assert sweep.in_queue('42') is listed
 
   class Job:
     job_id = '42'
   monkeypatch.setitem(sweep._LEFT_QUEUE, '42', time.time() - 3600)   # "gone" for an hour
-  assert sweep._vanished(Job()) is (listed is False)
+  assert sweep.vanished(Job()) is (listed is False)
   status = {'state': 'running', 'message': 'SLURM job 42'}
   assert sweep.SlurmLauncher.queued_job(status) == (None if listed is False else '42')
 

@@ -83,11 +83,13 @@ LAYERS = {
     'rundir': 1,
     'convolution': 2, 'layers': 2, 'blocks': 2, 'models': 2, 'interop': 2, 'optim': 2,
     'losses': 2, 'parallel': 2, 'stopping': 2, 'checkpointing': 2, 'tracking': 2,
+    'pruning': 2,
     'data.synthetic': 2, 'data.preprocess': 2, 'data.sources': 2, 'data.pipeline': 2,
     'data.prepare': 2,
     'config_lib': 3, 'config_checks': 3, 'specs': 3,
     'trainstate': 4, 'transfer': 4, 'cost': 4,
     'train': 5, 'evaluate': 5, 'sweep': 5, 'report': 5,
+    'search_report': 5, 'search': 5,
     'cli': 6, '__main__': 6,
 }
 SAME_LAYER = {
@@ -97,6 +99,7 @@ SAME_LAYER = {
     ('data.sources', 'data.synthetic'), ('data.pipeline', 'data.preprocess'),
     ('data.prepare', 'data.sources'), ('specs', 'config_checks'),
     ('transfer', 'trainstate'), ('__main__', 'cli'),
+    ('search_report', 'report'), ('search', 'sweep'),
 }
 
 
@@ -145,11 +148,11 @@ def test_an_upward_import_is_refused_by_name(tmp_path):
   assert wrong_edges({'inception_jax.models': ['inception_jax.config_lib'],
                       'inception_jax.evaluate': ['inception_jax.train'],
                       'inception_jax.optim': ['inception_jax.losses'],
-                      'inception_jax.search': []}) == [
+                      'inception_jax.tuning': []}) == [
       'evaluate (commands) imports train (commands): an edge the layering does not allow',
       'models (library) imports config_lib (configs): an edge the layering does not allow',
       'optim (library) imports losses (library): an edge the layering does not allow',
-      'search: a module without a layer (add it to LAYERS)']
+      'tuning: a module without a layer (add it to LAYERS)']
 
 
 def test_shipped_configs_and_sweeps_load_by_name_from_any_directory(tmp_path, monkeypatch,
@@ -170,6 +173,12 @@ def test_shipped_configs_and_sweeps_load_by_name_from_any_directory(tmp_path, mo
   with pytest.raises(config_lib.ConfigError, match=r"no shipped sweep named 'table9'; "
                      r"the shipped sweeps: aux_head, .*table3_ablation \(or give"):
     sweep.load_sweep('table9')
+  from inception_jax import search
+  assert search.load_search('lr_smoothing:scale=tiny') == search.load_search(
+      'searches/lr_smoothing.py:scale=tiny')
+  with pytest.raises(config_lib.ConfigError, match=r"no shipped search named 'lr'; "
+                     r"the shipped searches: lr_smoothing \(or give"):
+    search.load_search('lr')
 
 
 # --- The wheel: a package that stands on its own -------------------------------
@@ -177,7 +186,7 @@ def test_shipped_configs_and_sweeps_load_by_name_from_any_directory(tmp_path, mo
 # What `pip wheel .` reads: the wheel is built from a copy of these, so the
 # checkout gets no build/ or egg-info, and tests running at once don't collide.
 WHEEL_SOURCES = ('pyproject.toml', 'README.md', 'LICENSE', 'inception_jax', 'configs',
-                 'sweeps')
+                 'sweeps', 'searches')
 
 
 @pytest.fixture(scope='module')
@@ -229,14 +238,16 @@ def test_the_wheel_holds_every_module_the_configs_sweeps_and_license(wheel):
     entry_points = archive.read(f'{info}/entry_points.txt').decode()
   modules = {os.path.relpath(os.path.join(d, f), ROOT).replace(os.sep, '/')
              for d, _, files in os.walk(PACKAGE) for f in files if f.endswith('.py')}
-  shipped = {f'inception_jax/{kind}/{f}' for kind in ('configs', 'sweeps')
+  shipped = {f'inception_jax/{kind}/{f}' for kind in ('configs', 'sweeps', 'searches')
              for f in os.listdir(os.path.join(ROOT, kind)) if f.endswith('.py')}
   assert 'inception_jax/configs/inception_v3.py' in shipped
+  assert 'inception_jax/searches/lr_smoothing.py' in shipped
   assert sorted((modules | shipped) - names) == []
   assert f'{info}/licenses/LICENSE' in names
   assert 'License-Expression: Apache-2.0' in metadata
   assert f'Version: {inception_jax.__version__}' in metadata
   assert 'Provides-Extra: tensorboard' in metadata
+  assert 'Provides-Extra: search' in metadata
   assert 'inception-jax = inception_jax.cli:main' in entry_points.splitlines()
 
 
@@ -262,6 +273,10 @@ def test_the_installed_package_answers_from_an_empty_directory(installed, tmp_pa
                             cwd=tmp_path)
   assert sweep.returncode == 0, sweep.stderr
   assert 'v2_rmsprop' in sweep.stdout and 'inception_v3' in sweep.stdout
+  search = _installed_python(installed, '-m', 'inception_jax', 'search', 'lr_smoothing',
+                             '--workdir', 'search', '--dry-run', cwd=tmp_path)
+  assert search.returncode == 0, search.stderr
+  assert 'optim.learning_rate: LogUniform(0.003, 0.1)' in search.stdout
   assert os.listdir(tmp_path) == []                       # a dry run writes nothing
 
 

@@ -463,10 +463,10 @@ def test_slurm_time_limit_warning_interrupts_the_run_and_the_rerun_resumes(
 def test_slurm_resources_come_from_the_config():
   config = config_lib.load('configs/inception_v3.py', {'slurm.nodes': 4,
                                                        'slurm.partition': 'gpu'})
-  params = sweep._executor_parameters(specs.RunSpec.from_config(config).slurm)
+  params = sweep.executor_parameters(specs.RunSpec.from_config(config).slurm)
   assert params['nodes'] == 4 and params['ntasks_per_node'] == 1
   tasks = config_lib.load('configs/inception_v3.py', {'slurm.tasks_per_node': 2})
-  assert sweep._executor_parameters(specs.RunSpec.from_config(tasks).slurm)['ntasks_per_node'] == 2
+  assert sweep.executor_parameters(specs.RunSpec.from_config(tasks).slurm)['ntasks_per_node'] == 2
   assert params['gpus_per_node'] == 8 and params['partition'] == 'gpu'
   assert params['time'] == 72 * 60 and params['cpus_per_task'] == 16
 
@@ -518,17 +518,17 @@ def test_a_slurm_job_returns_its_exit_status_as_data(tmp_path):
   0): 0 with a result is done, 4 is interrupted (resumable), anything else (or
   a crash) failed."""
   (tmp_path / 'result.json').write_text('{}')
-  assert sweep._job_outcome(_FakeJob({'exit_code': 0}), str(tmp_path)).state == 'done'
+  assert sweep.job_outcome(_FakeJob({'exit_code': 0}), str(tmp_path)).state == 'done'
   os.remove(tmp_path / 'result.json')
-  stopped = sweep._job_outcome(_FakeJob({'exit_code': 4}, stderr='error: stopped by '
+  stopped = sweep.job_outcome(_FakeJob({'exit_code': 4}, stderr='error: stopped by '
                                         'SIGTERM after step 3\n'), str(tmp_path))
   assert (stopped.state, stopped.exit_code) == ('interrupted', 4)
   assert stopped.message == 'error: stopped by SIGTERM after step 3'
-  assert sweep._job_outcome(_FakeJob({'exit_code': 2}), str(tmp_path)).state == 'failed'
+  assert sweep.job_outcome(_FakeJob({'exit_code': 2}), str(tmp_path)).state == 'failed'
   # A job of two tasks: one task interrupted is the run interrupted.
-  two = sweep._job_outcome(_FakeJob({'exit_code': 0}, {'exit_code': 4}), str(tmp_path))
+  two = sweep.job_outcome(_FakeJob({'exit_code': 0}, {'exit_code': 4}), str(tmp_path))
   assert (two.state, two.exit_code) == ('interrupted', 4)
-  crashed = sweep._job_outcome(_FakeJob(crash=RuntimeError('boom\nKeyError: x')),
+  crashed = sweep.job_outcome(_FakeJob(crash=RuntimeError('boom\nKeyError: x')),
                                str(tmp_path))
   assert crashed.state == 'failed' and crashed.message == 'KeyError: x'
 
