@@ -711,7 +711,10 @@ class Driver:
     overrides = {**self.search.overrides, **params}
     if self.search.pruner.name != 'none':
       overrides['eval_every_steps'] = self.search.pruner.min_steps   # on the rungs
-    labels = {'tracking.run_name': name, 'tracking.job_type': 'trial',
+    # wandb's run name and the trainer's log lines: the trial and its draw
+    # (TensorBoard names the run by its directory, trial_NNN).
+    drawn = ' '.join(f'{k.rsplit(".", 1)[-1]}={_short(v)}' for k, v in params.items())
+    labels = {'tracking.run_name': f'{name} {drawn}'.strip(), 'tracking.job_type': 'trial',
               'tracking.tags': [sweep.tag(k, _short(v)) for k, v in params.items()],
               'tracking.hparams_first': list(self.search.space)}
     overrides.update({k: v for k, v in labels.items() if k in self.tracking_keys})
