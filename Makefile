@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test notebooks venv prepare-venv clean
+.PHONY: demo test test-quick docs notebooks venv prepare-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ $(VENV)/.prepare: requirements.txt requirements-prepare.txt $(VENV)/.runtime
 	$(BIN)/pip install -q -r requirements-prepare.txt
 	touch $@
 
-$(VENV)/.test: requirements.txt requirements-prepare.txt requirements-test.txt $(VENV)/.prepare
+# The docs site's generator (MkDocs); the tests build the site too.
+$(VENV)/.docs: requirements-docs.txt $(VENV)/.runtime
+	$(BIN)/pip install -q -r requirements-docs.txt
+	touch $@
+
+$(VENV)/.test: requirements.txt requirements-prepare.txt requirements-test.txt $(VENV)/.prepare $(VENV)/.docs
 	$(BIN)/pip install -q -r requirements-test.txt
 	touch $@
 
@@ -49,6 +54,18 @@ test: $(VENV)/.test
 	bash scripts/slurm_local.sh start --install || echo "warning: the local SLURM cluster did not start; the SLURM tests will say why" >&2
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || echo "warning: Chromium did not install (apt-get install chromium); the report's browser test will say why" >&2
 	QUICK=1 $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15 tests --nbmake notebooks
+
+# The edit-test loop's tier: the tests not marked `slow` (tests/conftest.py
+# lists the files left out: subprocess trainings, SLURM, several processes, a
+# browser, a wheel, TensorFlow/Keras/torch references), in-process, no root.
+test-quick: $(VENV)/.test
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=10 -m 'not slow' tests
+
+# The docs site in site/ (docs/ and the API reference from the docstrings).
+# Strict: a broken link, a missing page or a docstring that does not render
+# fails the build.
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Re-execute every notebook in place at full scale, refreshing the committed
 # outputs (02 and 03 train: about 25 minutes on 2 CPU cores in all).

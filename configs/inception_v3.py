@@ -1,52 +1,21 @@
-"""Inception-v3 and every Inception-v2 row of Table 3, on ImageNet or embedded data.
+"""Inception-v3 and every Inception-v2 row of Table 3, on ImageNet or synthetic data.
 
-Arg (comma-separated key=value, all optional):
-  model=PRESET   inception_v3 (default) | inception_v2 | inception_v2_factorized_7x7
-                 | inception_v3_rf151 | inception_v3_rf79   (see inception_jax/models.py)
-  scale=paper    full width at the preset's resolution (299×299; Table 2 presets
-                 151 or 79), ImageNet through TFDS, the paper's recipe: global
-                 batch 1600, 100 epochs, RMSProp(0.9, ε 1.0, momentum 0.9),
-                 0.045 ×0.94 every 2 epochs, clipping 2.0, label smoothing 0.1,
-                 aux weight 0.4, EMA 0.9999; BatchNorm per 32 examples with
-                 moving averages updated per group (the paper's 50 replicas),
-                 Google's preprocessing (TensorFlow's crop sampler, colour
-                 distortion with hue); bfloat16 compute on accelerators. The batch on D devices, at most
-                 per_device_batch=64 images per device at a time
-                 (`python -m inception_jax layout --config inception_v3`):
-
-devices  batch  micro-batches  per device  BN groups  learning rate  steps/epoch   steps
--------  -----  -------------  ----------  ---------  -------------  -----------  ------
-      1   1600             25          64         50          0.045        800.7  80,073
-      8   1536              3          64         48         0.0432        834.1  83,410
-     16   1536              3          32         48         0.0432        834.1  83,410
-     32   2048              1          64         64         0.0576        625.6  62,557
-     64   2048              1          32         64         0.0576        625.6  62,557
-
-                 1600 exactly on 1, 2, 5, 10, 25 or 50 devices; elsewhere the
-                 nearest batch of whole groups of 32 per device, the rate
-                 scaled with it (fit_batch, base_batch_size=1600)
-  scale=demo     width ×0.125 at 75×75 on the embedded synthetic dataset (10
-                 classes), 1000 steps of batch 32, adapted recipe (see below)
-  scale=tiny     width ×0.05 at 75×75, one Inception module per grid
-                 (model.modules_per_grid), 6 steps of batch 16: seconds, for tests
-
-Commands, expected runtime and result:
   python -m inception_jax train --config inception_v3:scale=demo --workdir runs/demo
-      about 2 minutes on 2 CPU cores; eval/top1_error below 10% (chance 90%);
-      `make demo`'s Table 3 rows end at 0-0.3% but for the momentum row,
-      whose seeds can end far apart (README)
+      ~2 min on 2 CPU cores; eval/top1_error below 10% (chance 90%)
   python -m inception_jax train --config inception_v3:scale=tiny --workdir runs/tiny
-      under a minute on 2 CPU cores (mostly compilation); eval/top1_error near chance
-  python -m inception_jax train --config inception_v3 --workdir runs/v3 \
-      --config.data.data_dir=DATA_DIR
-      ImageNet prepared with TFDS (README); 100 epochs at global batch 1600 on
-      as many accelerators as you have (the paper used 50 GPUs); the paper
-      reports 21.2% top-1 error — not yet reproduced with this code
-  python -m inception_jax cost --config inception_v3 --json
-      23,851,784 parameters, 5,713,216,096 multiply-adds at 299×299; ~5 s
+      under a minute (mostly compilation); near chance: for tests
+  python -m inception_jax train --config inception_v3 --workdir runs/v3 --config.data.data_dir=DIR
+      the paper's recipe (Section 8) on ImageNet (docs/data.md): 100 epochs at batch 1600; the paper
+      reports 21.2% top-1 error, not yet reproduced with this code
+  python -m inception_jax cost --config inception_v3 --json     # ~5 s
+      23,851,784 parameters, 5,713,216,096 multiply-adds at 299×299
 
-Any key can be overridden: --config.model.width_multiplier=0.5,
---config.data.image_size=151, --config.model.grid_reduction=pool_conv, ...
+Arg: model=PRESET (inception_v3 | inception_v2 | inception_v2_factorized_7x7 |
+inception_v3_rf151 | inception_v3_rf79), scale=paper (default) | demo | tiny.
+Any key can be overridden: --config.model.width_multiplier=0.5, ...
+How the batch is laid out on D devices (`python -m inception_jax layout`):
+docs/paper_scale.md. Why the settings: docs/paper_notes.md, "Training recipe"
+and "The demo recipe".
 """
 
 import ml_collections
@@ -141,7 +110,7 @@ def get_config(arg=None):
   # micro-batches of at most 64 images per device, one after another
   # (gradient accumulation), BatchNorm per 32 as on the paper's replicas,
   # the batch moved to the nearest size this device count splits into whole
-  # groups of 32 (and the rate scaled with it). README, "Paper scale".
+  # groups of 32 (and the rate scaled with it). docs/paper_scale.md.
   config.per_device_batch = 64 if arg.scale == 'paper' else 0   # 0: no limit
   config.fit_batch = arg.scale == 'paper'
   config.num_epochs = 100.0
@@ -209,18 +178,8 @@ def get_config(arg=None):
   ))
 
   if arg.scale == 'demo':
-    # About 2 minutes on 2 CPU cores, and every Table 3 row learns on every
-    # seed (README). What it takes, each found by trying the alternative:
-    # - large objects (radius 0.3–0.4 of the image): at 75×75 the network
-    #   learns the textures first and tells the shapes apart only late; with
-    #   the dataset's default 0.16–0.26 it sat near chance for 600 steps;
-    # - RMSProp with ε = 1e-3 and no clipping: clipping at the paper's 2.0
-    #   scales the early gradients (norm ≈ 150) down ~75× and the same run
-    #   reached top-1 0.32 instead of 0.9 after 800 steps; the paper's ε = 1.0
-    #   makes RMSProp plain momentum for gradients that small;
-    # - a warm-up of one epoch: momentum SGD (Table 3's first row) leaves
-    #   chance only with it; BN statistics follow the short run (0.9), and
-    #   milder crops keep the drawn objects in view.
+    # About 2 minutes on 2 CPU cores; why each setting: docs/paper_notes.md,
+    # "The demo recipe".
     config.batch_size = 32
     config.total_steps = 1000
     config.log_every_steps = 10

@@ -15,7 +15,7 @@ values up to float rounding (tests/test_conv_impl.py):
                 the CPU backend, 'xla' elsewhere.
 
 The choice moves only float rounding, but rounding can move a fragile run a
-long way (README: changes that only moved how the CPU rounds its convolutions
+long way (docs/results.md: changes that only moved how the CPU rounds its convolutions
 took the two seeds of the demo's momentum row from 12.4 and 19.2 % error to
 46.8 and 77.8 %), so a run records the resolved value in its config.json and
 result.json rather than leaving it to the backend, unrecorded.
@@ -64,7 +64,7 @@ def cpu_matmul_conv(x, kernel, stride: int = 1, padding: str = 'SAME'):
 
   On a CPU, XLA's matrix product runs two to three times faster than its
   convolution on these shapes, and its filter gradients are the slowest of all
-  (README "Performance": the 3×3 convolution from 80 to 192 channels at 71×71
+  (docs/performance.md: the 3×3 convolution from 80 to 192 channels at 71×71
   took 1.2 s of a 7.8 s step for its filter gradient alone). So a 1×1
   convolution is a matrix product, and a k×k one over at least 64 input
   channels takes its filter gradient as k² matrix products (`_filter_gradient`;
@@ -80,7 +80,7 @@ def cpu_matmul_conv(x, kernel, stride: int = 1, padding: str = 'SAME'):
 
 def _padded_conv(x, kernel, stride, padding):
   """XLA's CPU convolution, which runs two to three times slower without any
-  padding than with some (README "Performance": the stem's 3×3 VALID
+  padding than with some (docs/performance.md: the stem's 3×3 VALID
   convolution at 149×149 took 342 ms alone, 128 ms padded): an unpadded one
   gets a zero row and column at the bottom and right, and the outputs they
   add are cut off. It computes those extra outputs, so it does more

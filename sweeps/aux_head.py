@@ -1,34 +1,19 @@
 """Section 4 and Fig. 8: the auxiliary classifier, with and without BN.
+  aux_bn     inception_v3: aux head on Mixed_6e, its 768-wide "FC" layer
+             batch-normalized ("BN-auxiliary", Table 3's last row)
+  aux_no_bn  model.aux_bn=false: Table 3's "+ Factorized 7×7" row
+  no_aux     model.aux_head=false (and loss.aux_weight=0, which it implies)
 
-One auxiliary head sits on the last 17×17 block (Mixed_6e). The paper finds
-it does not speed up early training but helps near the end, acting as a
-regularizer: "the main classifier of the network performs better if the side
-branch is batch-normalized or has a dropout layer" (Section 4).
-  aux_bn     inception_v3: aux head, its 768-wide "FC" layer batch-normalized
-             ("BN-auxiliary", Table 3's last row)
-  aux_no_bn  model.aux_bn=false: the FC layer is conv + bias + ReLU, no BN;
-             with the v3 recipe this is Table 3's "+ Factorized 7×7" row
-             (the inception_v2_factorized_7x7 preset)
-  no_aux     model.aux_head=false: no auxiliary head. The trainer then has no
-             aux logits and the loss is the main loss alone, whatever
-             loss.aux_weight says; the row sets loss.aux_weight=0 so its
-             config says so too.
+  python -m inception_jax sweep aux_head --workdir runs/aux_head --parallel 2
+  python -m inception_jax cost --sweep aux_head:scale=paper   # the same for all:
+      the head is training-only; its cost is `aux_params`/`aux_macs` in --json
 
-Paper figures: Table 3 gives the two aux-head rows (21.2% / 5.6% with BN,
-21.6% / 5.8% without, both 4.8 Bn ops; the Fig. 8 caption's "0.4% absolute
-gain in top-1"). The paper gives no figure for v3 without an aux head. The
-aux head is used in training only: `inception_jax cost` reports the inference
-network, so all three rows cost the same there (the head's own parameters
-and multiply-adds are `aux_params` / `aux_macs` in `--json`).
-
-Expected at paper scale: aux_bn 0.4 points of top-1 error below aux_no_bn
-(Table 3), and no_aux no better than aux_no_bn (Section 4: the head helps
-late in training). 0.4 points is about the seed-to-seed spread of an
-ImageNet run: with fewer than three seeds a row (`--seeds 3`) the difference
-cannot be told from noise; `inception_jax compare` says whether it can.
-
-Arg: scale=demo (default) | paper | tiny.
-  python -m inception_jax cost --sweep aux_head:scale=paper
+Runtime at demo scale: 3 runs of ~2 min on 2 CPU cores.
+Expected at paper scale: aux_bn 0.4 points of top-1 below aux_no_bn (21.2 vs
+21.6%, Table 3), no_aux no better than aux_no_bn (Section 4; no paper figure).
+0.4 points is about the seed spread: run `--seeds 3` and read `compare`'s Δ.
+Arg: scale=demo (default) | paper | tiny. Readings: docs/paper_notes.md,
+"Auxiliary classifier".
 """
 
 from inception_jax import config_lib

@@ -1,30 +1,19 @@
 """Section 5: how to shrink the grid (35→17 at Mixed_6a, 17→8 at Mixed_7a).
+  efficient   inception_v3: parallel stride-2 pooling and conv branches (Fig. 10)
+  pool_conv   max-pool 3×3/2, then a 3×3 conv to the output width (Fig. 9 left):
+              cheap, but a representational bottleneck
+  conv_pool   a 3×3 conv to the output width, then max-pool (Fig. 9 right):
+              no bottleneck, "3 times more expensive" for the reduction
 
-Fig. 9 shows the two naive ways to halve the grid while widening the filter
-bank; Fig. 10 the paper's efficient one, used in Inception-v3 (Section 5):
-  efficient   inception_v3: parallel stride-2 pooling and stride-2 conv
-              branches, concatenated (Fig. 10; Mixed_6a/Mixed_7a as released)
-  pool_conv   max-pool 3×3/2, then a 3×3 conv to the block's output width
-              (Fig. 9 left): cheap, but a representational bottleneck
-  conv_pool   a 3×3 conv to the block's output width at full resolution, then
-              max-pool 3×3/2 (Fig. 9 right): no bottleneck, but "3 times more
-              expensive computationally" (the paper's word for the reduction)
-Every other layer is unchanged; the two reductions take the same design.
-At paper scale the whole network costs 5.71 / 6.16 / 10.02 G multiply-adds
-with 23.9 / 31.8 / 31.8 M parameters: the naive reductions' 3×3 convs widen
-straight to 768 and 1280 channels (`inception_jax cost` below).
-
-Paper figures: the paper reports no accuracy for the naive reductions, only
-the cost argument. The `efficient` row is Inception-v3 itself, so it carries
-Table 3's last row (21.2% / 5.6%, 4.8 Bn ops); the other rows have none.
-
-Expected at paper scale (the paper's argument, not a measurement):
-pool_conv worse than efficient (its bottleneck), conv_pool about as good at
-1.75× the multiply-adds. A difference smaller than the spread of the sweep's
-own seeds (`--seeds 3`, `inception_jax compare`) is no difference.
-
-Arg: scale=demo (default) | paper | tiny.
+  python -m inception_jax sweep grid_reduction --workdir runs/grid --parallel 2
   python -m inception_jax cost --sweep grid_reduction:scale=paper
+      5.71 / 6.16 / 10.02 G multiply-adds, 23.9 / 31.8 / 31.8 M parameters
+
+Runtime at demo scale: 3 runs of ~2 min on 2 CPU cores.
+Expected at paper scale (the paper's argument; it reports no accuracy for the
+naive rows): pool_conv worse than efficient (21.2%, Table 3), conv_pool about as
+good at 1.75× the cost; a difference below the seed spread (`--seeds 3`) is none.
+Arg: scale=demo (default) | paper | tiny. Readings: docs/paper_notes.md, "Grid reduction".
 """
 
 from inception_jax import config_lib

@@ -1,31 +1,18 @@
-"""An example hyperparameter grid: learning rate × label smoothing.
+"""An example grid, learning rate × label smoothing: a template for tuning the
+recipe at a new scale (not a study from the paper). Each run takes the scale's
+learning rate (0.045 paper and tiny, 1e-3 demo) × FACTORS and each of SMOOTHINGS,
+named lr{LR}_ls{EPS} (at demo: lr3e-4_ls0 … lr3e-3_ls0.1, six runs).
 
-Not a study from the paper: a template for tuning the recipe at a new scale.
-Each run takes the scale's learning rate (0.045 at paper and tiny scale, 1e-3
-at demo) times a factor in FACTORS, and each label smoothing in SMOOTHINGS,
-with everything else as in the config:
-  lr{LR}_ls{EPS}   e.g. at demo: lr3e-4_ls0, lr3e-4_ls0.1, lr1e-3_ls0,
-                   lr1e-3_ls0.1, lr3e-3_ls0, lr3e-3_ls0.1
-
-To change the grid, edit FACTORS and SMOOTHINGS below (the arg cannot hold
-lists: its items are separated by commas), or copy this file and add
-another key to the `overrides` of each run (e.g. 'optim.epsilon').
-
-Paper figures: only the paper's own recipe (0.045, ε = 0.1, Inception-v3)
-has them: Table 3's last row (21.2% / 5.6%, 4.8 Bn ops), at paper scale.
-
-Expected: no figure from the paper. A grid point is better than its
-neighbours only where the difference exceeds the spread of its seeds
-(`--seeds 3`, `inception_jax compare`); with one seed the best point of a grid is
-partly luck.
-
-Arg: scale=demo (default) | paper | tiny; model=PRESET (default inception_v3);
-optim=rmsprop | momentum (default: the config's); lrs=A/B/… (learning rates
-in place of the factors) and smoothings=A/B/… (in place of SMOOTHINGS).
   python -m inception_jax cost --sweep lr_grid:scale=paper
-  # the study that chose the demo's momentum learning rate (README):
+  # the study that chose the demo's momentum rate, 0.02 (3 rates × 2 seeds):
   python -m inception_jax sweep lr_grid:model=inception_v2,optim=momentum,lrs=0.01/0.02/0.03,smoothings=0 \
       --seeds 2 --parallel 2 --workdir runs/momentum_lr
+
+Expected: no paper figure but for the paper's recipe (0.045, smoothing 0.1, v3:
+21.2%, Table 3). With one seed the best point of a grid is partly luck: use
+`--seeds 3` and `compare`. Arg: scale=demo (default) | paper | tiny; model=PRESET;
+optim=rmsprop | momentum; lrs=A/B/… and smoothings=A/B/… replace the grid's axes
+(the arg's items are separated by commas, so lists use "/").
 """
 
 from inception_jax import config_lib

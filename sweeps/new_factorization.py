@@ -1,20 +1,18 @@
-"""A block of your own against Inception-v3: the asymmetric 35×35 block of
-notebooks/my_blocks.py (Section 3.2's remark that asymmetric factorization
-does not work well early), selected from the command line.
-
-`model.imports` imports the file before the model is built, in every process
-that builds it (the sweep, each run, `cost`), so its `blocks.register` makes
-`inception_a_asym` selectable as `model.blocks.grid_35`:
+"""A block of your own against Inception-v3, selected from the command line.
   v3           inception_v3 as released
-  v3_asym35    the three 35×35 blocks (Mixed_5b–5d) replaced by inception_a_asym
+  v3_asym35    the 35×35 blocks (Mixed_5b–5d) replaced by notebooks/my_blocks.py's
+               inception_a_asym (Section 3.2: asymmetric factorization does not
+               work well early)
+`model.imports` imports the file in every process that builds the model, so its
+`blocks.register` makes the block selectable as `model.blocks.grid_35`.
 
-Paper figures: none (the paper states the remark without a measurement).
-Each row runs two seeds at demo scale (three at paper scale).
-
-Arg: scale=demo (default) | paper | tiny.
   python -m inception_jax cost --sweep new_factorization
   python -m inception_jax sweep new_factorization --workdir runs/new_factorization
   python -m inception_jax compare runs/new_factorization
+
+Runtime at demo scale: 2 rows × 2 seeds of ~2 min on 2 CPU cores.
+Expected: no paper figure (the paper states the remark without a measurement).
+Arg: scale=demo (default) | paper (3 seeds) | tiny.
 """
 
 from inception_jax import config_lib

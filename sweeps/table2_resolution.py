@@ -1,42 +1,21 @@
 """Table 2: receptive field (input resolution) at about equal compute.
 
-Section 9 trains three networks that differ only in their stem, each fed the
-input size its stem needs to reach the same 35×35 grid at Mixed_5b, so
-everything after the stem is the same network and the compute is almost the
-same (Section 9):
+Three networks that differ only in their stem, each fed the input size that
+reaches v3's 35×35 grid at Mixed_5b, so the rest is the same (Section 9):
   rf299   inception_v3         299×299; stride 2 and max pooling after the first layer
   rf151   inception_v3_rf151   151×151; stride 1 and max pooling after the first layer
   rf79    inception_v3_rf79     79×79; stride 1 and no pooling after the first layer
 
-Paper figures, Table 2 (top-1 accuracy, single frame): 76.6% / 76.4% / 75.2%
-for 299 / 151 / 79, given below as top-1 error. The paper gives no top-5
-error and no cost for these rows; it only says the costs are "almost
-identical" (see `inception_jax cost` below: 5.71 / 5.71 / 5.25 G multiply-adds).
-Some transcriptions of Table 2 print 75.2% for 151×151 too; the paper's table
-has 76.4% (docs/paper_notes.md#table-2-resolutions).
+  python -m inception_jax sweep table2_resolution --workdir runs/table2 --parallel 2
+  python -m inception_jax cost --sweep table2_resolution:scale=paper   # 5.71 / 5.71 / 5.25 G
 
-Input sizes. The config fixes image_size=75 at demo and tiny scale for every
-preset, which would feed the low-resolution stems a 75×75 image and so undo
-the study. Scaling each preset's size by one factor does not work either:
-75/299 ≈ 0.25 gives 38 and 20, below the rf151 and rf79 stems' minimum
-inputs (39 and 23). This sweep keeps what the paper holds fixed instead:
-inception_v3 runs at the scale's size S (the config's: 299 paper, 75 demo and
-tiny), and each other stem at the smallest size whose stem output grid
-equals v3's at S. Everything after the stem then runs on the same grids, as
-in the paper. At paper scale this gives exactly 299 / 151 / 79; at demo and
-tiny, 75 / 39 / 23 (a 7×7 grid after every stem; ratio 3.3 : 1.7 : 1
-against the paper's 3.8 : 1.9 : 1), each of them the preset's smallest
-valid input. The sizes go in `data.image_size`.
-
-Expected at paper scale: rf151 within 0.2 points of rf299 (the paper's point:
-at equal compute a lower resolution costs little) and rf79 about 1.4 points
-worse. 0.2 points is below the seed-to-seed spread of an ImageNet run, so
-rf299 and rf151 should not differ beyond the noise, and rf79 should; run at
-least three seeds (`--seeds 3`) and read `inception_jax compare`'s Δ columns.
-
-Arg: scale=demo (default) | paper | tiny; image_size=S overrides v3's size
-(0: the scale's), e.g. image_size=107 for a demo with 11×11 grids.
-  python -m inception_jax cost --sweep table2_resolution:scale=paper
+Runtime at demo scale: 3 runs of 1000 steps at inputs 75 / 39 / 23, each at most
+the ~2 min of a demo run on 2 CPU cores.
+Expected at paper scale: top-1 error 23.4 / 23.6 / 24.8% (Table 2): rf151 within
+the seed-to-seed spread of rf299, rf79 about 1.4 points worse; run `--seeds 3`.
+Arg: scale=demo (default) | paper | tiny; image_size=S overrides v3's size.
+Readings (the sizes at small scale, rf79 costing 8 % less, not "within 1%"):
+docs/paper_notes.md, "Table 2 at small scale", "rf79's cost", "Table 2 resolutions".
 """
 
 import functools

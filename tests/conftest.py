@@ -1,11 +1,9 @@
 """Test setup, before JAX or Keras is first imported: 8 simulated CPU
 devices, flags that make XLA compile quickly, JAX's persistent compilation
-cache, and the Keras JAX backend."""
+cache, and the Keras JAX backend; the fixtures, and the `slow` marker that
+leaves the quick tier (`make test-quick`). What tests import is in helpers.py."""
 
-import importlib.metadata
 import os
-import subprocess
-import sys
 
 # Tests and the runs they start in subprocesses compile the same tiny
 # programs many times: share compilations through JAX's persistent cache.
@@ -16,38 +14,9 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 
-def _xla_knows(flag: str) -> bool:
-  """Whether this jaxlib's XLA accepts `flag` (an unknown flag aborts the
-  process that starts XLA): asked once per jaxlib version, in a process of
-  its own, the answer kept next to the compilation cache."""
-  cache = os.environ['JAX_COMPILATION_CACHE_DIR']
-  answer = os.path.join(cache, f'xla_knows_{flag.strip("-").replace("=", "_")}_'
-                               f'{importlib.metadata.version("jaxlib")}')
-  if not os.path.exists(answer):
-    probe = subprocess.run(
-        [sys.executable, '-c', 'import jax; jax.devices("cpu")'], capture_output=True,
-        env=dict(os.environ, XLA_FLAGS=flag, JAX_PLATFORMS='cpu'), timeout=300)
-    os.makedirs(cache, exist_ok=True)
-    with open(f'{answer}.{os.getpid()}', 'w') as f:      # whole, for the other workers
-      f.write(str(probe.returncode == 0))
-    os.replace(f.name, answer)
-  with open(answer) as f:
-    return f.read() == 'True'
+# The flags come from helpers.py, which loads no JAX; JAX loads after them.
+from helpers import FAST_COMPILE  # noqa: E402
 
-
-# Compile for behaviour, not speed (benchmarks/ measures speed): XLA's
-# lowest backend optimization level, and XLA:CPU's older fusion code
-# generator where this XLA still has it. Cold, the tiny network's train
-# step took 60 s at the default level, 35 s at level 0; one tiny training
-# process compiles with 16 s of CPU instead of 25 s with the old generator.
-# Every process a test starts inherits these flags.
-OLD_FUSION_FLAG = '--xla_cpu_use_fusion_emitters=false'
-OLD_FUSION = _xla_knows(OLD_FUSION_FLAG)
-FAST_COMPILE = '--xla_backend_optimization_level=0' + (f' {OLD_FUSION_FLAG}' if OLD_FUSION else '')
-# The opposite, for one jitted function of a test that runs it hundreds of
-# times (`jax.jit(..., compiler_options=RUN_FAST)`): XLA's defaults.
-RUN_FAST = {'xla_backend_optimization_level': 3,
-            **({'xla_cpu_use_fusion_emitters': True} if OLD_FUSION else {})}
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + FAST_COMPILE +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('KERAS_BACKEND', 'jax')
@@ -56,65 +25,45 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from inception_jax import cli, config_lib, models  # noqa: E402
+from helpers import TINY  # noqa: E402
+from inception_jax import cli, models  # noqa: E402
 
-ROOT = config_lib.ROOT
-TINY_CONFIG = 'configs/inception_v3.py:scale=tiny'    # 6 steps of a 4-channel network
-TINY = dict(width_multiplier=0.05, min_depth=4, modules_per_grid=(1, 1, 1))   # as its config
-
-
-def assert_close_to_scale(actual, desired, rtol, name=''):
-  """max |actual − desired| ≤ rtol · max |desired|: relative to the array's
-  scale, so entries that pass near zero do not need an absolute tolerance."""
-  import numpy as np
-  actual, desired = np.asarray(actual), np.asarray(desired)
-  assert actual.shape == desired.shape and actual.dtype == desired.dtype, name
-  scale = max(float(np.abs(desired).max()), np.finfo(desired.dtype).tiny)
-  error = float(np.abs(actual - desired).max()) / scale
-  assert error <= rtol, f'{name}: relative difference {error:.2e} > {rtol:.0e}'
-
-
-def run_cli(*args, devices=8, env=None, cwd=ROOT, timeout=900):
-  """`python -m inception_jax ARGS` in a new process on `devices` simulated CPU
-  devices: for what needs a process of its own (a device count, a signal, a
-  kill, the exit of the interpreter)."""
-  environ = _cli_environment(env)
-  environ['XLA_FLAGS'] = f'{FAST_COMPILE} --xla_force_host_platform_device_count={devices}'
-  return subprocess.run([sys.executable, '-m', 'inception_jax', *map(str, args)],
-                        cwd=cwd, env=environ, capture_output=True, text=True,
-                        timeout=timeout)
-
-
-def _cli_environment(env=None):
-  """This process's environment (and `env`), with the repository importable."""
-  environ = dict(os.environ, **(env or {}))
-  environ['PYTHONPATH'] = os.pathsep.join(filter(None, (ROOT, environ.get('PYTHONPATH'))))
-  return environ
-
-
-def slurm_cluster_problem(partition='debug'):
-  """Why the SLURM tests cannot run, or None: they need a running cluster with a
-  usable node in `partition` (`make test` starts one); they never start one."""
-  try:
-    proc = subprocess.run(['sinfo', '-h', '-p', partition, '-o', '%T'],
-                          capture_output=True, text=True, timeout=60)
-    answer = (proc.stdout + proc.stderr).strip()
-  except (OSError, subprocess.TimeoutExpired) as e:
-    answer = str(e)
-  if {'idle', 'mixed', 'allocated', 'completing'} & set(answer.split()):
-    return None
-  return (f'no SLURM cluster answers with a usable node in partition {partition} '
-          f'(sinfo: {answer or "no nodes"}); start one as root: '
-          'bash scripts/slurm_local.sh start --install')
-
-
-def start_cli(*args, log, **popen):
-  """`python -m inception_jax ARGS` started in the background (this process's
-  8 devices), its output in the open file `log`: for a test that signals or
-  kills it."""
-  return subprocess.Popen([sys.executable, '-m', 'inception_jax', *map(str, args)],
-                          cwd=ROOT, env=_cli_environment(), stdout=log,
-                          stderr=subprocess.STDOUT, **popen)
+# Left out of the quick tier (`make test-quick`, `-m 'not slow'`), the
+# edit-test loop's ≤ 3 minutes on 2 cores: files whose tests start trainings in
+# processes of their own, use SLURM or several processes, load a browser, build
+# a wheel, or compare with TensorFlow, Keras or torch. `make test` runs all.
+SLOW_FILES = {
+    'test_benchmarks.py': 'Keras and torchvision peers',
+    'test_checkpointing.py': 'killed and resumed training processes',
+    'test_dashboards.py': 'sweeps on a terminal, TensorBoard, wandb sync',
+    'test_docs_site.py': 'mkdocs builds in processes of their own',
+    'test_faults.py': 'training processes that fail on purpose',
+    'test_harness.py': 'pytest in a process of its own',
+    'test_imagenet.py': 'TFDS preparation and trainings in processes',
+    'test_interop.py': 'TF-slim, Keras and torchvision references',
+    'test_interrupts.py': 'signalled training processes',
+    'test_multiprocess.py': 'several processes, SLURM',
+    'test_package.py': 'builds and installs a wheel',
+    'test_preprocess_tf.py': 'TensorFlow references',
+    'test_report.py': 'headless Chromium',
+    'test_resume_edits.py': 'training processes',
+    'test_search.py': 'SLURM, killed drivers',
+    'test_slurm_local.py': 'SLURM',
+    'test_sweep_launch.py': 'SLURM, sweeps of training processes',
+}
+# Single tests of the other files that start a process or load TensorFlow.
+SLOW_TESTS = {
+    'test_config_checks.py::test_the_cli_stops_with_one_line_before_writing',
+    'test_cost.py::test_cli_cost_json_from_another_directory',
+    'test_evaluate.py::test_a_read_only_run_can_be_evaluated_predicted_and_compared',
+    'test_losses.py::test_matches_tensorflow_softmax_cross_entropy',
+    'test_optim.py::test_chain_matches_tensorflow',
+    'test_optim.py::test_schedule_matches_tensorflow_exponential_decay',
+    'test_optim.py::test_update_ema_matches_tensorflow',
+    'test_search_report.py::test_compare_on_a_search_directory',
+    'test_tracking.py::test_tensorboard_logging_does_not_import_pytorch',
+    'test_user_blocks.py::test_the_example_sweep_trains_the_notebooks_block',
+}
 
 
 @pytest.fixture
@@ -138,3 +87,16 @@ def tiny_spec():
 
 def pytest_report_header(config):
   return f'jax {jax.__version__}, devices: {jax.device_count()} × {jax.devices()[0].platform}'
+
+
+def pytest_collection_modifyitems(config, items):
+  """Marks the tests of SLOW_FILES and SLOW_TESTS `slow`."""
+  listed = {*SLOW_FILES, *(test.split('::')[0] for test in SLOW_TESTS)}
+  missing = sorted(name for name in listed
+                   if not os.path.exists(os.path.join(os.path.dirname(__file__), name)))
+  if missing:     # a renamed file would join the quick tier unnoticed
+    raise pytest.UsageError(f'tests/conftest.py marks missing files slow: {", ".join(missing)}')
+  for item in items:
+    if (item.path.name in SLOW_FILES or
+        f'{item.path.name}::{getattr(item, "originalname", item.name)}' in SLOW_TESTS):
+      item.add_marker(pytest.mark.slow)

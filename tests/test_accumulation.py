@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from conftest import TINY_CONFIG, assert_close_to_scale
+from helpers import TINY_CONFIG, assert_close_to_scale
 
 from inception_jax import (config_lib, layers, models, optim, parallel, rundir, specs, sweep,
                            train, trainstate)
@@ -185,7 +185,7 @@ def test_the_loader_gives_micro_batches_spread_over_every_device():
 
 # --- The batch on any device count -------------------------------------------
 
-# (devices, batch, micro-batches, per device): README "Paper scale".
+# (devices, batch, micro-batches, per device): docs/paper_scale.md.
 PAPER = {1: (1600, 25, 64), 8: (1536, 3, 64), 16: (1536, 3, 32), 32: (2048, 1, 64),
          64: (2048, 1, 32)}
 
@@ -206,13 +206,12 @@ def test_paper_scale_batch_on_any_device_count(devices):
   assert config.batch_size == 1600 and config.optim.grad_accum_steps == 0   # a copy
 
 
-def test_paper_table_in_the_readme_and_the_config_is_the_code_s():
-  """The table of the README and of the config's docstring is `launch.py
-  layout`'s output for these devices."""
+def test_paper_table_in_the_docs_is_the_code_s():
+  """The table of docs/paper_scale.md (which the config's docstring points to)
+  is `launch.py layout`'s output for these devices."""
   from inception_jax import cli
   table = cli.layout_table(config_lib.load('configs/inception_v3.py'), sorted(PAPER))
-  for name in ('README.md', 'configs/inception_v3.py'):
-    assert table in open(f'{config_lib.ROOT}/{name}').read(), name
+  assert table in open(f'{config_lib.ROOT}/docs/paper_scale.md').read()
 
 
 def test_impossible_batches_are_clear_errors():

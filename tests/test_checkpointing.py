@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG, assert_close_to_scale, run_cli, start_cli
+from helpers import TINY_CONFIG, assert_close_to_scale, run_cli, start_cli
 
 from inception_jax import checkpointing, rundir
 

@@ -1,7 +1,7 @@
 """Config loading: arg strings, overrides, type checks and clear errors."""
 
 import pytest
-from conftest import TINY
+from helpers import TINY
 
 from inception_jax import config_lib, models, sweep
 from inception_jax.errors import ConfigError

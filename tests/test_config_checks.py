@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY_CONFIG, _cli_environment
+from helpers import ROOT, TINY_CONFIG, cli_environment as _cli_environment
 
 from inception_jax import config_checks, config_lib, models, rundir, specs
 from inception_jax.errors import ConfigError

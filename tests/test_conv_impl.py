@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import TINY, TINY_CONFIG, assert_close_to_scale
+from helpers import TINY, TINY_CONFIG, assert_close_to_scale
 from flax import nnx
 
 from inception_jax import (checkpointing, config_checks, config_lib, convolution, cost,

@@ -5,7 +5,7 @@ import os
 
 import jax
 import pytest
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 from inception_jax import cost, models
 from inception_jax.cost import jaxpr_macs

@@ -19,7 +19,7 @@ import urllib.request
 import portpicker
 import pytest
 
-from conftest import ROOT, TINY_CONFIG
+from helpers import ROOT, TINY_CONFIG
 
 from inception_jax import rundir, sweep
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import RUN_FAST
+from helpers import RUN_FAST
 from PIL import Image
 
 from inception_jax import config_lib
@@ -475,7 +475,7 @@ def test_synthetic_needs_a_convnet_not_a_linear_model():
     opt = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
     graphdef, state = nnx.split((model, opt))
 
-    # 400 steps: compiled to run fast, not to compile fast (conftest).
+    # 400 steps: compiled to run fast, not to compile fast (tests/helpers.py).
     @functools.partial(jax.jit, compiler_options=RUN_FAST)
     def step(state, x, y):
       model, opt = nnx.merge(graphdef, state)

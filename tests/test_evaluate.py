@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG
+from helpers import TINY_CONFIG
 from flax import nnx
 
 from inception_jax import cli, config_lib, evaluate, train
@@ -254,7 +254,7 @@ def test_a_read_only_run_can_be_evaluated_predicted_and_compared(
   import subprocess
   import sys
   from PIL import Image
-  from conftest import ROOT, _cli_environment
+  from helpers import ROOT, cli_environment as _cli_environment
   from inception_jax import rundir
   from inception_jax.data import synthetic
   workdir, result = tiny_run

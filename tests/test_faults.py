@@ -12,7 +12,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import TINY_CONFIG, run_cli, start_cli
+from helpers import TINY_CONFIG, run_cli, start_cli
 
 from inception_jax import checkpointing, config_lib, rundir, specs, sweep, tracking
 

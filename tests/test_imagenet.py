@@ -10,7 +10,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG, run_cli
+from helpers import TINY_CONFIG, run_cli
 from PIL import Image
 
 from inception_jax import evaluate

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, TINY_CONFIG, _cli_environment
+from helpers import ROOT, TINY_CONFIG, cli_environment as _cli_environment
 
 from inception_jax import checkpointing, rundir
 

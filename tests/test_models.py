@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import TINY
+from helpers import TINY
 from flax import nnx
 
 from inception_jax import blocks, config_lib, layers, losses, models, rundir

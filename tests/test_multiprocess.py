@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FAST_COMPILE, ROOT, TINY_CONFIG, _cli_environment, slurm_cluster_problem
+from helpers import FAST_COMPILE, ROOT, TINY_CONFIG, cli_environment as _cli_environment, slurm_cluster_problem
 
 from inception_jax import cli, rundir
 

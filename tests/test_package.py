@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from conftest import FAST_COMPILE, ROOT, run_cli
+from helpers import FAST_COMPILE, ROOT, run_cli
 
 PACKAGE = os.path.join(ROOT, 'inception_jax')
 

@@ -12,7 +12,7 @@ import warnings
 import jax
 import optuna
 import pytest
-from conftest import TINY_CONFIG
+from helpers import TINY_CONFIG
 
 from inception_jax import checkpointing, pruning, rundir, sweep
 from inception_jax.errors import ConfigError, ExitCode, UserError

@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import TINY_CONFIG, run_cli
+from helpers import TINY_CONFIG, run_cli
 
 from inception_jax import rundir
 

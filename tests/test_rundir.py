@@ -11,7 +11,7 @@ import pytest
 from inception_jax import rundir, sweep
 from inception_jax.errors import ExitCode, UserError
 
-from conftest import TINY_CONFIG
+from helpers import TINY_CONFIG
 
 PREVIOUS = os.path.join(os.path.dirname(__file__), 'data', 'previous_release')
 SWEEP_FILE = os.path.join(PREVIOUS, 'sweep_file.py')

@@ -21,7 +21,7 @@ import time
 import optuna
 import pytest
 
-from conftest import ROOT, TINY_CONFIG, slurm_cluster_problem, start_cli
+from helpers import ROOT, TINY_CONFIG, slurm_cluster_problem, start_cli
 
 from inception_jax import rundir, search
 

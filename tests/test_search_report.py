@@ -16,7 +16,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 from inception_jax import rundir, search_report
 from inception_jax.errors import UserError

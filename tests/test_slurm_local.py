@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, slurm_cluster_problem
+from helpers import ROOT, slurm_cluster_problem
 
 SCRIPT = os.path.join(ROOT, 'scripts', 'slurm_local.sh')
 BASH = shutil.which('bash')

@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 import pytest
-from conftest import TINY_CONFIG
+from helpers import TINY_CONFIG
 
 from inception_jax import config_lib, models, rundir, specs
 from inception_jax.errors import ConfigError

@@ -196,7 +196,7 @@ def test_lr_grid_is_the_product_of_rates_and_smoothings(scale):
 
 
 def test_lr_grid_args_choose_the_optimizer_rates_and_smoothings():
-  """The momentum study of the README: given rates and smoothings, everything
+  """The momentum study of docs/sweeps.md: given rates and smoothings, everything
   else as in the config."""
   arg = 'model=inception_v2,optim=momentum,lrs=0.01/0.03,smoothings=0'
   runs = _expand(f'sweeps/lr_grid.py:{arg}')

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_CONFIG, slurm_cluster_problem
+from helpers import ROOT, TINY_CONFIG, slurm_cluster_problem
 
 from inception_jax import config_lib, report, rundir, specs, sweep
 

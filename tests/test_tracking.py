@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_CONFIG
+from helpers import TINY_CONFIG
 
 from inception_jax import config_lib, specs, tracking
 from inception_jax.errors import ConfigError

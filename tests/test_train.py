@@ -8,7 +8,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG
+from helpers import TINY_CONFIG
 
 from inception_jax import config_lib, rundir, train
 

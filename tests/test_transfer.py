@@ -7,7 +7,7 @@ import re
 import jax
 import numpy as np
 import pytest
-from conftest import TINY, TINY_CONFIG
+from helpers import TINY, TINY_CONFIG
 
 from inception_jax import config_lib, optim, rundir, train, trainstate
 from inception_jax.errors import ConfigError

@@ -4,7 +4,7 @@ a block makes it selectable from the command line, for `cost`, `train` and
 
 import json
 
-from conftest import TINY_CONFIG, run_cli
+from helpers import TINY_CONFIG, run_cli
 
 from inception_jax import rundir
 
@@ -53,7 +53,7 @@ def test_an_unregistered_block_names_model_imports(cli_main):
 
 
 def test_the_example_sweep_trains_the_notebooks_block(tmp_path):
-  """sweeps/new_factorization.py (the README's example): `launch.py sweep`
+  """sweeps/new_factorization.py (the example of docs/prototyping.md): `launch.py sweep`
   trains notebooks/my_blocks.py's block in a process of its own."""
   done = run_cli('sweep', 'sweeps/new_factorization.py:scale=tiny', '--workdir', tmp_path,
                  '--only', 'v3_asym35', '--seeds', '1')

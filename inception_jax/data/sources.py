@@ -238,7 +238,7 @@ def _prepared_dir(tfds, name: str, data_dir: str | None) -> str:
   raise UserError(
       f'TFDS dataset {name!r} is not prepared in {data_dir or "~/tensorflow_datasets"}; '
       f'prepare it with `python -m inception_jax prepare {base} [--manual_dir DIR]'
-      f'{f" --data_dir {data_dir}" if data_dir else ""}` (see README)')
+      f'{f" --data_dir {data_dir}" if data_dir else ""}` (see docs/data.md)')
 
 
 def _text(value) -> str:
