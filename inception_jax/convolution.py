@@ -2,7 +2,7 @@
 
 Every convolution of the network is an NHWC × HWIO product with TensorFlow's
 SAME / VALID padding (`conv2d`). Two implementations compute it, with the same
-values up to float rounding (tests/test_conv_impl.py):
+values up to float rounding (tests/test_convolution.py):
 
   'xla'         XLA's convolution (`lax.conv_general_dilated`): the network as
                 the paper writes it, which `cost` counts; what cuDNN and TPU

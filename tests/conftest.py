@@ -1,7 +1,12 @@
 """Test setup, before JAX or Keras is first imported: 8 simulated CPU
 devices, flags that make XLA compile quickly, JAX's persistent compilation
 cache, and the Keras JAX backend; the fixtures, and the `slow` marker that
-leaves the quick tier (`make test-quick`). What tests import is in helpers.py."""
+leaves the quick tier (`make test-quick`). What tests import is in helpers.py.
+
+Test files are named after the module they test (`test_rundir.py`: `rundir.py`,
+`test_preprocess_tf.py`: `preprocess.py` against TensorFlow); those about a
+capability across modules after it (`test_faults.py`, `test_harness.py`,
+`test_package.py`, `test_benchmarks.py`, `test_docs_*.py`, `test_slurm_local.py`)."""
 
 import os
 
@@ -35,21 +40,21 @@ from inception_jax import cli, models  # noqa: E402
 SLOW_FILES = {
     'test_benchmarks.py': 'Keras and torchvision peers',
     'test_checkpointing.py': 'killed and resumed training processes',
-    'test_dashboards.py': 'sweeps on a terminal, TensorBoard, wandb sync',
     'test_docs_site.py': 'mkdocs builds in processes of their own',
     'test_faults.py': 'training processes that fail on purpose',
     'test_harness.py': 'pytest in a process of its own',
-    'test_imagenet.py': 'TFDS preparation and trainings in processes',
     'test_interop.py': 'TF-slim, Keras and torchvision references',
-    'test_interrupts.py': 'signalled training processes',
-    'test_multiprocess.py': 'several processes, SLURM',
     'test_package.py': 'builds and installs a wheel',
+    'test_parallel.py': 'several processes, SLURM',
+    'test_prepare.py': 'TFDS preparation and trainings in processes',
     'test_preprocess_tf.py': 'TensorFlow references',
     'test_report.py': 'headless Chromium',
-    'test_resume_edits.py': 'training processes',
     'test_search.py': 'SLURM, killed drivers',
     'test_slurm_local.py': 'SLURM',
-    'test_sweep_launch.py': 'SLURM, sweeps of training processes',
+    'test_stopping.py': 'signalled training processes',
+    'test_sweep.py': 'SLURM, sweeps of training processes',
+    'test_tracking_dashboards.py': 'sweeps on a terminal, TensorBoard, wandb sync',
+    'test_train_resume.py': 'training processes',
 }
 # Single tests of the other files that start a process or load TensorFlow.
 SLOW_TESTS = {
@@ -62,7 +67,7 @@ SLOW_TESTS = {
     'test_optim.py::test_update_ema_matches_tensorflow',
     'test_search_report.py::test_compare_on_a_search_directory',
     'test_tracking.py::test_tensorboard_logging_does_not_import_pytorch',
-    'test_user_blocks.py::test_the_example_sweep_trains_the_notebooks_block',
+    'test_blocks_registry.py::test_the_example_sweep_trains_the_notebooks_block',
 }
 
 
