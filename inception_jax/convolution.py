@@ -64,8 +64,8 @@ def cpu_matmul_conv(x, kernel, stride: int = 1, padding: str = 'SAME'):
 
   On a CPU, XLA's matrix product runs two to three times faster than its
   convolution on these shapes, and its filter gradients are the slowest of all
-  (docs/performance.md: the 3×3 convolution from 80 to 192 channels at 71×71
-  took 1.2 s of a 7.8 s step for its filter gradient alone). So a 1×1
+  (docs/results.md, "Per operation": the 3×3 convolution from 80 to 192
+  channels at 71×71 took 1.2 s of a 7.8 s step for its filter gradient alone). So a 1×1
   convolution is a matrix product, and a k×k one over at least 64 input
   channels takes its filter gradient as k² matrix products (`_filter_gradient`;
   with fewer channels, copying each tap's input for its product costs more
@@ -80,7 +80,7 @@ def cpu_matmul_conv(x, kernel, stride: int = 1, padding: str = 'SAME'):
 
 def _padded_conv(x, kernel, stride, padding):
   """XLA's CPU convolution, which runs two to three times slower without any
-  padding than with some (docs/performance.md: the stem's 3×3 VALID
+  padding than with some (docs/results.md, "Per operation": the stem's 3×3 VALID
   convolution at 149×149 took 342 ms alone, 128 ms padded): an unpadded one
   gets a zero row and column at the bottom and right, and the outputs they
   add are cut off. It computes those extra outputs, so it does more

@@ -22,7 +22,7 @@ def test_input_pipeline_benchmark_prints_both_pipelines():
 
 
 def test_accumulation_memory_benchmark_compares_both_steps():
-  """At the tiny scale (the figures at 299×299: docs/performance.md): a batch of 16 as two
+  """At the tiny scale (the figures at 299×299: docs/results.md): a batch of 16 as two
   micro-batches of 8 needs less temporary memory than in one pass."""
   import os
   env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
@@ -39,7 +39,7 @@ def test_accumulation_memory_benchmark_compares_both_steps():
 
 
 def test_train_step_benchmark_measures_ours_and_both_peers():
-  """At a small scale (the figures at 299×299: docs/performance.md): this project's step,
+  """At a small scale (the figures at 299×299: docs/results.md): this project's step,
   Keras's and torchvision's, and the matmul ceiling, in one run — in
   bfloat16, as on a GPU (`--dtype auto` there): all three peers in mixed
   precision."""
@@ -62,7 +62,7 @@ def test_train_step_benchmark_measures_ours_and_both_peers():
 
 
 def test_batch_scaling_tabulates_and_plots_each_batch(tmp_path, capsys):
-  """`batch_scaling.py` (the plot of docs/performance.md) at the tiny scale, this project's
+  """`batch_scaling.py` (the plot of docs/results.md) at the tiny scale, this project's
   step only: one point per batch, a table row each, the plot written."""
   import os
   sys.path.insert(0, os.path.join(config_lib.ROOT, 'benchmarks'))

@@ -5,6 +5,7 @@ wheel stands on its own: installed, it trains from an empty directory."""
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,31 @@ def test_imports_point_down_the_layers():
   """docs/ARCHITECTURE.md's layering, lazy (function-level) imports included."""
   graph, _ = _graph()
   assert not wrong_edges(graph), '\n'.join(wrong_edges(graph))
+
+
+def _architecture_table():
+  """docs/ARCHITECTURE.md's layering table as (module → layer, within-layer edges)."""
+  with open(os.path.join(ROOT, 'docs', 'ARCHITECTURE.md')) as f:
+    text = f.read()
+  table = text[text.index('| layer | modules | imports within the layer |'):].split('\n\n')[0]
+  layers, edges = {}, set()
+  for line in table.splitlines()[2:]:
+    name, modules, within = (cell.strip() for cell in line.strip().strip('|').split('|'))
+    number = int(name.split()[0])
+    assert name == f'{number} {LAYER_NAMES[number]}', name
+    for module in re.findall(r'`([^`]+)`', modules):
+      layers['' if module == 'inception_jax' else module] = number
+    for part in filter(None, (p.strip() for p in within.split(';'))):
+      source, targets = part.split('→')
+      edges |= {(source.strip().strip('`'), t) for t in re.findall(r'`([^`]+)`', targets)}
+  return layers, edges
+
+
+def test_architecture_md_states_the_allowed_edges():
+  """The layering the docs state is the list the test above holds the code to."""
+  layers, edges = _architecture_table()
+  assert layers == LAYERS
+  assert edges == SAME_LAYER
 
 
 def test_an_upward_import_is_refused_by_name(tmp_path):
