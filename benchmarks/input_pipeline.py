@@ -72,19 +72,28 @@ def _rate(iterator, batch: int, seconds: float) -> float:
   return count / (time.perf_counter() - start)
 
 
-def grain_rate(jpegs, size: int, batch: int, seconds: float) -> float:
+def pipeline_rate(source, size: int, batch: int, seconds: float, *, threads: int = 1,
+                  workers: int = 0, color_distort: str = 'none') -> float:
+  """Images/s of the training pipeline over `source` (records with JPEG
+  bytes): `threads` reader threads in each of `workers` Grain worker
+  processes (0: in this process), OpenCV on one thread per reader."""
   import cv2
   import ml_collections
   from inception_jax.data import pipeline
   cv2.setNumThreads(1)
   cfg = ml_collections.ConfigDict(dict(
       image_size=size, crop_sampler='tensorflow', crop_area_min=0.05, crop_attempts=100,
-      min_object_covered=0.1, color_distort='none',
-      eval_central_fraction=0.875, skip_corrupt=False, num_workers=0,
-      num_threads=1, prefetch=2 * batch))
-  ds = pipeline.train_dataset(_Bytes(jpegs), cfg, seed=0, local_batch=batch,
+      min_object_covered=0.1, color_distort=color_distort,
+      eval_central_fraction=0.875, skip_corrupt=False, num_workers=workers,
+      num_threads=threads, prefetch=2 * batch))
+  ds = pipeline.train_dataset(source, cfg, seed=0, local_batch=batch,
                               process_index=0, process_count=1)
   return _rate(iter(ds), batch, seconds)
+
+
+def grain_rate(jpegs, size: int, batch: int, seconds: float) -> float:
+  """One core: one reader thread, no worker process."""
+  return pipeline_rate(_Bytes(jpegs), size, batch, seconds)
 
 
 def tfdata_rate(jpegs, size: int, batch: int, seconds: float) -> float:

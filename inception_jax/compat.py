@@ -211,6 +211,27 @@ def _probe_quiet_backend_probe(use: Use) -> None:
     raise use.outdated(f'a logger named {_JAX_BACKEND_LOGGER}')
 
 
+def cost_analysis(compiled) -> dict[str, float]:
+  """XLA's cost analysis of a compiled program (`jax.stages.Compiled`) as one
+  dict (`'flops'`, `'bytes accessed'`, …; empty where the backend gives
+  none). Older JAX returned a list with one dict per program, 0.10 returns
+  the dict; its docs do not promise either form, so both are read here (the
+  GPU suite's JAX 0.11 included). Written for jax 0.10.2 (a dict)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return dict(analysis or {})
+
+
+def _probe_cost_analysis(use: Use) -> None:
+  import jax
+  import jax.numpy as jnp
+  compiled = jax.jit(lambda a: a @ a).lower(jnp.zeros((8, 8))).compile()
+  use.attr(compiled, 'cost_analysis', 'jax.stages.Compiled')
+  if not cost_analysis(compiled).get('flops'):
+    raise use.outdated("Compiled.cost_analysis() with a 'flops' count")
+
+
 def _probe_jaxpr_fields(use: Use) -> None:
   """`cost.jaxpr_macs` reads convolutions and matrix products off a jaxpr:
   the primitives' names and their parameters (dimension numbers, strides,
@@ -480,6 +501,7 @@ USES: list[Use] = [
     Use('wait_at_barrier', 'jax', '0.10.2', _probe_wait_at_barrier),
     Use('quiet_backend_probe', 'jax', '0.10.2', _probe_quiet_backend_probe),
     Use('jaxpr_macs', 'jax', '0.10.2', _probe_jaxpr_fields, where='cost.py'),
+    Use('cost_analysis', 'jax', '0.10.2 (a dict; older: a list)', _probe_cost_analysis),
     Use('EventWriter', 'tensorboardX', '2.6.5', _probe_event_writer),
     Use('hparams_summaries', 'tensorboardX', '2.6.5', _probe_hparams_summaries),
     Use('write_events', 'tensorboardX', '2.6.5', _probe_write_events),

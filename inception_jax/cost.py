@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from inception_jax import config_lib, models, specs
+from inception_jax import compat, config_lib, models, specs
 from inception_jax.data import sources
 
 
@@ -157,10 +157,7 @@ def xla_flops(model: models.Inception, image_size: int) -> float:
   `model` computes as it was built: with `conv_impl='xla'` for the network
   as written."""
   forward, state, x = _forward(model, image_size, return_aux=False)
-  analysis = jax.jit(forward).lower(state, x).compile().cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0]
-  return float(analysis['flops'])
+  return float(compat.cost_analysis(jax.jit(forward).lower(state, x).compile())['flops'])
 
 
 def of_config(config) -> Cost:

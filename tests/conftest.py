@@ -25,6 +25,8 @@ from helpers import FAST_COMPILE  # noqa: E402
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + FAST_COMPILE +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('KERAS_BACKEND', 'jax')
+# A JAX_PLATFORMS already set wins: benchmarks/gpu/suite.sh runs a few tests
+# on a GPU with JAX_PLATFORMS=cuda (the device count flag above is the CPU's).
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402
@@ -42,6 +44,7 @@ SLOW_FILES = {
     'test_checkpointing.py': 'killed and resumed training processes',
     'test_docs_site.py': 'mkdocs builds in processes of their own',
     'test_faults.py': 'training processes that fail on purpose',
+    'test_gpu_suite.py': "the GPU suite's smoke mode: benchmarks, a training, pytest",
     'test_harness.py': 'pytest in a process of its own',
     'test_interop.py': 'TF-slim, Keras and torchvision references',
     'test_package.py': 'builds and installs a wheel',

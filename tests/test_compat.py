@@ -59,6 +59,19 @@ def test_a_library_that_is_not_installed_has_nothing_to_check():
     compat.Use('f', 'python', '3.11', probe).check()
 
 
+def test_cost_analysis_reads_a_dict_or_a_list_of_dicts():
+  """JAX's `Compiled.cost_analysis()` has returned both forms."""
+  class Compiled:
+    def __init__(self, analysis):
+      self.analysis = analysis
+
+    def cost_analysis(self):
+      return self.analysis
+  for form in ({'flops': 6.0}, [{'flops': 6.0}], ({'flops': 6.0},)):
+    assert compat.cost_analysis(Compiled(form)) == {'flops': 6.0}
+  assert compat.cost_analysis(Compiled(None)) == compat.cost_analysis(Compiled([])) == {}
+
+
 def test_one_process_has_no_coordination_service_to_wait_at():
   assert compat.wait_at_barrier('test', 1) is False
 

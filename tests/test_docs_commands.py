@@ -4,8 +4,8 @@
   (`--help`, `--version`, `cost`, `layout`, and `train`/`sweep`/`search` with
   `--dry-run` added), the others are parsed by their own argparse parser
   (unknown flags, bad choices, a missing argument fail), `make` targets exist,
-  `pip install` extras exist; a program this project does not ship must be
-  listed in EXTERNAL.
+  `pip install` extras exist, shell scripts exist and parse (`bash -n`); a
+  program this project does not ship must be listed in EXTERNAL.
 - Every block under `<!-- printed by: COMMAND -->` is what COMMAND prints now,
   character for character (`(with PATH from FIXTURE)`: PATH is a copy of the
   repository's FIXTURE, such as the demo's recorded runs). Every other block or
@@ -209,6 +209,14 @@ def check(command: Command, workspace: Path) -> str | None:
                               env=dict(os.environ, PYTHONPATH=str(REPO)))
       return (None if result.returncode == 0 else
               f'{command}: {(result.stderr.strip() or "failed").splitlines()[-1]}')
+    if words[0] == 'bash' and words[1].endswith('.sh'):
+      # A shell script of the repository: present and well-formed (`bash -n`);
+      # what it does (fetch wheels, measure a GPU) is its own tests' subject.
+      if not (REPO / words[1]).is_file():
+        return f'{command}: no file {words[1]} in the repository'
+      result = subprocess.run(['bash', '-n', str(REPO / words[1])], capture_output=True,
+                              text=True)
+      return None if result.returncode == 0 else f'{command}: {result.stderr.strip()}'
     if words[0] in EXTERNAL:
       return None
   return f'{command}: not a command of this project (add it to EXTERNAL if it is another\'s)'
@@ -384,6 +392,7 @@ python launch.py train --config configs/no_such_config.py --workdir runs/x
 python launch.py compare runs/t3 --format pdf
 python -m inception_jax sweep table3_ablation:scale=demo --workdir runs/t3 [--paralel 2]
 make no-such-target
+bash scripts/no_such_script.sh --all
 pip install '.[no_such_extra]'
 python benchmarks/train_step.py --no-such-flag
 frobnicate --all
@@ -399,9 +408,10 @@ def test_a_broken_command_is_named(workspace):
   assert "invalid choice: 'pdf'" in problems[1]
   assert '--paralel' in problems[2]
   assert 'no-such-target' in problems[3]
-  assert 'no extra no_such_extra' in problems[4]
-  assert '--no-such-flag' in problems[5]
-  assert 'not a command of this project' in problems[6]
+  assert 'no file scripts/no_such_script.sh' in problems[4]
+  assert 'no extra no_such_extra' in problems[5]
+  assert '--no-such-flag' in problems[6]
+  assert 'not a command of this project' in problems[7]
 
 
 def test_a_stale_printed_block_is_named(workspace):
