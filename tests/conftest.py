@@ -59,10 +59,15 @@ SLOW_FILES = {
     'test_tracking_dashboards.py': 'sweeps on a terminal, TensorBoard, wandb sync',
     'test_train_resume.py': 'training processes',
 }
-# Single tests of the other files that start a process or load TensorFlow.
+# Single tests of the other files that train, start a process, compile the
+# full network or load TensorFlow.
 SLOW_TESTS = {
+    'test_blocks_registry.py::test_the_example_sweep_trains_the_notebooks_block',
     'test_config_checks.py::test_the_cli_stops_with_one_line_before_writing',
+    'test_convolution.py::test_a_run_records_the_implementation_it_used',
+    'test_convolution.py::test_xla_convolutions_on_a_cpu_train_as_the_cpu_forms_do',
     'test_cost.py::test_cli_cost_json_from_another_directory',
+    'test_docs_commands.py::test_the_readme_model_example_runs',
     'test_evaluate.py::test_a_read_only_run_can_be_evaluated_predicted_and_compared',
     'test_losses.py::test_matches_tensorflow_softmax_cross_entropy',
     'test_optim.py::test_chain_matches_tensorflow',
@@ -70,7 +75,6 @@ SLOW_TESTS = {
     'test_optim.py::test_update_ema_matches_tensorflow',
     'test_search_report.py::test_compare_on_a_search_directory',
     'test_tracking.py::test_tensorboard_logging_does_not_import_pytorch',
-    'test_blocks_registry.py::test_the_example_sweep_trains_the_notebooks_block',
 }
 
 
