@@ -54,6 +54,7 @@ def _kind(step: str) -> str:
   return 'train_step' if step.startswith('train_step_') else step
 
 
+@pytest.mark.xdist_group('gpu_smoke')     # one smoke run, on one worker
 def test_every_step_runs_and_none_fails(smoke):
   done, out = smoke
   assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
@@ -72,6 +73,7 @@ def test_every_step_runs_and_none_fails(smoke):
   assert 'ok: True' in done.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.xdist_group('gpu_smoke')
 def test_the_records_measure_what_they_say(smoke):
   _, out = smoke
   steps = json.loads((out / 'summary.json').read_text())['steps']
@@ -98,6 +100,7 @@ def test_the_records_measure_what_they_say(smoke):
   assert tests['passed'] >= len(suite.TESTS) and tests['failed'] == [] and not tests['skipped']
 
 
+@pytest.mark.xdist_group('gpu_smoke')
 def test_out_holds_the_summary_and_one_archive_of_records_and_logs(smoke):
   """Two files: the device tool brings back at most eight."""
   _, out = smoke
