@@ -101,26 +101,8 @@ def pytest_report_header(config):
   return f'jax {jax.__version__}, devices: {jax.device_count()} × {jax.devices()[0].platform}'
 
 
-# Started first, longest first (`make test --durations`: each a minute or
-# two cold): with two workers a long test that starts late leaves the other
-# worker idle at the end; started first, the short ones fill in around it.
-FIRST = (
-    'test_search.py::test_a_killed_driver_takes_its_trainer_along_and_the_rerun_completes',
-    'test_gpu_suite.py',
-    'test_checkpointing.py',
-    'test_benchmarks.py',
-    'test_tracking_dashboards.py',
-)
-
-
-def _start_order(item) -> int:
-  name = f'{item.path.name}::{item.name}'
-  return next((i for i, first in enumerate(FIRST) if name.startswith(first)), len(FIRST))
-
-
 def pytest_collection_modifyitems(config, items):
-  """Marks the tests of SLOW_FILES and SLOW_TESTS `slow`; FIRST first."""
-  items.sort(key=_start_order)
+  """Marks the tests of SLOW_FILES and SLOW_TESTS `slow`."""
   listed = {*SLOW_FILES, *(test.split('::')[0] for test in SLOW_TESTS)}
   missing = sorted(name for name in listed
                    if not os.path.exists(os.path.join(os.path.dirname(__file__), name)))

@@ -37,8 +37,9 @@ from inception_jax import cli
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md'))]
-# What a documented command may find in its working directory (a copy of the
-# checkout's inputs, so that nothing it does lands in the repository).
+# What a documented command finds in its working directory, a temporary one
+# (links to the checkout's inputs), so that nothing it writes lands in the
+# repository.
 INPUTS = ('configs', 'sweeps', 'searches', 'benchmarks', 'scripts', 'launch.py',
           'notebooks')
 # Programs the docs name that this project does not ship: checked by their own
