@@ -64,6 +64,7 @@ SLOW_FILES = {
 SLOW_TESTS = {
     'test_blocks_registry.py::test_the_example_sweep_trains_the_notebooks_block',
     'test_config_checks.py::test_the_cli_stops_with_one_line_before_writing',
+    'test_convolution.py::test_a_run_from_before_conv_impl_resumes',
     'test_convolution.py::test_a_run_records_the_implementation_it_used',
     'test_convolution.py::test_xla_convolutions_on_a_cpu_train_as_the_cpu_forms_do',
     'test_cost.py::test_cli_cost_json_from_another_directory',
@@ -74,7 +75,9 @@ SLOW_TESTS = {
     'test_optim.py::test_schedule_matches_tensorflow_exponential_decay',
     'test_optim.py::test_update_ema_matches_tensorflow',
     'test_search_report.py::test_compare_on_a_search_directory',
+    'test_tracking.py::test_online_without_a_network_is_one_warning_and_a_finished_run',
     'test_tracking.py::test_tensorboard_logging_does_not_import_pytorch',
+    'test_train_accumulation.py::test_four_micro_batches_are_one_step_with_batchnorm_per_8',
 }
 
 
