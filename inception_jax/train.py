@@ -632,7 +632,11 @@ class _Loop:
         self.eval_step = parallel.compiled_together(self.eval_step, state, batch)
       sums = self.eval_step(state, batch)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
+    # Every device's copy, not only the one device_get reads, so that the next
+    # train step starts with every device idle: on 8 simulated CPU devices
+    # under load, the step after an evaluation twice lost one device at its
+    # first all-gather until XLA:CPU aborted the run (rendezvous timeout).
+    totals = jax.device_get(jax.block_until_ready(totals))
     count = float(totals.pop('count'))
     self.eval_examples = int(count)
     if not count:        # every image skipped (data.skip_corrupt)
