@@ -70,7 +70,7 @@ class Run:
     run trains in the same place whatever directory it is started from."""
     args = ['--config', config_lib.absolute(self.config),
             '--workdir', os.path.abspath(workdir)]
-    args += [f'--config.{k}={_cli_value(v)}' for k, v in self.overrides.items()]
+    args += [f'--config.{k}={cli_value(v)}' for k, v in self.overrides.items()]
     return args + [f'--config.tracking.wandb_group={group}',
                    '--config.tracking.progress=false']
 
@@ -121,7 +121,8 @@ def tag(key: str, value: Any) -> str:
   return text if len(text) <= 64 else text[:63] + '…'
 
 
-def _cli_value(value: Any) -> str:
+def cli_value(value: Any) -> str:
+  """VALUE as a `--config.KEY=VALUE` argument writes it (what config loading parses)."""
   if isinstance(value, bool):
     return str(value).lower()
   if isinstance(value, (list, tuple, dict)):

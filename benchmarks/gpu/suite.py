@@ -313,10 +313,11 @@ def accumulation_config(mode: Mode, devices: int):
 
 def training_command(mode: Mode, workdir: str) -> list[str]:
   """The training step's command line (this interpreter)."""
+  from inception_jax import sweep
   config, overrides = mode.training
   return [sys.executable, '-m', 'inception_jax', 'train', '--config', config,
           '--workdir', workdir,
-          *(f'--config.{key}={_cli_value(value)}' for key, value in overrides.items())]
+          *(f'--config.{key}={sweep.cli_value(value)}' for key, value in overrides.items())]
 
 
 def step_training(mode: Mode, record: Record, work: str) -> None:
@@ -343,10 +344,6 @@ def step_training(mode: Mode, record: Record, work: str) -> None:
   if mode.name == 'gpu' and not last < first:
     raise StepFailed(f'the loss did not fall: {first:.3f} over the first logged steps, '
                      f'{last:.3f} over the last')
-
-
-def _cli_value(value) -> str:
-  return str(value).replace(' ', '')
 
 
 def step_input_pipeline(mode: Mode, record: Record, work: str) -> None:
