@@ -1,8 +1,9 @@
 """benchmarks/gpu/: the GPU suite in its CPU smoke mode runs every step's code
 (the train step, torchvision with AMP, accumulation, a training run, the
-input pipeline, the accelerator tests under pytest) and none fails, so the
-one call a lent GPU machine gets stays working; its GPU plan fits in 8
-minutes; wheels.sh fetches only what the GPU image lacks."""
+input pipeline, the accelerator tests that train nothing under pytest) and
+none fails, so the one call a lent GPU machine gets stays working; the tests
+its GPU plan names exist, and the plan fits in 8 minutes; wheels.sh fetches
+only what the GPU image lacks."""
 
 import json
 import os
@@ -48,6 +49,19 @@ def smoke(tmp_path_factory):
   done = subprocess.run(['bash', 'benchmarks/gpu/suite.sh', '--smoke'], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=1200)
   return done, out
+
+
+def test_the_gpu_plan_names_tests_that_exist():
+  """The GPU mode runs TESTS, the smoke mode only those that train nothing:
+  a renamed test would fail the one GPU call, so every id is collected here."""
+  assert GPU.tests == suite.TESTS and set(SMOKE.tests) < set(suite.TESTS)
+  done = subprocess.run([sys.executable, '-m', 'pytest', '--collect-only', '-q',
+                         '-p', 'no:randomly', '-p', 'no:cacheprovider', *suite.TESTS],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+  collected = [line for line in done.stdout.splitlines() if '::' in line]
+  for test in suite.TESTS:        # a parametrized one, with all its cases
+    assert any(c == test or c.startswith(test + '[') for c in collected), test
 
 
 def _kind(step: str) -> str:
@@ -97,7 +111,8 @@ def test_the_records_measure_what_they_say(smoke):
   assert 'eval/top1_error' in training['eval']
   assert training['command'].startswith('python -m inception_jax train --config ')
   tests = steps['tests']['results']
-  assert tests['passed'] >= len(suite.TESTS) and tests['failed'] == [] and not tests['skipped']
+  assert tests['passed'] >= len(SMOKE.tests) and tests['failed'] == [] and not tests['skipped']
+  assert steps['tests']['results']['tests'] == list(suite.SMOKE_TESTS)
 
 
 @pytest.mark.xdist_group('gpu_smoke')

@@ -287,13 +287,13 @@ def test_a_killed_driver_takes_its_trainer_along_and_the_rerun_completes(tmp_pat
   study of 3 trials, each number and directory once. Then `--confirm 2
   --top 1` trains the base config and the best trial over 2 seeds."""
   path = write_search(tmp_path / 'crop.py', space=CROP_SPACE, sampler='random',
-                      overrides={'total_steps': 100}, min_steps=50, trials=3)
+                      overrides={'total_steps': 40}, min_steps=20, trials=3)
   directory = tmp_path / 's'
   log = tmp_path / 'driver.log'
   with open(log, 'w') as f:
     driver = start_cli('search', path, '--workdir', directory, log=f)
   trial_log = directory / 'trial_000' / 'train.log'
-  wait_for(lambda: trial_log.exists() and ' step 1/100 ' in trial_log.read_text(), 300,
+  wait_for(lambda: trial_log.exists() and ' step 1/40 ' in trial_log.read_text(), 300,
            'trial 0 to train')
   pid = int((directory / 'trial_000' / '.lock').read_text())
   driver.send_signal(signal.SIGKILL)

@@ -57,15 +57,19 @@ TARGET_RATIO_VS_TORCHVISION = 1.2
 # Accelerator-relevant tests that hold on one device as on the test suite's
 # eight simulated ones: bfloat16 compute, a one-device mesh with sharded
 # micro-batches (float64, through NamedSharding), and compat.py's checks of
-# the installed JAX, Orbax and tensorboardX.
-TESTS = (
+# the installed JAX, Orbax and tensorboardX. The smoke mode runs those that
+# train nothing: it checks the step, and the full suite runs the rest
+# (tests/test_gpu_suite.py checks that every id still names a test).
+SMOKE_TESTS = (
     'tests/test_models.py::test_bfloat16_computes_in_bfloat16',
-    'tests/test_models.py::test_every_variant_trains[inception_v3-dtype=bfloat16]',
     'tests/test_models.py::test_ghost_batch_norm_normalizes_each_group_alone',
     'tests/test_losses.py::test_leading_batch_dims_and_low_precision_logits',
+    'tests/test_compat.py::test_every_use_still_fits_the_installed_library',
+)
+TESTS = SMOKE_TESTS + (
+    'tests/test_models.py::test_every_variant_trains[inception_v3-dtype=bfloat16]',
     'tests/test_train_accumulation.py::test_four_micro_batches_are_one_step_with_'
     'batchnorm_per_8[inception-1-device]',
-    'tests/test_compat.py::test_every_use_still_fits_the_installed_library',
 )
 
 
@@ -83,6 +87,7 @@ class Mode:
   accumulation: tuple[int, int, int]             # (batch, micro-batch, BatchNorm group)
   accumulation_steps: int
   training: tuple[str, dict]                     # config, overrides
+  tests: tuple[str, ...]                         # pytest node ids
   jpegs: int
   pipeline_batch: int
   pipeline_seconds: float
@@ -125,6 +130,7 @@ def modes() -> dict[str, Mode]:
           torch_batch=256, accumulation=(1600, 64, 32), accumulation_steps=3,
           training=('inception_v3:scale=demo', _training(
               1.0, 16, 299, 64, 300, 10, num_train=2048, num_eval=512)),
+          tests=TESTS,
           jpegs=256, pipeline_batch=256, pipeline_seconds=5.0,
           # Estimates made without a GPU: summary.json's `seconds` of a
           # first run say where to move them.
@@ -138,6 +144,7 @@ def modes() -> dict[str, Mode]:
           training=('inception_v3:scale=demo', _training(
               0.05, 4, 75, 8, 40, 4, num_train=256, num_eval=32,
               **{'model.modules_per_grid': (1, 1, 1)})),
+          tests=SMOKE_TESTS,
           jpegs=8, pipeline_batch=4, pipeline_seconds=0.5,
           limits=_limits(zip(smoke_points, (150, 150)), device=60, torchvision_amp=150,
                          accumulation=150, training=150, input_pipeline=150, tests=150,
@@ -379,12 +386,12 @@ def step_input_pipeline(mode: Mode, record: Record, work: str) -> None:
 
 
 def step_tests(mode: Mode, record: Record, work: str) -> None:
-  """TESTS under pytest, on this machine's default JAX backend (JAX_PLATFORMS
+  """The mode's tests under pytest, on this machine's default JAX backend (JAX_PLATFORMS
   as suite.sh sets it; tests/conftest.py keeps a value already set)."""
   xml = os.path.join(work, 'tests.xml')
   command = [sys.executable, '-m', 'pytest', '-p', 'no:randomly', '-p', 'no:cacheprovider',
-             f'--junitxml={xml}', *TESTS]
-  record.save(tests=list(TESTS), command=shlex.join(['python', *command[1:]]))
+             f'--junitxml={xml}', *mode.tests]
+  record.save(tests=list(mode.tests), command=shlex.join(['python', *command[1:]]))
   done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
   print(done.stdout[-6000:], done.stderr[-2000:], sep='\n')
   header = next((line for line in done.stdout.splitlines() if 'devices:' in line), '')
