@@ -178,25 +178,48 @@ def _accumulate(gradients, params, batch_stats, batch, key, *, per_group: bool):
   return grads, stats, jax.tree.map(lambda x: x.mean(0), parts)
 
 
+# What an evaluation adds up over its batches, for the EMA weights ('eval')
+# and the raw ones ('eval_raw'); `_Loop.evaluate` divides by the count.
+EVAL_SUMS = ('count', *(f'{prefix}/{name}' for prefix in ('eval', 'eval_raw')
+                        for name in ('loss', 'top1_error', 'top5_error')))
+
+
+def label_rank(logits, labels):
+  """Each label's place among its image's logits, 0 the best: the classes
+  that score higher, and those that tie with a lower index (the order of
+  `evaluate`'s stable argsort, and of argmax for place 0). Counted rather
+  than sorted: on batch-sharded logits it needs no collective, where
+  `jax.lax.top_k` gathers the logits of every device. A row with a NaN is
+  last."""
+  classes = jnp.arange(logits.shape[-1])
+  own = jnp.sum(jnp.where(classes == labels[:, None], logits, 0), -1, keepdims=True)
+  ahead = (logits > own) | ((logits == own) & (classes < labels[:, None]))
+  return jnp.where(jnp.isnan(logits).any(-1), logits.shape[-1], ahead.sum(-1))
+
+
 def make_eval_step(eval_graphdef):
   @jax.jit          # a nested jit: traced once for both sets of weights
   def forward(params, stats, images):
     return nnx.merge(eval_graphdef, params, stats, copy=True)(images)
 
-  def eval_step(state: trainstate.TrainState, batch):
-    mask, labels = batch['mask'], batch['label']
+  def eval_step(state: trainstate.TrainState, batch, totals):
+    """`totals` (EVAL_SUMS) plus this batch's. Each program takes the
+    previous one's totals, so that XLA runs them one after another, as the
+    chained train steps: independent programs in flight together, each with
+    a collective, can leave a device without a thread (8 simulated CPU
+    devices under load: a rendezvous never completed and XLA aborted)."""
+    mask, labels = batch['mask'].astype(jnp.float32), batch['label']
     sums = {'count': jnp.sum(mask)}
     for prefix, params, stats in (('eval', state.ema_params, state.ema_batch_stats),
                                   ('eval_raw', state.params, state.batch_stats)):
       logits = forward(params, stats, pipeline.network_input(batch['image']))
-      k = min(5, logits.shape[-1])
-      top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
+      rank = label_rank(logits, labels)
       sums[f'{prefix}/loss'] = jnp.sum(
           losses.smoothed_cross_entropy(logits, labels, 0.0) * mask)
       # Misclassified images, counted: `evaluate` makes them errors in %.
-      sums[f'{prefix}/top1_error'] = jnp.sum((jnp.argmax(logits, -1) != labels) * mask)
-      sums[f'{prefix}/top5_error'] = jnp.sum(~top5 * mask)
-    return sums
+      sums[f'{prefix}/top1_error'] = jnp.sum((rank >= 1) * mask)
+      sums[f'{prefix}/top5_error'] = jnp.sum((rank >= 5) * mask)
+    return {key: totals[key] + sums[key] for key in EVAL_SUMS}
   return eval_step
 
 
@@ -626,17 +649,12 @@ class _Loop:
                _duration(clock.seconds_left(step, self.data.total_steps)))
 
   def evaluate(self, state) -> dict[str, float]:
-    totals = None
+    totals = {key: np.zeros((), np.float32) for key in EVAL_SUMS}
     for batch in self.data.eval_batches():
       if not isinstance(self.eval_step, jax.stages.Compiled):
-        self.eval_step = parallel.compiled_together(self.eval_step, state, batch)
-      sums = self.eval_step(state, batch)
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    # Every device's copy, not only the one device_get reads, so that the next
-    # train step starts with every device idle: on 8 simulated CPU devices
-    # under load, the step after an evaluation twice lost one device at its
-    # first all-gather until XLA:CPU aborted the run (rendezvous timeout).
-    totals = jax.device_get(jax.block_until_ready(totals))
+        self.eval_step = parallel.compiled_together(self.eval_step, state, batch, totals)
+      totals = self.eval_step(state, batch, totals)
+    totals = jax.device_get(totals)
     count = float(totals.pop('count'))
     self.eval_examples = int(count)
     if not count:        # every image skipped (data.skip_corrupt)

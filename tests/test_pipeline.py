@@ -363,8 +363,8 @@ def test_evaluation_with_every_image_skipped_is_a_clear_error(tmp_path):
       'data.name': 'folder', 'data.path': str(tmp_path), 'data.skip_corrupt': True,
       'batch_size': 8})
   data = train._Data(config, parallel.data_mesh())
-  sums = jax.jit(lambda state, batch: {'count': batch['mask'].sum(),
-                                       'eval/loss': batch['mask'].sum()})
+  sums = jax.jit(lambda state, batch, totals: {
+      key: totals[key] + batch['mask'].sum() for key in train.EVAL_SUMS})
   loop = train._Loop(config, data, None, None, None, None, None, train_step=None, seed=0,
                      eval_step=sums)
   with pytest.raises(UserError, match=f'every evaluation image in {tmp_path}/validation '

@@ -155,3 +155,46 @@ def test_several_processes_join_through_jax_distributed(monkeypatch):
   parallel.initialize()
   assert calls[-1] == dict(coordinator_address='localhost:1234', num_processes=2,
                            process_id=1)
+
+
+def test_label_rank_is_the_place_in_a_stable_descending_sort():
+  """Top-1 and top-5 errors count `label_rank`: numpy's stable argsort (as
+  `evaluate` ranks) and argmax agree with it, ties and all; a NaN row is last."""
+  rng = np.random.default_rng(0)
+  logits = rng.integers(0, 4, size=(64, 10)).astype(np.float32)    # many ties
+  labels = rng.integers(0, 10, size=64)
+  logits[3, 5] = np.nan
+  rank = np.asarray(train.label_rank(jax.numpy.asarray(logits), jax.numpy.asarray(labels)))
+  order = np.argsort(-logits, axis=1, kind='stable')
+  expected = np.argmax(order == labels[:, None], axis=1)
+  expected[3] = 10
+  np.testing.assert_array_equal(rank, expected)
+  finite = ~np.isnan(logits).any(1)
+  np.testing.assert_array_equal((rank == 0)[finite], (np.argmax(logits, 1) == labels)[finite])
+
+
+def test_an_evaluation_gathers_nothing_and_each_batch_adds_to_the_last(tiny_spec):
+  """On 8 devices the evaluation program's one collective is the sum of its
+  counts (no gathered logits), and each batch's program takes the previous
+  totals: the programs run one after another, as the train steps do."""
+  from flax import nnx
+
+  from inception_jax import models, parallel, trainstate
+  model = models.Inception(tiny_spec(), image_size=75, rngs=nnx.Rngs(0))
+  _, eval_graphdef = trainstate.graphdefs(model)
+  _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  state = trainstate.TrainState(step=np.int32(0), params=params, batch_stats=stats,
+                                opt_state=(), ema_params=params, ema_batch_stats=stats)
+  mesh = parallel.data_mesh()
+  rng = np.random.default_rng(0)
+  batch = jax.device_put({'image': rng.integers(0, 256, (16, 75, 75, 3), dtype=np.uint8),
+                          'label': rng.integers(0, 10, 16).astype(np.int32),
+                          'mask': np.arange(16) < 13}, parallel.data_sharded(mesh))
+  zeros = {key: np.zeros((), np.float32) for key in train.EVAL_SUMS}
+  step = jax.jit(train.make_eval_step(eval_graphdef),
+                 out_shardings=parallel.replicated(mesh)).lower(state, batch, zeros).compile()
+  program = step.as_text()
+  assert 'all-gather' not in program and program.count(' all-reduce(') == 1
+  once = jax.device_get(step(state, batch, zeros))
+  twice = jax.device_get(step(state, batch, step(state, batch, zeros)))
+  assert once['count'] == 13 and twice == {key: 2 * value for key, value in once.items()}
