@@ -219,7 +219,7 @@ def make_eval_step(eval_graphdef):
       # Misclassified images, counted: `evaluate` makes them errors in %.
       sums[f'{prefix}/top1_error'] = jnp.sum((rank >= 1) * mask)
       sums[f'{prefix}/top5_error'] = jnp.sum((rank >= 5) * mask)
-    return {key: totals[key] + sums[key] for key in EVAL_SUMS}
+    return {key: totals[key] + sums[key].astype(totals[key].dtype) for key in EVAL_SUMS}
   return eval_step
 
 
@@ -649,7 +649,9 @@ class _Loop:
                _duration(clock.seconds_left(step, self.data.total_steps)))
 
   def evaluate(self, state) -> dict[str, float]:
-    totals = {key: np.zeros((), np.float32) for key in EVAL_SUMS}
+    # Summed in the weights' type: float64 for a float64 model.
+    dtype = jax.tree.leaves(state.params)[0].dtype
+    totals = {key: np.zeros((), dtype) for key in EVAL_SUMS}
     for batch in self.data.eval_batches():
       if not isinstance(self.eval_step, jax.stages.Compiled):
         self.eval_step = parallel.compiled_together(self.eval_step, state, batch, totals)

@@ -354,7 +354,7 @@ def test_folder_skip_corrupt_skips_and_counts(tmp_path, caplog):
 def test_evaluation_with_every_image_skipped_is_a_clear_error(tmp_path):
   """data.skip_corrupt and no validation image that decodes: evaluation stops
   with one clear error (no division by zero), naming the folder."""
-  from inception_jax import parallel, train
+  from inception_jax import parallel, train, trainstate
   _image_tree(str(tmp_path))
   for name in ('cat', 'dog'):
     for image in os.listdir(tmp_path / 'validation' / name):
@@ -367,9 +367,10 @@ def test_evaluation_with_every_image_skipped_is_a_clear_error(tmp_path):
       key: totals[key] + batch['mask'].sum() for key in train.EVAL_SUMS})
   loop = train._Loop(config, data, None, None, None, None, None, train_step=None, seed=0,
                      eval_step=sums)
+  state = trainstate.TrainState(*[{'w': np.zeros((), np.float32)}] * 6)
   with pytest.raises(UserError, match=f'every evaluation image in {tmp_path}/validation '
                                       f'failed to decode \\(all 4 skipped'):
-    loop.evaluate(state=None)
+    loop.evaluate(state)
   data.loader.close()
 
 
