@@ -184,6 +184,13 @@ EVAL_SUMS = ('count', *(f'{prefix}/{name}' for prefix in ('eval', 'eval_raw')
                         for name in ('loss', 'top1_error', 'top5_error')))
 
 
+def eval_totals(state) -> dict:
+  """The totals an evaluation starts from: zeros in the weights' type
+  (float64 for a float64 model), so the chained programs keep one type."""
+  dtype = jax.tree.leaves(state.params)[0].dtype
+  return {key: np.zeros((), dtype) for key in EVAL_SUMS}
+
+
 def label_rank(logits, labels):
   """Each label's place among its image's logits, 0 the best: the classes
   that score higher, and those that tie with a lower index (the order of
@@ -649,9 +656,7 @@ class _Loop:
                _duration(clock.seconds_left(step, self.data.total_steps)))
 
   def evaluate(self, state) -> dict[str, float]:
-    # Summed in the weights' type: float64 for a float64 model.
-    dtype = jax.tree.leaves(state.params)[0].dtype
-    totals = {key: np.zeros((), dtype) for key in EVAL_SUMS}
+    totals = eval_totals(state)
     for batch in self.data.eval_batches():
       if not isinstance(self.eval_step, jax.stages.Compiled):
         self.eval_step = parallel.compiled_together(self.eval_step, state, batch, totals)

@@ -112,7 +112,7 @@ def test_the_records_measure_what_they_say(smoke):
   assert training['command'].startswith('python -m inception_jax train --config ')
   tests = steps['tests']['results']
   assert tests['passed'] >= len(SMOKE.tests) and tests['failed'] == [] and not tests['skipped']
-  assert steps['tests']['results']['tests'] == list(suite.SMOKE_TESTS)
+  assert tests['tests'] == list(suite.SMOKE_TESTS)
 
 
 @pytest.mark.xdist_group('gpu_smoke')

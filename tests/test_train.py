@@ -190,7 +190,7 @@ def test_an_evaluation_gathers_nothing_and_each_batch_adds_to_the_last(tiny_spec
   batch = jax.device_put({'image': rng.integers(0, 256, (16, 75, 75, 3), dtype=np.uint8),
                           'label': rng.integers(0, 10, 16).astype(np.int32),
                           'mask': np.arange(16) < 13}, parallel.data_sharded(mesh))
-  zeros = {key: np.zeros((), np.float32) for key in train.EVAL_SUMS}
+  zeros = train.eval_totals(state)
   step = jax.jit(train.make_eval_step(eval_graphdef),
                  out_shardings=parallel.replicated(mesh)).lower(state, batch, zeros).compile()
   program = step.as_text()
