@@ -1,6 +1,6 @@
 """What the tests share: the tiny configuration, the XLA flags a test
 process compiles with, and ways to run the command line in a process of its
-own. Imports no JAX at module level: conftest.py imports FAST_COMPILE from
+own, a sweep launcher that trains nothing. Imports no JAX at module level: conftest.py imports FAST_COMPILE from
 here before JAX first loads, to set XLA_FLAGS."""
 
 import importlib.metadata
@@ -106,3 +106,25 @@ def start_cli(*args, log, **popen):
   return subprocess.Popen([sys.executable, '-m', 'inception_jax', *map(str, args)],
                           cwd=ROOT, env=cli_environment(), stdout=log,
                           stderr=subprocess.STDOUT, **popen)
+
+
+class FakeLauncher:
+  """A sweep launcher that trains nothing: each run it is given ends 'done'
+  with the config.json and result.json a finished run writes (top-1 error
+  50 − seed %)."""
+
+  def __init__(self):
+    self.launched = []
+
+  def launch(self, jobs, group, on_start, on_end):
+    from inception_jax import rundir, sweep      # here: this module loads no JAX
+    for run, workdir in jobs:
+      self.launched.append((run.name, run.train_args(workdir, group)))
+      on_start(run)
+      config = run.build_config()
+      os.makedirs(workdir, exist_ok=True)
+      rundir.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+      rundir.write_json(os.path.join(workdir, 'result.json'), {
+          'steps': 2, 'metrics': {'eval/top1_error': 50.0 - config.seed,
+                                  'eval/top5_error': 10.0}})
+      on_end(run, sweep.Outcome('done', 0))

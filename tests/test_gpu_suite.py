@@ -1,6 +1,6 @@
 """benchmarks/gpu/: the GPU suite in its CPU smoke mode runs every step's code
 (the train step, torchvision with AMP, accumulation, a training run, the
-input pipeline, the accelerator tests that train nothing under pytest) and
+input pipeline, two of the accelerator tests under pytest) and
 none fails, so the one call a lent GPU machine gets stays working; the tests
 its GPU plan names exist, and the plan fits in 8 minutes; wheels.sh fetches
 only what the GPU image lacks."""
@@ -52,7 +52,7 @@ def smoke(tmp_path_factory):
 
 
 def test_the_gpu_plan_names_tests_that_exist():
-  """The GPU mode runs TESTS, the smoke mode only those that train nothing:
+  """The GPU mode runs TESTS, the smoke mode the two quickest of them:
   a renamed test would fail the one GPU call, so every id is collected here."""
   assert GPU.tests == suite.TESTS and set(SMOKE.tests) < set(suite.TESTS)
   done = subprocess.run([sys.executable, '-m', 'pytest', '--collect-only', '-q',

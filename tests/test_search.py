@@ -21,7 +21,7 @@ import time
 import optuna
 import pytest
 
-from helpers import ROOT, TINY_CONFIG, slurm_cluster_problem, start_cli
+from helpers import ROOT, TINY_CONFIG, FakeLauncher, slurm_cluster_problem, start_cli
 
 from inception_jax import rundir, search
 
@@ -257,6 +257,31 @@ def test_the_demo_search_resolves_and_its_dry_run_writes_nothing(tmp_path, cli_m
   assert demo.overrides == {'optim.name': 'momentum'} and demo.trials == 20
 
 
+def test_confirm_is_a_sweep_of_the_base_and_the_best_trials_over_seeds(tmp_path, fake):
+  """`--confirm K --top M` (search.confirm): DIR/confirm.py, a sweep file of
+  the base config and the M best trials' parameters, each over seeds 0 … K-1,
+  run in DIR/confirm (here by a launcher that trains nothing)."""
+  path = write_search(tmp_path / 'lr.py', sampler='random', pruner='none', trials=3)
+  directory = tmp_path / 's'
+  search.run_search(path, str(directory), launcher=fake(), echo=quiet)
+  best = search.best_trials(trials_of(directory), 'minimize', 2)
+  rows = {'base': None, **{f'trial_{t.number:03d}': t.params for t in best}}
+  launcher = FakeLauncher()
+  outcomes = search.confirm(str(directory), 3, 2, launcher=launcher, echo=quiet)
+  assert sorted(outcomes) == sorted(f'{row}/seed_{k}' for row in rows for k in range(3))
+  assert all(o.state == 'done' for o in outcomes.values())
+  for row, params in rows.items():
+    for k in range(3):
+      config = rundir.read_json(str(directory / 'confirm' / row / f'seed_{k}' / 'config.json'))
+      assert config['seed'] == k
+      assert config['optim']['learning_rate'] == (
+          params['optim.learning_rate'] if params else 0.045)
+  # The written sweep file reruns as a sweep of the same runs.
+  assert (directory / 'confirm.py').exists()
+  again = search.confirm(str(directory), 3, 2, launcher=FakeLauncher(), echo=quiet)
+  assert {o.state for o in again.values()} == {'skipped'}
+
+
 # --- Real trainers: a killed driver, SLURM, the confirmation ---------------------------
 
 def alive(pid):
@@ -284,8 +309,9 @@ def launch(*args, timeout=900):
 def test_a_killed_driver_takes_its_trainer_along_and_the_rerun_completes(tmp_path):
   """SIGKILL to the driver while trial 0 trains: the trainer saves and exits
   (no orphan); the rerun resumes trial 0 under its number and completes the
-  study of 2 trials, each number and directory once. Then `--confirm 2
-  --top 1` trains the base config and the best trial over 2 seeds."""
+  study of 2 trials, each number and directory once. Then `--confirm 1
+  --top 1` trains the base config and the best trial (more seeds and trials:
+  test_confirm_is_a_sweep_of_the_base_and_the_best_trials_over_seeds)."""
   path = write_search(tmp_path / 'crop.py', space=CROP_SPACE, sampler='random',
                       overrides={'total_steps': 40}, min_steps=20, trials=2)
   directory = tmp_path / 's'
@@ -303,7 +329,7 @@ def test_a_killed_driver_takes_its_trainer_along_and_the_rerun_completes(tmp_pat
   assert not (directory / 'trial_000' / 'result.json').exists()
   assert rundir.RunDir(str(directory / 'trial_000')).has_checkpoint()
 
-  proc = launch('search', path, '--workdir', directory, '--confirm', 2, '--top', 1)
+  proc = launch('search', path, '--workdir', directory, '--confirm', 1, '--top', 1)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   trials = trials_of(directory)
   assert [t.number for t in trials] == [0, 1]
@@ -312,15 +338,15 @@ def test_a_killed_driver_takes_its_trainer_along_and_the_rerun_completes(tmp_pat
   assert sorted(p.name for p in directory.glob('trial_*')) == ['trial_000', 'trial_001']
   assert '[trial_000] resuming: data.crop_area_min=' in proc.stdout
   assert 'search crop: 2/2 trials ended' in proc.stdout
-  # The confirmation: a sweep of the base config and the best trial, 2 seeds each.
+  # The confirmation: a sweep of the base config and the best trial, trained.
   best = search.best_trials(trials, 'minimize', 1)[0]
   name = f'trial_{best.number:03d}'
   sweep_record = json.load(open(directory / 'confirm' / 'sweep.json'))
-  assert sorted(sweep_record['status']) == sorted(
-      f'{row}/seed_{k}' for row in ('base', name) for k in (0, 1))
-  config = json.load(open(directory / 'confirm' / name / 'seed_1' / 'config.json'))
+  assert sorted(sweep_record['status']) == sorted(f'{row}/seed_0' for row in ('base', name))
+  config = json.load(open(directory / 'confirm' / name / 'seed_0' / 'config.json'))
   assert config['data']['crop_area_min'] == best.params['data.crop_area_min']
-  assert config['seed'] == 1
+  assert rundir.read_json(str(directory / 'confirm' / name / 'seed_0' / 'result.json'))[
+      'steps'] == 40
   table = proc.stdout[proc.stdout.index('sweep confirm'):]
   assert [line.split()[0] for line in table.splitlines()[4:6]] == ['base', name]
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import ROOT, TINY_CONFIG, slurm_cluster_problem
+from helpers import ROOT, TINY_CONFIG, FakeLauncher, slurm_cluster_problem
 
 from inception_jax import config_lib, report, rundir, specs, sweep
 
@@ -275,26 +275,6 @@ def test_an_interrupted_run_under_a_changed_config_is_stale(tmp_path, cli_main):
   assert code == 5, err
   assert '[a] stale: interrupted with a different config (seed: 0 -> 3)\n' in out
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json']
-
-
-class FakeLauncher:
-  """Trains nothing: each run it is given ends 'done' with the config.json
-  and result.json a finished run writes (top-1 error 50 − seed %)."""
-
-  def __init__(self):
-    self.launched = []
-
-  def launch(self, jobs, group, on_start, on_end):
-    for run, workdir in jobs:
-      self.launched.append((run.name, run.train_args(workdir, group)))
-      on_start(run)
-      config = run.build_config()
-      os.makedirs(workdir, exist_ok=True)
-      rundir.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-      rundir.write_json(os.path.join(workdir, 'result.json'), {
-          'steps': 2, 'metrics': {'eval/top1_error': 50.0 - config.seed,
-                                  'eval/top5_error': 10.0}})
-      on_end(run, sweep.Outcome('done', 0))
 
 
 def test_each_seed_is_a_run_directory(tmp_path):

@@ -57,16 +57,16 @@ TARGET_RATIO_VS_TORCHVISION = 1.2
 # Accelerator-relevant tests that hold on one device as on the test suite's
 # eight simulated ones: bfloat16 compute, a one-device mesh with sharded
 # micro-batches (float64, through NamedSharding), and compat.py's checks of
-# the installed JAX, Orbax and tensorboardX. The smoke mode runs those that
-# train nothing: it checks the step, and the full suite runs the rest
+# the installed JAX, Orbax and tensorboardX. The smoke mode runs the two
+# quickest: it checks the step, and the full suite runs them all
 # (tests/test_gpu_suite.py checks that every id still names a test).
 SMOKE_TESTS = (
-    'tests/test_models.py::test_bfloat16_computes_in_bfloat16',
     'tests/test_models.py::test_ghost_batch_norm_normalizes_each_group_alone',
     'tests/test_losses.py::test_leading_batch_dims_and_low_precision_logits',
-    'tests/test_compat.py::test_every_use_still_fits_the_installed_library',
 )
 TESTS = SMOKE_TESTS + (
+    'tests/test_models.py::test_bfloat16_computes_in_bfloat16',
+    'tests/test_compat.py::test_every_use_still_fits_the_installed_library',
     'tests/test_models.py::test_every_variant_trains[inception_v3-dtype=bfloat16]',
     'tests/test_train_accumulation.py::test_four_micro_batches_are_one_step_with_'
     'batchnorm_per_8[inception-1-device]',

@@ -84,8 +84,15 @@ gpu_environment() {
 
 smoke_environment() {
   export JAX_PLATFORMS=cpu
-  # The tests' quick compilation (tests/helpers.py), on one device as on one GPU.
-  export XLA_FLAGS=--xla_backend_optimization_level=0
+  # The tests' quick compilation (tests/helpers.py), on one device as on one
+  # GPU: XLA's lowest backend level, and XLA:CPU's older fusion code generator
+  # where this XLA still has it (an unknown flag would abort every process).
+  local flags=--xla_backend_optimization_level=0 old=--xla_cpu_use_fusion_emitters=false
+  if XLA_FLAGS="$flags $old" timeout 60 "$PYTHON" -c 'import jax; jax.devices()' \
+      >"$WORK/logs/flags.log" 2>&1; then
+    flags+=" $old"
+  fi
+  export XLA_FLAGS="$flags"
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 }
 
