@@ -8,7 +8,7 @@ process of its own under its own time limit, then `collect`s its record.
   python benchmarks/gpu/suite.py summary --work DIR --out DIR
 
 MODE is `gpu` (the sizes of issue 35 on one H100 or H200) or `smoke` (the
-same code paths at tiny sizes on a CPU, in about a minute: the test suite
+same code paths at tiny sizes on a CPU, in under a minute: the test suite
 runs it, tests/test_gpu_suite.py). What each step measures:
 
   device                    versions, devices, a jitted matmul, XLA's cost analysis
