@@ -105,10 +105,7 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-  """Marks the tests of SLOW_FILES and SLOW_TESTS `slow`, and puts the
-  notebooks, then the slow tests, first: xdist hands out work in this order,
-  so the run ends on short tests on both workers rather than on a notebook on
-  one (longest first; the order within each part stays)."""
+  """Marks the tests of SLOW_FILES and SLOW_TESTS `slow`."""
   listed = {*SLOW_FILES, *(test.split('::')[0] for test in SLOW_TESTS)}
   missing = sorted(name for name in listed
                    if not os.path.exists(os.path.join(os.path.dirname(__file__), name)))
@@ -118,5 +115,3 @@ def pytest_collection_modifyitems(config, items):
     if (item.path.name in SLOW_FILES or
         f'{item.path.name}::{getattr(item, "originalname", item.name)}' in SLOW_TESTS):
       item.add_marker(pytest.mark.slow)
-  items.sort(key=lambda item: 0 if item.path.suffix == '.ipynb' else
-             1 if item.get_closest_marker('slow') else 2)
