@@ -1,7 +1,8 @@
 """What the tests share: the tiny configuration, the XLA flags a test
-process compiles with, and ways to run the command line in a process of its
-own, a sweep launcher that trains nothing. Imports no JAX at module level: conftest.py imports FAST_COMPILE from
-here before JAX first loads, to set XLA_FLAGS."""
+process compiles with, ways to run the command line in a process of its own,
+and a sweep launcher that trains nothing. Imports no JAX at module level:
+conftest.py imports FAST_COMPILE from here before JAX first loads, to set
+XLA_FLAGS."""
 
 import importlib.metadata
 import os

@@ -23,7 +23,7 @@ import pytest
 
 from helpers import ROOT, TINY_CONFIG, FakeLauncher, slurm_cluster_problem, start_cli
 
-from inception_jax import rundir, search
+from inception_jax import config_lib, rundir, search
 
 FAKE_TRAIN = '''
 import json, math, os, sys
@@ -265,6 +265,7 @@ def test_confirm_is_a_sweep_of_the_base_and_the_best_trials_over_seeds(tmp_path,
   directory = tmp_path / 's'
   search.run_search(path, str(directory), launcher=fake(), echo=quiet)
   best = search.best_trials(trials_of(directory), 'minimize', 2)
+  base_rate = config_lib.load(TINY_CONFIG).optim.learning_rate
   rows = {'base': None, **{f'trial_{t.number:03d}': t.params for t in best}}
   launcher = FakeLauncher()
   outcomes = search.confirm(str(directory), 3, 2, launcher=launcher, echo=quiet)
@@ -275,7 +276,7 @@ def test_confirm_is_a_sweep_of_the_base_and_the_best_trials_over_seeds(tmp_path,
       config = rundir.read_json(str(directory / 'confirm' / row / f'seed_{k}' / 'config.json'))
       assert config['seed'] == k
       assert config['optim']['learning_rate'] == (
-          params['optim.learning_rate'] if params else 0.045)
+          params['optim.learning_rate'] if params else base_rate)
   # The written sweep file reruns as a sweep of the same runs.
   assert (directory / 'confirm.py').exists()
   again = search.confirm(str(directory), 3, 2, launcher=FakeLauncher(), echo=quiet)
