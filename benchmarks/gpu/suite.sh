@@ -60,6 +60,13 @@ install_wheels() {
   export PYTHONPATH="$WORK/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 }
 
+# Whether this XLA accepts the flags $1: a flag it does not know aborts every
+# process, so an optional one is tried in a process of its own first.
+xla_accepts() {
+  XLA_FLAGS="$1" timeout 30 "$PYTHON" -c \
+    'import jax; jax.jit(lambda x: x + 1)(1).block_until_ready()' >"$WORK/logs/flags.log" 2>&1
+}
+
 gpu_environment() {
   export JAX_PLATFORMS=cuda
   # Cold compilations: compile times are figures here, and no earlier run's
@@ -70,11 +77,9 @@ gpu_environment() {
   # library algorithm is fastest for an instruction) kept in files shared by
   # the steps' processes, so that what the 64-image batch's step tuned is
   # not timed again by the accumulation and training steps, which compute
-  # the same shapes. A flag this XLA does not know would abort every
-  # process, so it is tried first and dropped if refused.
+  # the same shapes; dropped if this XLA refuses it.
   local flags="--xla_gpu_per_fusion_autotune_cache_dir=$WORK/autotune"
-  if XLA_FLAGS="$flags" timeout 30 "$PYTHON" -c \
-      'import jax; jax.jit(lambda x: x + 1)(1).block_until_ready()' >"$WORK/logs/flags.log" 2>&1; then
+  if xla_accepts "$flags"; then
     export XLA_FLAGS="$flags"
   else
     echo "suite.sh: this XLA refuses $flags; running with XLA's defaults" >&2
@@ -86,10 +91,9 @@ smoke_environment() {
   export JAX_PLATFORMS=cpu
   # The tests' quick compilation (tests/helpers.py), on one device as on one
   # GPU: XLA's lowest backend level, and XLA:CPU's older fusion code generator
-  # where this XLA still has it (an unknown flag would abort every process).
+  # where this XLA still has it.
   local flags=--xla_backend_optimization_level=0 old=--xla_cpu_use_fusion_emitters=false
-  if XLA_FLAGS="$flags $old" timeout 60 "$PYTHON" -c 'import jax; jax.devices()' \
-      >"$WORK/logs/flags.log" 2>&1; then
+  if xla_accepts "$flags $old"; then
     flags+=" $old"
   fi
   export XLA_FLAGS="$flags"
