@@ -35,6 +35,8 @@ import pytest  # noqa: E402
 from helpers import TINY  # noqa: E402
 from inception_jax import cli, models  # noqa: E402
 
+cli.collect_less_often()      # tests trace as the command line does
+
 # Left out of the quick tier (`make test-quick`, `-m 'not slow'`), the
 # edit-test loop's ≤ 3 minutes on 2 cores: files whose tests start trainings in
 # processes of their own, use SLURM or several processes, load a browser, build
