@@ -432,9 +432,9 @@ def _cost_table(rows) -> str:
 
 
 # Tracing a network allocates millions of short-lived objects: at Python's
-# default threshold (700) the collector ran ~1,300 times in a tiny training and
-# walked the whole heap, every imported module's objects, 8 times (1.1–1.5 s of
-# a 7 s process); at 10,000 it runs ~100 times and never walks the whole heap.
+# default threshold (700) the collector walks the whole heap, every imported
+# module's objects, again and again, about a fifth of a tiny training process
+# (docs/results.md, "The test suite", has the counts).
 GC_THRESHOLD = (10_000, 10, 10)
 
 
